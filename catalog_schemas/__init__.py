@@ -1,0 +1,17 @@
+"""What the data looks like: table schemas and the taxonomy format. Imports nothing of ours."""
+
+from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS, TAG_HISTORY, TAG_LATEST
+from catalog_schemas.taxonomy import (
+    Attribute,
+    CatalogMapping,
+    Taxonomy,
+    TaxonomyError,
+    load_taxonomy,
+    shipped_taxonomy,
+)
+
+__all__ = [
+    "IMAGES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST",
+    "Attribute", "CatalogMapping", "Taxonomy", "TaxonomyError", "load_taxonomy",
+    "shipped_taxonomy",
+]

@@ -1,0 +1,90 @@
+"""Arrow schemas of every table in the lake, each column with a description.
+
+These are the contract with readers (DuckDB, Trino, Athena, Spark, pandas): a column is
+added here first, with its description, and never renamed in place.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+
+def _schema(name: str, description: str, *columns: tuple[str, pa.DataType, bool, str]) -> pa.Schema:
+    fields = [
+        pa.field(col, typ, nullable=nullable, metadata={"description": desc})
+        for col, typ, nullable, desc in columns
+    ]
+    return pa.schema(fields, metadata={"table": name, "description": description})
+
+
+PRODUCTS = _schema(
+    "products",
+    "One row per product of the latest catalog export that could be ingested.",
+    ("product_id", pa.string(), False, "Product id from the catalog export."),
+    ("category", pa.string(), True, "Product category; decides which attributes apply."),
+    ("image_uri", pa.string(), False, "Where the original image was read from (resolved URI)."),
+    ("image_version", pa.string(), True,
+     "Cheap change key of the source image (size+mtime locally, ETag on S3)."),
+    ("image_hash", pa.string(), False, "sha256 of the original image bytes; key into the shards."),
+    ("image_shard", pa.string(), False, "File under catalog/images/ that holds the image."),
+    ("labels", pa.map_(pa.string(), pa.list_(pa.string())), False,
+     "Curated labels: attribute -> values. A missing attribute means unknown (masked)."),
+    ("first_seen", UTC_TS, False, "When the product first appeared in an ingest."),
+    ("updated_at", UTC_TS, False, "When the row (image or labels) last changed."),
+    ("ingest_run_id", pa.string(), False, "Ingest run that last changed the row."),
+)
+
+IMAGES = _schema(
+    "images",
+    "Image shards: normalised images (resized once, re-encoded JPEG), keyed by content hash.",
+    ("image_hash", pa.string(), False, "sha256 of the original image bytes."),
+    ("width", pa.int32(), False, "Width of the stored image in pixels."),
+    ("height", pa.int32(), False, "Height of the stored image in pixels."),
+    ("data", pa.binary(), False, "JPEG bytes of the stored image (RGB, upright)."),
+)
+
+REJECTS = _schema(
+    "rejects",
+    "Catalog rows that could not be ingested, with the stage and reason.",
+    ("run_id", pa.string(), False, "Ingest run that rejected the row."),
+    ("rejected_at", UTC_TS, False, "When the row was rejected."),
+    ("source", pa.string(), False, "Catalog export the row came from."),
+    ("row_number", pa.int64(), False, "0-based position of the row in the export."),
+    ("product_id", pa.string(), True, "Product id, where the row had one."),
+    ("stage", pa.string(), False, "validate | fetch | decode."),
+    ("reason", pa.string(), False, "Short machine-readable reason, e.g. missing_file."),
+    ("detail", pa.string(), False, "Human-readable detail: what was wrong and how to fix it."),
+)
+
+_TAG_COLUMNS = (
+    ("product_id", pa.string(), False, "Product id."),
+    ("attribute", pa.string(), False, "Attribute name, as in the taxonomy."),
+    ("value", pa.string(), False, "Attribute value, as in the taxonomy."),
+    ("score", pa.float32(), True, "Model score in [0, 1]; null for curated labels."),
+    ("source", pa.string(), False, "model: predicted; curated: the catalog's own label."),
+    ("image_hash", pa.string(), False, "Image the tag was computed from."),
+    ("model_version", pa.string(), False, "Model version that ran (also for curated rows)."),
+    ("run_id", pa.string(), False, "Tag run that produced the row."),
+    ("tagged_at", UTC_TS, False, "When the row was produced."),
+)
+
+TAG_HISTORY = _schema(
+    "tag_history",
+    "Every tag a run produced, append-only; partitioned by run_date=YYYY-MM-DD.",
+    *_TAG_COLUMNS,
+)
+
+TAG_LATEST = _schema(
+    "tag_latest",
+    "One current row per product and emitted attribute value, replaced atomically.",
+    *_TAG_COLUMNS,
+)
+
+ALL = {s.metadata[b"table"].decode(): s for s in (PRODUCTS, IMAGES, REJECTS, TAG_HISTORY, TAG_LATEST)}
+
+
+def describe(schema: pa.Schema) -> dict[str, str]:
+    """Column -> description, for docs and artifacts."""
+    return {f.name: (f.metadata or {}).get(b"description", b"").decode() for f in schema}

@@ -1,0 +1,1 @@
+"""Prefect 3 flows: thin wrappers over tagger functions."""

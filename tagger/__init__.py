@@ -1,0 +1,3 @@
+"""product-tagger: tag e-commerce products with visual attributes from their photos."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""One config surface: frozen pydantic models, loaded from YAML plus overrides.
+
+The same models are the Prefect flow parameters, so the UI renders them as forms, and the
+resolved config is saved next to every output (model card, tag metadata).
+Unknown keys are an error. Secrets never live here: they come from the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tagger.backbones import BACKBONES, DEFAULT_BACKBONE
+
+BackboneName = Literal[tuple(BACKBONES)]  # a dropdown in the Prefect UI
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestConfig(_Config):
+    """How a catalog export becomes products, image shards and rejects."""
+
+    image_max_side: int = Field(
+        512, ge=32, le=4096,
+        description="Longest side of stored images. >= the largest training size "
+        "(EfficientNet-B4: 380) with room for crops; images are never upscaled.",
+    )
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of stored images.")
+    shard_size: int = Field(
+        1000, ge=1, le=100_000,
+        description="Images per Parquet shard (~20-60 MB at 512 px): big enough for fast "
+        "sequential reads, small enough to rewrite cheaply.",
+    )
+    workers: int = Field(8, ge=1, le=256, description="Threads fetching and decoding images.")
+    max_pixels: int = Field(
+        64_000_000, ge=1, description="Decompression-bomb guard on declared width*height."
+    )
+
+
+class TrainConfig(_Config):
+    """Training, threshold tuning and evaluation of one model version."""
+
+    backbone: BackboneName = Field(DEFAULT_BACKBONE, description="Backbone (tagger/backbones.py).")
+    image_size: int | None = Field(
+        None, ge=32, le=1024, description="Input size in px; default: the backbone's own."
+    )
+    epochs: int = Field(10, ge=1, le=500, description="Passes over the training split.")
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="Per-device batch; default: the backbone's own."
+    )
+    lr: float | None = Field(
+        None, gt=0, le=1, description="AdamW peak learning rate; default: the backbone's own."
+    )
+    weight_decay: float = Field(0.05, ge=0, le=1, description="AdamW weight decay.")
+    warmup_epochs: float = Field(
+        0.5, ge=0, le=50, description="Linear warm-up before the cosine decay (epochs)."
+    )
+    val_fraction: float = Field(
+        0.15, gt=0, lt=0.9,
+        description="Share of labelled products held out (multi-label stratified) for "
+        "threshold tuning and metrics.",
+    )
+    seed: int = Field(0, description="Seed for the split, init and augmentation.")
+    pos_weight: Literal["linear", "sqrt", "none"] = Field(
+        "linear", description="BCE pos_weight per output: negatives/positives, its sqrt, or none."
+    )
+    pos_weight_max: float = Field(
+        50.0, ge=1, le=1e4, description="Clip of pos_weight (and 1/clip from below)."
+    )
+    pretrained: bool = Field(
+        True, description="Start from the backbone's pretrained weights (timm / Hugging Face hub)."
+    )
+    weights: str | None = Field(
+        None,
+        description="Backbone weights file (local or s3://; safetensors or a timm state dict). "
+        "Overrides `pretrained`.",
+    )
+    workers: int = Field(4, ge=0, le=64, description="DataLoader worker processes per device.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported).")
+    channels_last: bool = Field(True, description="channels_last memory format (faster convs).")
+    compile: bool = Field(False, description="torch.compile the model (CUDA; slow first step).")
+    resume: bool = Field(False, description="Continue from the last epoch checkpoint of this run.")
+    log_every: int = Field(50, ge=1, description="Log throughput and ETA every N steps.")
+
+    @field_validator("weights")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+
+class TagConfig(_Config):
+    """Batched inference and writing of tag tables."""
+
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
+    workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    chunk_size: int = Field(
+        50_000, ge=1, description="Products scored per chunk; bounds memory on huge catalogs."
+    )
+
+
+def load_config(cls: type[_Config], path: str | Path | None = None, **overrides) -> _Config:
+    """A config from an optional YAML file plus keyword overrides (None values ignored)."""
+    data = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return cls.model_validate(data)

@@ -1,0 +1,212 @@
+"""Safe image decoding for ingest.
+
+Pure functions over bytes: no file or network I/O. `decode_image` turns whatever a
+merchant uploaded into an upright 8-bit RGB image or raises `ImageError` with a
+short reason code for the rejects table; `normalise_image` re-encodes it as a
+bounded-size baseline JPEG for storage; `load_rgb` is the loader's hot path over
+those stored JPEGs.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import zlib
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard (declared width*height)
+DEFAULT_MIN_SIDE = 8  # smaller images carry no usable signal
+
+# Only formats that product photos actually arrive in. Pillow otherwise probes
+# dozens of obscure decoders (some with no magic number, e.g. TGA) on every
+# input, which lets junk bytes "decode" and widens the attack surface.
+# (MPO, multi-picture JPEG from phones, is reached through the JPEG opener.)
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+
+_WHITE = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used. `reason` is a short code for the rejects table, `detail` a human sentence."""
+
+    reason: str
+    detail: str
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@functools.cache
+def _open_formats() -> tuple[str, ...]:
+    """ALLOWED_FORMATS this Pillow build can open (older builds lack AVIF; Image.open KeyErrors on unknown names)."""
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _has_image_magic(data: bytes) -> bool:
+    """True if the bytes start like an image we accept (so a failure means corruption, not a wrong file)."""
+    return (
+        data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*"))
+        or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        or data[4:12] in (b"ftypavif", b"ftypavis")
+    )
+
+
+def _looks_truncated(exc: BaseException) -> bool:
+    """Pillow signals short/corrupt streams with a mix of exception types and messages."""
+    if isinstance(exc, (EOFError, SyntaxError, zlib.error)):
+        return True
+    msg = str(exc).lower()
+    return "truncat" in msg or "broken" in msg or "corrupt" in msg
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB, compositing transparency onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):
+        # 16-bit greyscale ('I;16*') or 32-bit int ('I'): Pillow's own convert
+        # clips at 255, turning almost every pixel white. Treat the range as
+        # 16-bit and scale 0..65535 -> 0..255 with rounding.
+        arr = np.asarray(img).astype(np.int64)
+        grey = ((np.clip(arr, 0, 65535) + 128) // 257).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if img.has_transparency_data:
+        # Covers RGBA/LA/PA, palette and greyscale tRNS keys. Models never see
+        # alpha, and transparent pixels often hold black or garbage, so
+        # flatten onto white like a storefront would render it.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # CMYK (Adobe-inverted JPEGs are un-inverted by the decoder), L, 1, P, YCbCr...
+    return img.convert("RGB")
+
+
+def _apply_draft(img: ImageFile.ImageFile, draft_side: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the longest side stays >= draft_side."""
+    w, h = img.size
+    long_side = max(w, h)
+    if draft_side >= long_side:
+        return
+    # Proportional request with the long side exact: draft() picks the largest
+    # scale s with s <= min(w // rw, h // rh), and flooring the short side only
+    # raises h // rh, so the long side stays the binding constraint.
+    rw = max(1, w * draft_side // long_side)
+    rh = max(1, h * draft_side // long_side)
+    img.draft("RGB", (rw, rh))
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    draft_side: int | None = None,
+) -> Image.Image:
+    """Decode bytes to an upright RGB PIL image.
+
+    EXIF orientation is applied, animations yield their first frame, transparency is
+    composited on white, 16-bit and CMYK are converted to 8-bit RGB. With `draft_side`,
+    JPEGs are decoded at a reduced scale whose longest side is still >= draft_side.
+
+    The pixel limit is checked on the header-declared size before any pixel data is
+    decoded. Pillow's global `Image.MAX_IMAGE_PIXELS` guard still runs inside
+    `Image.open` as an outer bound; its DecompressionBombError is reported as 'too_large'.
+
+    Raises ImageError with reason 'empty', 'not_an_image', 'too_large', 'too_small',
+    'truncated' or 'decode_error'.
+    """
+    if not data:
+        raise ImageError("empty", "The image data is empty (0 bytes).")
+
+    try:
+        # Image.open only parses headers; pixel data is decoded by load() below.
+        img = Image.open(io.BytesIO(data), formats=_open_formats())
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_large", f"Image exceeds Pillow's decompression-bomb limit: {exc}") from exc
+    except Exception as exc:
+        if _has_image_magic(data) or _looks_truncated(exc):
+            raise ImageError("truncated", f"Image header is truncated or corrupt ({type(exc).__name__}: {exc}).") from exc
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageError(
+                "not_an_image",
+                f"Data is not an image in a supported format ({', '.join(_open_formats())}).",
+            ) from exc
+        raise ImageError("decode_error", f"Could not open image ({type(exc).__name__}: {exc}).") from exc
+
+    # Both checks use the declared size, so a bomb is rejected without allocating.
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError("too_large", f"Image declares {w}x{h} = {w * h} pixels, limit is {max_pixels}.")
+    if min(w, h) < min_side:
+        raise ImageError("too_small", f"Image is {w}x{h}; each side must be at least {min_side} px.")
+
+    try:
+        if draft_side is not None and img.format in ("JPEG", "MPO"):
+            _apply_draft(img, draft_side)
+        img.load()  # first frame only for animations; LOAD_TRUNCATED_IMAGES stays off
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_large", f"Image exceeds Pillow's decompression-bomb limit: {exc}") from exc
+    except Exception as exc:
+        if _looks_truncated(exc):
+            raise ImageError("truncated", f"Image data is truncated or corrupt ({exc}).") from exc
+        raise ImageError("decode_error", f"Could not decode {img.format} image ({type(exc).__name__}: {exc}).") from exc
+
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception as exc:
+        # A malformed EXIF block should not cost us an otherwise good photo.
+        logger.warning("Ignoring unreadable EXIF orientation (%s: %s)", type(exc).__name__, exc)
+
+    try:
+        return _to_rgb(img)
+    except Exception as exc:
+        raise ImageError("decode_error", f"Cannot convert {img.format} mode {img.mode} to RGB ({exc}).") from exc
+
+
+def normalise_image(
+    data: bytes,
+    *,
+    max_side: int,
+    quality: int = 90,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> tuple[bytes, int, int]:
+    """Decode, downscale so the longest side <= max_side (never upscale), re-encode as baseline RGB JPEG.
+
+    Returns (jpeg_bytes, width, height). Raises ImageError like `decode_image`.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    img = decode_image(data, max_pixels=max_pixels, min_side=min_side, draft_side=max_side)
+
+    w, h = img.size
+    if max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # reducing_gap does a cheap integer reduce() first, then LANCZOS for the rest;
+        # at 3.0 the result is indistinguishable from a full LANCZOS pass.
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+    out = io.BytesIO()
+    # No exif/icc_profile passed on purpose: orientation is already applied, and a
+    # stale Orientation tag would make viewers rotate the image a second time.
+    img.save(out, format="JPEG", quality=quality, progressive=False, optimize=False)
+    return out.getvalue(), img.width, img.height
+
+
+def load_rgb(data: bytes) -> np.ndarray:
+    """Decode stored (already normalised) JPEG bytes to a writable HxWx3 uint8 array."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode != "RGB":  # normalised data is always RGB; stay correct if not
+            img = img.convert("RGB")
+        # np.array (not asarray): asarray over Pillow's bytes is read-only, which
+        # torch.from_numpy warns about and in-place augmentations trip over.
+        return np.array(img)

@@ -1,0 +1,67 @@
+"""Batched inference: scores in [0, 1] for every product and model output."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tagger.model import autocast
+
+log = logging.getLogger(__name__)
+
+
+def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, sampler=None,
+                  drop_last=False, device: torch.device | None = None, seed: int = 0) -> DataLoader:
+    """DataLoader with the settings that keep a GPU fed: persistent workers, prefetching,
+    pinned memory on CUDA."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device is not None and device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+@torch.inference_mode()
+def predict_scores(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    channels_last: bool = True,
+    amp: bool = True,
+    desc: str = "predict",
+) -> np.ndarray:
+    """float32 [N, K] sigmoid scores, rows in dataset order (the loader must not shuffle)."""
+    model.eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    n = len(loader.dataset)
+    out: np.ndarray | None = None
+    t0, done = time.perf_counter(), 0
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
+        x = batch[0].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        scores = torch.sigmoid(logits.float()).cpu().numpy()
+        if out is None:
+            out = np.empty((n, scores.shape[1]), dtype=np.float32)
+        out[done:done + len(scores)] = scores
+        done += len(scores)
+    seconds = time.perf_counter() - t0
+    log.info("%s: %d images in %.1fs (%.0f img/s)", desc, done, seconds, done / max(seconds, 1e-9))
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)

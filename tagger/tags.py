@@ -1,0 +1,212 @@
+"""Predicted tags -> tag tables: `tags/history/run_date=.../<run_id>.parquet` + `tags/latest/`.
+
+A product is tagged when it is new, its image or curated labels changed since it was last
+tagged, or the model changed (all with `full`). Curated labels always win: for an
+attribute the catalog labels, the tag rows are the curated values (source='curated'),
+never predictions. `tags/state/tagged.parquet` remembers what each product was tagged
+from, so products where every attribute abstained are not re-tagged every night.
+
+Order of writes: history, then latest, then state. A crash in between leaves the previous
+latest readable, and the re-run (same run id) replaces its own history file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog_schemas.tables import TAG_HISTORY, TAG_LATEST
+from catalog_schemas.taxonomy import Taxonomy
+from tagger.config import TagConfig
+from tagger.data import ProductImages, create_transforms, order_by_shard
+from tagger.ingest import read_products
+from tagger.model import resolve_device
+from tagger.predict import create_loader, predict_scores
+from tagger.registry import load_model
+from tagger.storage import Storage, open_storage, read_table_or_empty, write_table
+from tagger.taxonomy import applicable_mask, encode_labels, single_slices
+from tagger.thresholds import compute_decisions
+
+log = logging.getLogger(__name__)
+
+HISTORY_PREFIX = "tags/history"
+LATEST_PATH = "tags/latest/tags.parquet"
+STATE_PATH = "tags/state/tagged.parquet"
+STATE = pa.schema([
+    ("product_id", pa.string()), ("image_hash", pa.string()),
+    ("product_updated_at", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()),
+    ("run_id", pa.string()),
+])
+
+
+@dataclass
+class TagResult:
+    run_id: str
+    run_date: str
+    model_version: str
+    lake: str
+    products: int = 0
+    tagged: int = 0
+    skipped: int = 0
+    removed: int = 0
+    history_rows: int = 0
+    latest_rows: int = 0
+    tags_per_attribute: dict[str, int] = field(default_factory=dict)
+    history_path: str = ""
+    latest_path: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_products(products: list[dict], state: dict[str, dict], model_version: str, full: bool) -> list[int]:
+    """Indices of products to tag: new, changed image or labels, or a different model."""
+    out = []
+    for i, p in enumerate(products):
+        s = state.get(p["product_id"])
+        if (full or s is None or s["model_version"] != model_version
+                or s["image_hash"] != p["image_hash"] or s["product_updated_at"] != p["updated_at"]):
+            out.append(i)
+    return out
+
+
+def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarray,
+                     thresholds: np.ndarray) -> dict[str, list]:
+    """Column lists of tag rows: curated values where the catalog labels an attribute,
+    else the model's decisions for attributes that apply to the product's category."""
+    categories = [p["category"] for p in products]
+    targets, curated = encode_labels(taxonomy, [dict(p["labels"]) for p in products], categories)
+    decisions = compute_decisions(scores, thresholds, list(single_slices(taxonomy).values()))
+    predicted = decisions & applicable_mask(taxonomy, categories) & ~curated
+    emitted = predicted | (curated & (targets > 0))
+    rows, cols = np.nonzero(emitted)
+    outputs = taxonomy.outputs
+    from_model = predicted[rows, cols]
+    return dict(
+        product_id=[products[r]["product_id"] for r in rows],
+        attribute=[outputs[c][0] for c in cols],
+        value=[outputs[c][1] for c in cols],
+        score=[float(scores[r, c]) if m else None for r, c, m in zip(rows, cols, from_model)],
+        source=["model" if m else "curated" for m in from_model],
+        image_hash=[products[r]["image_hash"] for r in rows],
+    )
+
+
+def _thresholds_vector(taxonomy: Taxonomy, card: dict) -> np.ndarray:
+    try:
+        return np.array([card["thresholds"][a][v] for a, v in taxonomy.outputs], dtype=np.float32)
+    except KeyError as e:
+        raise ValueError(f"Model {card['version']} card has no threshold for {e}: corrupt card?") from None
+
+
+def tag_catalog(
+    lake: str,
+    *,
+    model_version: str | None = None,
+    full: bool = False,
+    run_id: str | None = None,
+    run_date: date | None = None,
+    config: TagConfig | None = None,
+) -> TagResult:
+    """Tag new and changed products (all with `full` or a new model) and write the tables."""
+    t0 = time.perf_counter()
+    config = config or TagConfig()
+    storage = open_storage(lake)
+    model, card = load_model(storage, model_version)
+    taxonomy = Taxonomy.model_validate(card["taxonomy"])
+    thresholds = _thresholds_vector(taxonomy, card)
+    now = datetime.now(timezone.utc)
+    run_date = run_date or now.date()
+    run_id = run_id or f"tag-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    result = TagResult(run_id, run_date.isoformat(), card["version"], storage.uri)
+
+    products = read_products(storage).to_pylist()
+    state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
+    todo = select_products(products, state, card["version"], full)
+    result.products, result.tagged = len(products), len(todo)
+    result.skipped = len(products) - len(todo)
+    log.info("tag %s with model %s: %d of %d products to tag", run_id, card["version"],
+             len(todo), len(products))
+
+    device = resolve_device(config.device)
+    dcfg = card["data_config"]
+    transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
+    chunks = []
+    for start in range(0, len(todo), config.chunk_size):
+        chunk = [products[i] for i in todo[start:start + config.chunk_size]]
+        chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
+        ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
+                           transform)
+        loader = create_loader(ds, config.batch_size, config.workers, device=device)
+        scores = predict_scores(model, loader, device, desc=f"tag {start + len(chunk)}/{len(todo)}")
+        chunks.append(compute_tag_rows(taxonomy, chunk, scores, thresholds))
+
+    meta = {"run_id": run_id, "model_version": card["version"], "config": config.model_dump_json()}
+    new = _as_table(chunks, card["version"], run_id, now, meta)
+    result.history_rows = new.num_rows
+    result.history_path = _write_history(storage, new, run_id, run_date)
+
+    tagged_ids = pa.array([products[i]["product_id"] for i in todo], pa.string())
+    current_ids = pa.array([p["product_id"] for p in products], pa.string())
+    previous = read_table_or_empty(storage, LATEST_PATH, TAG_LATEST)
+    keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], tagged_ids)),
+                   pc.is_in(previous["product_id"], current_ids))
+    latest = pa.concat_tables([previous.filter(keep), new.cast(TAG_LATEST)])
+    latest = latest.sort_by([("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")])
+    if todo or latest.num_rows != previous.num_rows:
+        write_table(storage, LATEST_PATH, latest.replace_schema_metadata({**TAG_LATEST.metadata, **meta}))
+    result.removed = len({*previous["product_id"].to_pylist()} - {*current_ids.to_pylist()})
+    result.latest_rows, result.latest_path = latest.num_rows, storage.url(LATEST_PATH)
+    for a in latest["attribute"].to_pylist():
+        result.tags_per_attribute[a] = result.tags_per_attribute.get(a, 0) + 1
+
+    _write_state(storage, state, [products[i] for i in todo], products, card["version"], run_id)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run_id,
+             result.tagged, result.history_rows, result.latest_rows, result.seconds)
+    return result
+
+
+def _as_table(chunks, model_version, run_id, now, meta) -> pa.Table:
+    cols = {k: [v for c in chunks for v in c[k]] for k in (chunks[0] if chunks else TAG_HISTORY.names[:6])}
+    n = len(cols["product_id"])
+    cols.update(model_version=[model_version] * n, run_id=[run_id] * n, tagged_at=[now] * n)
+    table = pa.table({name: cols[name] for name in TAG_HISTORY.names}, schema=TAG_HISTORY)
+    return table.replace_schema_metadata({**TAG_HISTORY.metadata, **meta})
+
+
+def _write_history(storage: Storage, table: pa.Table, run_id: str, run_date: date) -> str:
+    """One file per run; a re-run of the same run id replaces it (in any partition)."""
+    path = f"{HISTORY_PREFIX}/run_date={run_date.isoformat()}/{run_id}.parquet"
+    for old in storage.list(HISTORY_PREFIX):
+        if old.endswith(f"/{run_id}.parquet") and old != path:
+            storage.delete(old)
+    write_table(storage, path, table)
+    return storage.url(path)
+
+
+def _write_state(storage, state, tagged, products, model_version, run_id) -> None:
+    for p in tagged:
+        state[p["product_id"]] = dict(product_id=p["product_id"], image_hash=p["image_hash"],
+                                      product_updated_at=p["updated_at"],
+                                      model_version=model_version, run_id=run_id)
+    current = {p["product_id"] for p in products}
+    rows = [state[k] for k in sorted(state) if k in current]
+    write_table(storage, STATE_PATH, pa.Table.from_pylist(rows, schema=STATE))
+
+
+def read_latest(storage: Storage) -> pa.Table:
+    return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST)
+
+
+def summary_json(result: TagResult) -> str:
+    return json.dumps(result.to_dict(), indent=2, default=str)

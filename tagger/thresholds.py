@@ -1,0 +1,82 @@
+"""Per-output decision thresholds and the decisions they imply."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+
+def _best_f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Score threshold with the highest F1; ties go to the highest threshold."""
+    precision, recall, thresholds = precision_recall_curve(y_true, y_score)
+    # The curve's last point (recall 0) has no threshold; drop it.
+    precision, recall = precision[:-1], recall[:-1]
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    # Thresholds are increasing, so the last maximal index is the highest
+    # threshold: the most conservative choice among equally good ones.
+    # A tiny tolerance keeps float noise from breaking genuine ties.
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)[-1]
+    return float(thresholds[best])
+
+
+def _float32_at_most(value: float) -> np.float32:
+    """Largest float32 <= value, so `score >= threshold` still holds for that score."""
+    out = np.float32(value)
+    if float(out) > value:
+        out = np.nextafter(out, np.float32(-np.inf))
+    return out
+
+
+def tune_thresholds(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    *,
+    fallback: float = 0.5,
+) -> np.ndarray:
+    """One threshold per output maximising F1 over its known entries.
+
+    Decision rule is ``score >= threshold`` and each threshold is one of the
+    output's known scores. Tie rule: among thresholds with equal F1 the highest
+    is taken (fewest positive decisions). Outputs with no known positive get
+    ``fallback``. Returns float32 [K].
+    """
+    scores = np.asarray(scores)
+    positive = np.asarray(targets) > 0.5
+    known = np.asarray(mask, dtype=bool)
+    out = np.full(scores.shape[1], fallback, dtype=np.float32)
+    for k in range(scores.shape[1]):
+        rows = known[:, k]
+        if not positive[rows, k].any():
+            continue
+        out[k] = _float32_at_most(_best_f1_threshold(positive[rows, k], scores[rows, k]))
+    return out
+
+
+def compute_decisions(
+    scores: np.ndarray,
+    thresholds: np.ndarray,
+    single_slices: Sequence[slice],
+) -> np.ndarray:
+    """Boolean decisions [N,K] from scores and per-output thresholds.
+
+    Outputs outside every single slice: ``score >= threshold``. Within a single
+    slice at most one value per row is chosen: the highest-scoring value among
+    those passing their threshold, none if none passes. Equal scores resolve
+    to the first value in the slice.
+    """
+    scores = np.asarray(scores)
+    passes = scores >= np.asarray(thresholds)[None, :]
+    decisions = passes.copy()
+    for sl in single_slices:
+        block_pass = passes[:, sl]
+        # Failing values can never win the argmax.
+        block_scores = np.where(block_pass, scores[:, sl], -np.inf)
+        winner = block_scores.argmax(axis=1)
+        block = np.zeros_like(block_pass)
+        block[np.arange(len(block)), winner] = True
+        decisions[:, sl] = block & block_pass.any(axis=1, keepdims=True)
+    return decisions
