@@ -39,7 +39,7 @@ def compute_pos_weight(
     ratio = np.ones_like(pos)
     ratio[informative] = neg[informative] / pos[informative]
     if mode == "sqrt":
-        pass
+        ratio = np.sqrt(ratio)
     elif mode == "none":
         ratio = np.ones_like(ratio)
     return np.clip(ratio, 1.0 / max_weight, max_weight).astype(np.float32)
@@ -64,9 +64,9 @@ def masked_bce_with_logits(
     targets = torch.where(known, targets.float(), torch.zeros_like(logits))
     if pos_weight is not None:
         pos_weight = pos_weight.to(device=logits.device, dtype=torch.float32)
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        per_entry = F.binary_cross_entropy_with_logits(
-            logits, targets, reduction="none", pos_weight=pos_weight
-        )
+    # Inputs are float32 and autocast runs this op in float32 anyway.
+    per_entry = F.binary_cross_entropy_with_logits(
+        logits, targets, reduction="none", pos_weight=pos_weight
+    )
     per_entry = torch.where(known, per_entry, torch.zeros_like(per_entry))
     return per_entry.sum() / known.sum().clamp(min=1)
