@@ -37,6 +37,8 @@ SLEEVES = ["short", "long", "sleeveless"]
 FEATURES = ["logo", "pocket", "zip"]
 # Share of rows whose label is left unknown (empty cell / null), per attribute.
 UNKNOWN_RATE = {"colour": 0.10, "pattern": 0.20, "sleeve_length": 0.15, "features": 0.25}
+# Magenta: a hue none of the garment colours has, so the logo stands out on every one.
+LOGO_RGB = (235, 40, 210)
 FEATURE_RATE = 0.35  # each feature independently, so every subset (incl. none) occurs
 
 
@@ -211,12 +213,12 @@ def render_product(product: Product, rng: np.random.Generator, size: int = 128) 
     # Features are drawn on a copy and pasted back through the mask, so they never leave the garment.
     flat = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     feat = flat.copy()
-    fd, colour, w = ImageDraw.Draw(feat), tuple(int(c) for c in ink), max(2, round(0.03 * scale))
-    if "logo" in product.features:  # five-point star, about twice the size of a pattern dot
+    fd, colour, w = ImageDraw.Draw(feat), tuple(int(c) for c in ink), max(2, round(0.04 * scale))
+    if "logo" in product.features:  # a star, far bigger than a pattern dot, in an accent colour
         lu, lv = shape.logo
         star = [(lu + r * np.sin(a), lv - r * np.cos(a))
-                for a, r in zip(np.arange(10) * np.pi / 5, [0.08, 0.035] * 5)]
-        fd.polygon([to_px(a, b) for a, b in star], fill=colour)
+                for a, r in zip(np.arange(10) * np.pi / 5, [0.10, 0.045] * 5)]
+        fd.polygon([to_px(a, b) for a, b in star], fill=LOGO_RGB, outline=colour, width=max(1, w // 2))
     if "pocket" in product.features:
         u0, v0, u1, v1 = shape.pocket
         corners = [to_px(u0, v0), to_px(u1, v0), to_px(u1, v1), to_px(u0, v1)]
@@ -224,7 +226,7 @@ def render_product(product: Product, rng: np.random.Generator, size: int = 128) 
     if "zip" in product.features:
         (u0, v0), (u1, v1) = shape.zip
         fd.line([to_px(u0, v0), to_px(u1, v1)], fill=colour, width=w)
-        tab = [to_px(u0 + du, v0 + dv) for du, dv in [(-0.03, 0.0), (0.03, 0.0), (0.03, 0.07), (-0.03, 0.07)]]
+        tab = [to_px(u0 + du, v0 + dv) for du, dv in [(-0.04, 0.0), (0.04, 0.0), (0.04, 0.09), (-0.04, 0.09)]]
         fd.polygon(tab, fill=colour)
     out = np.asarray(Image.composite(feat, flat, mask_im), float)
 

@@ -38,6 +38,7 @@ from tagger.metrics import compute_metrics
 from tagger.model import autocast, create_model, data_config, resolve_device, unwrap
 from tagger.predict import create_loader, predict_scores
 from tagger.registry import new_version, register_model
+from tagger.report import render_card_markdown
 from tagger.storage import Storage, open_storage
 from tagger.taxonomy import encode_labels, single_slices
 from tagger.thresholds import compute_decisions, tune_thresholds
@@ -291,6 +292,7 @@ def _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight, dc
         training=dict(device=str(device), world_size=world, seconds=round(seconds, 1),
                       torch=torch.__version__, timm=timm.__version__),
     )
+    storage.write_bytes(f"models/{version}/report.md", render_card_markdown(card).encode())
     register_model(storage, model, card)
     log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",
              version, metrics["micro_f1"] or 0, metrics["macro_f1"] or 0, metrics["mAP"] or 0,

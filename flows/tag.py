@@ -1,0 +1,31 @@
+"""Flow: tag new and changed products (everything with a new model) into tag tables."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+
+from flows._common import DEFAULT_LAKE, retry_on_transient
+from tagger.config import TagConfig
+from tagger.tags import tag_catalog
+
+
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_on_transient)
+def tag_task(lake: str, model_version: str | None, full: bool, run_id: str, config: TagConfig) -> dict:
+    return tag_catalog(lake, model_version=model_version, full=full, run_id=run_id,
+                       config=config).to_dict()
+
+
+@flow(name="tag")
+def tag(
+    lake: str = DEFAULT_LAKE,
+    model_version: str | None = None,
+    full: bool = False,
+    config: TagConfig = TagConfig(),
+) -> dict:
+    """Tag the lake's products with a model version (default: the newest)."""
+    # The flow run id is the tag run id: a retry of this flow run replaces its own output.
+    result = tag_task(lake, model_version, full, f"tag-{flow_run.get_id() or 'local'}", config)
+    get_run_logger().info("tagged %d products, %d latest tag rows", result["tagged"],
+                          result["latest_rows"])
+    return result
