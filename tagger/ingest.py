@@ -131,14 +131,17 @@ def check_columns(df: pd.DataFrame, taxonomy: Taxonomy, uri: str) -> None:
     missing = [c for c in needed if c not in df.columns]
     missing_labels = [c for c in labels if c not in df.columns]
     if missing or len(missing_labels) == len(labels):
-        cols = list(df.columns)
+        cols = [str(c) for c in df.columns]
+        by_lower = {c.lower(): c for c in cols}
         hints = []
-        for c in missing + missing_labels:
-            close = difflib.get_close_matches(c, cols, n=1)
+        for c in missing or missing_labels:
+            close = [by_lower[c.lower()]] if c.lower() in by_lower else difflib.get_close_matches(c, cols, n=1)
             hints.append(f"{c!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        what = "columns" if missing else "every label column"
         raise CatalogError(
-            f"Catalog {uri} lacks columns {', '.join(hints)}. It has: {', '.join(map(str, cols))}. "
-            "Rename them or set the taxonomy's `catalog:` mapping (id, category, image)."
+            f"Catalog {uri} lacks {what} {', '.join(hints)}. It has: {', '.join(cols)}. "
+            "Rename them or set the taxonomy's `catalog:` mapping (id, category, image) "
+            "and attributes' `column:`."
         )
     if missing_labels:
         log.warning("catalog has no column for %s: those labels are unknown", missing_labels)

@@ -1,0 +1,106 @@
+"""Shared fixtures: a generated catalog, a trained tiny model, an S3 endpoint on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect: no analytics, room for a slow ephemeral server start.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
+from tagger.config import TrainConfig  # noqa: E402
+
+SHARED_CATALOG = Path(__file__).resolve().parents[2] / "shared/datasets/fashion-product-images-small"
+DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
+
+# The smallest honest training run: timm's test network, tiny images, 2 epochs, no workers.
+TINY_TRAIN = TrainConfig(
+    backbone="test_efficientnet", image_size=48, epochs=2, batch_size=16, lr=3e-3,
+    pretrained=False, workers=0, log_every=5,
+)
+
+
+@pytest.fixture(scope="session")
+def catalog_dir(tmp_path_factory) -> Path:
+    """A generated demo catalog of 60 good products + 3 bad rows (CSV)."""
+    from tagger.sample import generate_catalog
+
+    root = tmp_path_factory.mktemp("catalog")
+    generate_catalog(root, n_products=60, seed=1, image_size=64)
+    return root
+
+
+@pytest.fixture
+def catalog(catalog_dir, tmp_path) -> Path:
+    """A private copy of the generated catalog (tests may change it)."""
+    dst = tmp_path / "catalog"
+    shutil.copytree(catalog_dir, dst)
+    return dst / "catalog.csv"
+
+
+@pytest.fixture(scope="session")
+def trained_lake_template(catalog_dir, tmp_path_factory) -> tuple[Path, str]:
+    """A lake with the catalog ingested and a tiny model trained once per session."""
+    from tagger.ingest import ingest_catalog
+    from tagger.train import train_model
+
+    lake = tmp_path_factory.mktemp("trained") / "lake"
+    ingest_catalog(str(catalog_dir / "catalog.csv"), DEMO_TAXONOMY, str(lake))
+    version = train_model(str(lake), TINY_TRAIN)
+    return lake, version
+
+
+@pytest.fixture
+def trained_lake(trained_lake_template, tmp_path) -> tuple[Path, str]:
+    """A private copy of the trained lake."""
+    src, version = trained_lake_template
+    dst = tmp_path / "lake"
+    shutil.copytree(src, dst)
+    return dst, version
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint over HTTP on loopback (moto's server), started and stopped here."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A fresh bucket on the loopback endpoint; returns s3://bucket."""
+    import boto3
+
+    import re
+
+    name = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -1,0 +1,149 @@
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from catalog_schemas.tables import PRODUCTS, REJECTS
+from tagger.config import IngestConfig
+from tagger.ingest import (
+    PRODUCTS_PATH, REJECTS_PATH, CatalogError, ingest_catalog, read_lake_taxonomy, read_products,
+)
+from tagger.sample import generate_catalog
+from tagger.storage import open_storage, read_table, read_tables
+from tests.conftest import DEMO_TAXONOMY
+
+
+def _files(lake: Path) -> dict[str, int]:
+    return {str(p.relative_to(lake)): p.stat().st_mtime_ns for p in lake.rglob("*") if p.is_file()}
+
+
+def test_ingest_demo_catalog(catalog, tmp_path):
+    lake = tmp_path / "lake"
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), IngestConfig(shard_size=25))
+    assert (result.rows, result.products, result.new, result.rejected) == (63, 60, 60, 3)
+    assert result.images_stored == 60 and len(result.shards_written) == 3
+    storage = open_storage(lake)
+    rejects = read_table(storage, REJECTS_PATH, REJECTS).to_pylist()
+    got = {(r["product_id"], r["stage"], r["reason"]) for r in rejects}
+    assert got == {("BAD-MISSING", "fetch", "missing_file"), ("BAD-HTML", "decode", "not_an_image"),
+                   ("BAD-LABEL", "validate", "unknown_label")}
+    assert all(r["row_number"] >= 60 and r["detail"] for r in rejects)
+    products = read_products(storage)
+    assert products.schema.equals(PRODUCTS, check_metadata=False)
+    assert products["product_id"].to_pylist() == sorted(f"P{i:05d}" for i in range(1, 61))
+    assert read_lake_taxonomy(storage).name == "demo"
+    # every product's image is in its shard, stored as an upright RGB JPEG of at most 512 px
+    images = read_tables(storage, "catalog/images", pq.read_schema(lake / "catalog/images" / result.shards_written[0]))
+    by_hash = dict(zip(images["image_hash"].to_pylist(), images["data"].to_pylist()))
+    for p in products.to_pylist():
+        img = Image.open(io.BytesIO(by_hash[p["image_hash"]]))
+        assert img.format == "JPEG" and img.mode == "RGB" and max(img.size) <= 512
+
+
+def test_reingest_unchanged_rewrites_nothing(catalog, tmp_path):
+    lake = tmp_path / "lake"
+    ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    before = _files(lake)
+    again = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    assert (again.new, again.changed, again.unchanged, again.images_fetched) == (0, 0, 60, 2)
+    assert not again.products_written and again.shards_written == []
+    assert _files(lake) == before
+
+
+def test_incremental_changes(catalog, tmp_path):
+    lake = tmp_path / "lake"
+    ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    first = {p["product_id"]: p for p in read_products(open_storage(lake)).to_pylist()}
+    df = pd.read_csv(catalog, dtype=str, keep_default_na=False)
+    df.loc[df.id == "P00002", "pattern"] = "checked" if first["P00002"]["labels"] != [("pattern", ["checked"])] else "solid"
+    df = df[df.id != "P00003"]
+    df.to_csv(catalog, index=False)
+    Image.new("RGB", (40, 40), "red").save(catalog.parent / "images/P00001.jpg")
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    assert (result.new, result.changed, result.removed, result.unchanged) == (0, 2, 1, 57)
+    assert result.images_stored == 1 and len(result.shards_written) == 1
+    now = {p["product_id"]: p for p in read_products(open_storage(lake)).to_pylist()}
+    assert "P00003" not in now
+    assert now["P00001"]["image_hash"] != first["P00001"]["image_hash"]
+    assert now["P00001"]["first_seen"] == first["P00001"]["first_seen"]
+    assert now["P00001"]["updated_at"] > first["P00001"]["updated_at"]
+    assert now["P00004"] == first["P00004"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_formats_give_the_same_products(fmt, tmp_path):
+    tables = []
+    for f in ("csv", fmt):
+        path = generate_catalog(tmp_path / f, n_products=20, seed=3, image_size=48)
+        ingest_catalog(str(path), DEMO_TAXONOMY, str(tmp_path / f"lake-{f}"))
+        t = read_products(open_storage(tmp_path / f"lake-{f}"))
+        tables.append(t.select(["product_id", "category", "image_hash", "labels"]).to_pylist())
+    assert tables[0] == tables[1]
+
+
+def _write_csv(tmp_path, text: str | bytes, name="catalog.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("content, name, message", [
+    ("", "catalog.csv", "cannot be parsed|no rows"),
+    ("id,category,image,colour\n", "catalog.csv", "has no rows"),
+    ("ID,category,img,colour\n1,tops,a.jpg,red\n", "catalog.csv", "lacks columns 'id'.*did you mean 'ID'"),
+    ("id,category,image,colour\n1,tops,a.jpg,ro\xe9\n".encode("latin-1"), "catalog.csv", "not UTF-8"),
+    ("id\n1\n", "catalog.xlsx", "unknown format '.xlsx'"),
+])
+def test_catalog_level_problems_write_nothing(tmp_path, content, name, message):
+    lake = tmp_path / "lake"
+    with pytest.raises(CatalogError, match=message):
+        ingest_catalog(_write_csv(tmp_path, content, name), DEMO_TAXONOMY, str(lake))
+    assert not lake.exists()
+
+
+def test_missing_catalog(tmp_path):
+    with pytest.raises(CatalogError, match="does not exist"):
+        ingest_catalog(str(tmp_path / "nope.csv"), DEMO_TAXONOMY, str(tmp_path / "lake"))
+
+
+def test_row_level_problems_become_rejects(catalog, tmp_path):
+    df = pd.read_csv(catalog, dtype=str, keep_default_na=False).head(5)
+    extra = [
+        dict(df.iloc[0]),                                          # exact duplicate
+        dict(df.iloc[1]) | {"colour": "blue" if df.iloc[1]["colour"] != "blue" else "red"},  # conflicting
+        dict(df.iloc[2]) | {"id": "ESCAPE", "image": "../../../etc/passwd"},
+        dict(df.iloc[2]) | {"id": "ABS", "image": "/etc/passwd"},
+        dict(df.iloc[2]) | {"id": "FILEURI", "image": "file:///etc/passwd"},
+        dict(df.iloc[2]) | {"id": "", "image": "images/P00003.jpg"},
+        dict(df.iloc[2]) | {"id": "NOIMG", "image": ""},
+        dict(df.iloc[2]) | {"id": "TWO", "colour": "red|blue"},
+    ]
+    pd.concat([df, pd.DataFrame(extra)]).to_csv(catalog, index=False)
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(tmp_path / "lake"))
+    rejects = read_table(open_storage(tmp_path / "lake"), REJECTS_PATH, REJECTS).to_pylist()
+    reasons = {(r["row_number"], r["reason"]) for r in rejects}
+    assert reasons == {(5, "duplicate_id"), (6, "conflicting_duplicate"), (7, "image_outside_root"),
+                       (8, "image_outside_root"), (9, "bad_image_uri"), (10, "missing_id"),
+                       (11, "missing_image"), (12, "unknown_label")}
+    assert result.products == 5
+
+
+def test_catalog_images_and_lake_on_s3(catalog, s3_bucket):
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket = s3_bucket.removeprefix("s3://")
+    for path in catalog.parent.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"exports/{path.relative_to(catalog.parent)}")
+    lake = f"{s3_bucket}/lake"
+    result = ingest_catalog(f"{s3_bucket}/exports/catalog.csv", DEMO_TAXONOMY, lake)
+    assert (result.products, result.rejected) == (60, 3)
+    products = read_products(open_storage(lake)).to_pylist()
+    assert products[0]["image_uri"] == f"{s3_bucket}/exports/images/P00001.jpg"
+    again = ingest_catalog(f"{s3_bucket}/exports/catalog.csv", DEMO_TAXONOMY, lake)
+    assert again.images_fetched == 2 and not again.products_written  # ETags unchanged
