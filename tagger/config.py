@@ -37,6 +37,11 @@ class IngestConfig(_Config):
         "sequential reads, small enough to rewrite cheaply.",
     )
     workers: int = Field(8, ge=1, le=256, description="Threads fetching and decoding images.")
+    max_reject_fraction: float = Field(
+        0.5, ge=0, le=1,
+        description="Refuse to update the products table when more than this share of rows "
+        "is rejected (a broken export or image store must not wipe the catalog).",
+    )
     max_pixels: int = Field(
         64_000_000, ge=1, description="Decompression-bomb guard on declared width*height."
     )

@@ -364,18 +364,31 @@ def ingest_catalog(
         _flush(storage, pending, known, result)
     bar.close()
 
+    result.rejected = len(rejects)
+    for r in rejects:
+        result.reject_reasons[r["reason"]] = result.reject_reasons.get(r["reason"], 0) + 1
+    _write_rejects(storage, rejects)
+    if result.rejected > config.max_reject_fraction * result.rows:
+        raise CatalogError(
+            f"{result.rejected} of {result.rows} rows were rejected ({result.reject_reasons}), more "
+            f"than max_reject_fraction={config.max_reject_fraction}: the products table was not "
+            f"updated. See {storage.url(REJECTS_PATH)}."
+        )
     good = sorted((r for r in rows if r.index not in bad_rows), key=lambda r: r.product_id)
+    # A product whose image could not be fetched this time (network, throttling) keeps its
+    # previous row: a flaky night must not drop it and its tags.
+    flaky = {r["product_id"] for r in rejects if r["reason"] == "fetch_error"}
     table = _products_table(good, prev_by_id, run_id, now, result)
-    result.removed = len(set(prev_by_id) - {r.product_id for r in good})
+    kept = [prev_by_id[p] for p in sorted(flaky & prev_by_id.keys())]
+    if kept:
+        table = pa.concat_tables([table, pa.Table.from_pylist(kept, schema=PRODUCTS)]).sort_by("product_id")
+        result.unchanged += len(kept)
+    result.removed = len(set(prev_by_id) - set(table["product_id"].to_pylist()))
     result.products = table.num_rows
     if not table.equals(pa.Table.from_pylist(previous, schema=PRODUCTS)):
         write_table(storage, PRODUCTS_PATH, table)
         result.products_written = True
-    _write_rejects(storage, rejects)
     _write_taxonomy(storage, taxonomy)
-    result.rejected = len(rejects)
-    for r in rejects:
-        result.reject_reasons[r["reason"]] = result.reject_reasons.get(r["reason"], 0) + 1
     result.seconds = round(time.perf_counter() - t0, 3)
     log.info(
         "ingest %s: %d rows -> %d products (%d new, %d changed, %d removed), %d rejected, "
@@ -407,7 +420,8 @@ def _products_table(good, prev_by_id, run_id, now, result) -> pa.Table:
         )
         prev = prev_by_id.get(r.product_id)
         content_same = prev is not None and all(
-            (sorted(prev[k]) if k == "labels" else prev[k]) == rec[k] for k in rec if k != "image_version"
+            (sorted(prev[k]) if k == "labels" else prev[k]) == rec[k]
+            for k in ("category", "image_hash", "labels")  # what tags depend on; a moved image is not a change
         )
         if prev is None:
             result.new += 1

@@ -123,7 +123,8 @@ def test_row_level_problems_become_rejects(catalog, tmp_path):
         dict(df.iloc[2]) | {"id": "TWO", "colour": "red|blue"},
     ]
     pd.concat([df, pd.DataFrame(extra)]).to_csv(catalog, index=False)
-    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(tmp_path / "lake"))
+    config = IngestConfig(max_reject_fraction=1.0)
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(tmp_path / "lake"), config)
     rejects = read_table(open_storage(tmp_path / "lake"), REJECTS_PATH, REJECTS).to_pylist()
     reasons = {(r["row_number"], r["reason"]) for r in rejects}
     assert reasons == {(5, "duplicate_id"), (6, "conflicting_duplicate"), (7, "image_outside_root"),
@@ -147,3 +148,38 @@ def test_catalog_images_and_lake_on_s3(catalog, s3_bucket):
     assert products[0]["image_uri"] == f"{s3_bucket}/exports/images/P00001.jpg"
     again = ingest_catalog(f"{s3_bucket}/exports/catalog.csv", DEMO_TAXONOMY, lake)
     assert again.images_fetched == 2 and not again.products_written  # ETags unchanged
+
+
+def test_mass_rejection_keeps_the_products_table(catalog, tmp_path):
+    lake = tmp_path / "lake"
+    ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    before = read_products(open_storage(lake))
+    for img in (catalog.parent / "images").glob("P000[0-4]*.jpg"):  # 49 of 60 images gone
+        img.unlink()
+    with pytest.raises(CatalogError, match="52 of 63 rows were rejected.*not updated"):
+        ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    assert read_products(open_storage(lake)).equals(before)
+    rejects = read_table(open_storage(lake), REJECTS_PATH, REJECTS)
+    assert rejects.num_rows == 52  # what went wrong is still written down
+
+
+def test_flaky_fetch_keeps_the_previous_row(catalog, tmp_path, monkeypatch):
+    from tagger import ingest as ingest_mod
+
+    lake = tmp_path / "lake"
+    ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    before = {p["product_id"]: p for p in read_products(open_storage(lake)).to_pylist()}
+    real_read = ingest_mod.ImageSource.read
+
+    def flaky(self, uri):
+        if uri.endswith("P00007.jpg"):
+            raise ConnectionError("connection reset by peer")
+        return real_read(self, uri)
+
+    monkeypatch.setattr(ingest_mod.ImageSource, "read", flaky)
+    monkeypatch.setattr(ingest_mod.ImageSource, "version", lambda self, uri: None)  # force reads
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    assert result.reject_reasons == {"fetch_error": 1, "missing_file": 1, "not_an_image": 1,
+                                     "unknown_label": 1}
+    after = {p["product_id"]: p for p in read_products(open_storage(lake)).to_pylist()}
+    assert after["P00007"] == before["P00007"] and result.removed == 0 and len(after) == 60

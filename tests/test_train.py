@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from catalog_schemas.taxonomy import Taxonomy
+from tagger import train as train_mod
+from tagger.registry import list_versions, load_model, read_card
+from tagger.storage import open_storage
+from tagger.train import create_scheduler, split_train_val, train_model
+from tests.conftest import TINY_TRAIN
+
+
+def test_split_is_stratified_disjoint_and_reproducible():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 6)) < [0.5, 0.3, 0.1, 0.05, 0.02, 0.5]).astype(np.float32)
+    tr, va = split_train_val(targets, 0.25, seed=1)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 200
+    assert 45 <= len(va) <= 55
+    tr2, va2 = split_train_val(targets, 0.25, seed=1)
+    assert np.array_equal(va, va2)
+    # every value with >= 4 positives has some in each split
+    for k in range(6):
+        if targets[:, k].sum() >= 4:
+            assert targets[va, k].sum() > 0 and targets[tr, k].sum() > 0, k
+
+
+def test_scheduler_warms_up_then_decays_to_one_percent():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = TINY_TRAIN.model_copy(update=dict(epochs=2, warmup_epochs=1))
+    sched = create_scheduler(opt, steps_per_epoch=4, config=cfg)
+    lrs = []
+    for _ in range(8):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[4] > lrs[5] > lrs[6] > lrs[7] >= 0.01
+    assert sched.get_last_lr()[0] == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_trained_model_is_registered_with_a_complete_card(trained_lake):
+    lake, version = trained_lake
+    storage = open_storage(lake)
+    assert list_versions(storage) == [version]
+    card = read_card(storage, version)
+    taxonomy = Taxonomy.model_validate(card["taxonomy"])
+    assert card["backbone"] == "test_efficientnet" and card["image_size"] == 48
+    assert {(a, v) for a, vals in card["thresholds"].items() for v in vals} == set(taxonomy.outputs)
+    assert all(0 <= t <= 1 for vals in card["thresholds"].values() for t in vals.values())
+    assert card["config"]["epochs"] == 2 and card["config"]["batch_size"] == 16
+    assert len(card["history"]) == 2 and card["data"]["train"] + card["data"]["validation"] == 60
+    for key in ("micro_f1", "macro_f1", "mAP", "hamming_loss", "per_attribute", "per_value"):
+        assert key in card["metrics"]
+    assert storage.list("checkpoints") == []  # removed once the version is registered
+    assert "# Model" in storage.read_bytes(f"models/{version}/report.md").decode()
+    model, _ = load_model(storage, version)
+    assert model(torch.randn(1, 3, 48, 48)).shape == (1, taxonomy.num_outputs)
+
+
+@pytest.mark.slow
+def test_model_copied_to_another_lake_loads_there(trained_lake, tmp_path):
+    import shutil
+
+    lake, version = trained_lake
+    shutil.copytree(lake / "models" / version, tmp_path / "other" / "models" / version)
+    _, card = load_model(open_storage(tmp_path / "other"))
+    assert card["version"] == version
+
+
+@pytest.mark.slow
+def test_tampered_weights_are_refused(trained_lake):
+    lake, version = trained_lake
+    weights = lake / "models" / version / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ValueError, match="do not match the sha256"):
+        load_model(open_storage(lake), version)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_epoch(trained_lake, monkeypatch, caplog):
+    lake, _ = trained_lake
+    cfg = TINY_TRAIN.model_copy(update=dict(epochs=1))
+
+    def crash(*a, **k):
+        raise RuntimeError("killed after the epoch")
+
+    monkeypatch.setattr(train_mod, "_evaluate_and_register", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_model(str(lake), cfg)
+    assert len(open_storage(lake).list("checkpoints")) == 1
+    monkeypatch.undo()
+    caplog.set_level("INFO", logger="tagger.train")
+    version = train_model(str(lake), cfg.model_copy(update=dict(epochs=2, resume=True)))
+    assert "resumed from epoch 1" in caplog.text
+    history = read_card(open_storage(lake), version)["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
