@@ -11,12 +11,12 @@ from prefect import flow
 from flows.ingest import ingest
 from flows.tag import tag
 from flows.train import train
-from tagger.demo import DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
+from tagger.demo import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
 from tagger.sample import generate_catalog
 
 
 @flow(name="demo")
-def demo(lake: str = "demo/lake", products: int = 600) -> str:
+def demo(lake: str = "demo/lake", products: int = DEMO_PRODUCTS) -> str:
     lake, catalog_dir = demo_paths(lake)
     catalog = generate_catalog(catalog_dir, n_products=products)
     ingest(str(catalog), DEMO_TAXONOMY, lake)
@@ -28,7 +28,7 @@ def demo(lake: str = "demo/lake", products: int = 600) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lake", default="demo/lake")
-    parser.add_argument("--products", type=int, default=600)
+    parser.add_argument("--products", type=int, default=DEMO_PRODUCTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     version = demo(args.lake, args.products)

@@ -37,7 +37,8 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "test_efficientnet": Backbone(
         "test_efficientnet", 64, 32, 2e-3,
-        "timm's tiny test network: unit and end-to-end tests in seconds",
+        "timm's tiny test network: tests in seconds, and the CPU demo (from random init it "
+        "learns the drawn products faster and better than mobilenetv3_small)",
     ),
 }
 

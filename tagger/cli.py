@@ -24,7 +24,7 @@ def cmd_ingest(args) -> int:
     config = load_config(IngestConfig, args.config, image_max_side=args.image_max_side,
                          workers=args.workers)
     result = ingest_catalog(args.catalog, args.taxonomy, args.lake, config, run_id=args.run_id)
-    _print_json(result.to_dict())
+    _print_json(result.to_dict() | {"shards_written": len(result.shards_written)})
     return 0
 
 
@@ -57,15 +57,16 @@ def cmd_tag(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from tagger.demo import DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
+    from tagger.demo import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
     from tagger.ingest import ingest_catalog
     from tagger.sample import generate_catalog
     from tagger.tags import tag_catalog
     from tagger.train import train_model
 
     lake, catalog_dir = demo_paths(args.lake)
-    catalog = generate_catalog(catalog_dir, n_products=args.products, seed=args.seed)
-    log.info("generated %d products at %s", args.products, catalog)
+    products = args.products or DEMO_PRODUCTS
+    catalog = generate_catalog(catalog_dir, n_products=products, seed=args.seed)
+    log.info("generated %d products at %s", products, catalog)
     ingest_catalog(str(catalog), DEMO_TAXONOMY, lake)
     config = DEMO_TRAIN.model_copy(update={"epochs": args.epochs} if args.epochs else {})
     version = train_model(lake, config)
@@ -81,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate a sample catalog, ingest, train and tag it")
     d.add_argument("--lake", default=None, help="lake folder (default demo/lake; catalog beside it)")
-    d.add_argument("--products", type=int, default=600, help="products to generate (default 600)")
-    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 12)")
+    d.add_argument("--products", type=int, help="products to generate (default 1000)")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 15)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 

@@ -16,10 +16,12 @@ from tagger.tags import LATEST_PATH
 
 DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
 
-# Small enough to train from random init in ~2 minutes on 2 CPU cores, big enough to learn
-# every attribute of the drawn products well above chance.
+# Measured on 2 CPU cores with 1000 generated products: ~100 s of training from random init,
+# validation accuracy 0.96 article type, 1.00 colour, 0.82 pattern, 0.90 sleeve length.
+# timm's tiny test EfficientNet beat mobilenetv3_small here (faster and more accurate).
+DEMO_PRODUCTS = 1000
 DEMO_TRAIN = TrainConfig(
-    backbone="mobilenetv3_small", image_size=64, epochs=12, batch_size=32, lr=3e-3,
+    backbone="test_efficientnet", image_size=96, epochs=15, batch_size=32, lr=3e-3,
     warmup_epochs=1, pretrained=False, workers=1, log_every=10,
 )
 

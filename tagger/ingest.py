@@ -358,10 +358,8 @@ def ingest_catalog(
                 elif row.stored is not None:
                     pending.append(row)
             bar.update(len(chunk))
-            # Several rows may share one new image: write full shards of distinct images.
-            if len({r.image_hash for r in pending}) >= config.shard_size:
-                _flush(storage, pending, known, result)
-        _flush(storage, pending, known, result)
+            _flush(storage, pending, known, result, config.shard_size)
+        _flush(storage, pending, known, result, config.shard_size, final=True)
     bar.close()
 
     result.rejected = len(rejects)
@@ -398,16 +396,20 @@ def ingest_catalog(
     return result
 
 
-def _flush(storage: Storage, pending: list[_Row], known: dict[str, str], result: IngestResult):
-    if not pending:
-        return
-    # Rows whose image another pending row already carries share that row's shard.
-    name = _write_shard(storage, pending)
-    new = {r.image_hash for r in pending}
-    known.update({h: name for h in new})
-    result.images_stored += len(new)
-    result.shards_written.append(name)
-    pending.clear()
+def _flush(storage: Storage, pending: list[_Row], known: dict[str, str], result: IngestResult,
+           shard_size: int, final: bool = False) -> None:
+    """Write shards of exactly `shard_size` distinct new images (the rest too when final)."""
+    groups: dict[str, list[_Row]] = {}
+    for r in pending:
+        groups.setdefault(r.image_hash, []).append(r)
+    hashes = list(groups)
+    while len(hashes) >= shard_size or (final and hashes):
+        batch, hashes = hashes[:shard_size], hashes[shard_size:]
+        name = _write_shard(storage, [r for h in batch for r in groups[h]])
+        known.update({h: name for h in batch})
+        result.images_stored += len(batch)
+        result.shards_written.append(name)
+    pending[:] = [r for h in hashes for r in groups[h]]
 
 
 def _products_table(good, prev_by_id, run_id, now, result) -> pa.Table:

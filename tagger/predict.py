@@ -17,9 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, sampler=None,
-                  drop_last=False, device: torch.device | None = None, seed: int = 0) -> DataLoader:
-    """DataLoader with the settings that keep a GPU fed: persistent workers, prefetching,
-    pinned memory on CUDA."""
+                  drop_last=False, device: torch.device | None = None, seed: int = 0,
+                  persistent: bool = False) -> DataLoader:
+    """DataLoader with the settings that keep a GPU fed: prefetching workers, pinned memory
+    on CUDA; `persistent` keeps the workers across epochs (training).
+
+    Workers start from a forkserver, not a fork of this process: Prefect runs tasks in
+    threads, and a process forked while other threads hold locks can die or hang."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -27,8 +31,9 @@ def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, samp
         sampler=sampler,
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context="forkserver" if workers > 0 else None,
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),
     )

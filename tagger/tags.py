@@ -153,7 +153,8 @@ def tag_catalog(
     meta = {"run_id": run_id, "model_version": card["version"], "config": config.model_dump_json()}
     new = _as_table(chunks, card["version"], run_id, now, meta)
     result.history_rows = new.num_rows
-    result.history_path = _write_history(storage, new, run_id, run_date)
+    if new.num_rows or full:  # a night with nothing to tag leaves no empty file behind
+        result.history_path = _write_history(storage, new, run_id, run_date)
 
     tagged_ids = pa.array([products[i]["product_id"] for i in todo], pa.string())
     current_ids = pa.array([p["product_id"] for p in products], pa.string())
@@ -169,7 +170,8 @@ def tag_catalog(
     for a in latest["attribute"].to_pylist():
         result.tags_per_attribute[a] = result.tags_per_attribute.get(a, 0) + 1
 
-    _write_state(storage, state, [products[i] for i in todo], products, card["version"], run_id)
+    if todo or result.removed:
+        _write_state(storage, state, [products[i] for i in todo], products, card["version"], run_id)
     result.seconds = round(time.perf_counter() - t0, 3)
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)

@@ -214,7 +214,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     sampler = DistributedSampler(train_ds, seed=config.seed, drop_last=True) if world > 1 else None
     train_loader = create_loader(train_ds, config.batch_size, config.workers, shuffle=True,
                                  sampler=sampler, drop_last=len(train_ds) > config.batch_size,
-                                 device=device, seed=config.seed)
+                                 device=device, seed=config.seed, persistent=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = create_scheduler(optimizer, len(train_loader), config)
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()

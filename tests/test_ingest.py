@@ -23,9 +23,10 @@ def _files(lake: Path) -> dict[str, int]:
 
 def test_ingest_demo_catalog(catalog, tmp_path):
     lake = tmp_path / "lake"
-    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), IngestConfig(shard_size=25))
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), IngestConfig(shard_size=25, workers=3))
     assert (result.rows, result.products, result.new, result.rejected) == (63, 60, 60, 3)
     assert result.images_stored == 60 and len(result.shards_written) == 3
+    assert [pq.read_metadata(lake / "catalog/images" / s).num_rows for s in result.shards_written] == [25, 25, 10]
     storage = open_storage(lake)
     rejects = read_table(storage, REJECTS_PATH, REJECTS).to_pylist()
     got = {(r["product_id"], r["stage"], r["reason"]) for r in rejects}

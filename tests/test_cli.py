@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from tagger.cli import main
+from tests.conftest import DEMO_TAXONOMY
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys, caplog):
+    code = main(["ingest", str(tmp_path / "missing.csv"), "--taxonomy", DEMO_TAXONOMY,
+                 "--lake", str(tmp_path / "lake")])
+    assert code == 2
+    assert "missing.csv does not exist" in caplog.text and "Traceback" not in caplog.text
+    code = main(["tag", "--lake", str(tmp_path / "lake")])
+    assert code == 2 and "Train one first: tagger train --lake" in caplog.text
+
+
+def test_cli_rejects_unknown_backbone(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--lake", "x", "--backbone", "effnet"])
+    assert "invalid choice: 'effnet'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_ingest_train_tag(catalog, tmp_path, capsys):
+    lake = str(tmp_path / "lake")
+    assert main(["ingest", str(catalog), "--taxonomy", DEMO_TAXONOMY, "--lake", lake]) == 0
+    ingested = json.loads(capsys.readouterr().out)
+    assert (ingested["products"], ingested["rejected"], ingested["shards_written"]) == (60, 3, 1)
+    assert main(["train", "--lake", lake, "--backbone", "test_efficientnet", "--image-size", "48",
+                 "--epochs", "1", "--no-pretrained", "--workers", "0"]) == 0
+    version = capsys.readouterr().out.strip()
+    assert (tmp_path / "lake" / "models" / version / "card.json").exists()
+    assert main(["tag", "--lake", lake, "--run-date", "2026-02-03"]) == 0
+    tagged = json.loads(capsys.readouterr().out)
+    assert tagged["model_version"] == version and tagged["tagged"] == 60
+    assert (tmp_path / "lake" / "tags/history/run_date=2026-02-03").is_dir()
+    assert main(["tag", "--lake", lake]) == 0
+    assert json.loads(capsys.readouterr().out)["tagged"] == 0
