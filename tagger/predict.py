@@ -15,6 +15,8 @@ from tagger.model import autocast
 
 log = logging.getLogger(__name__)
 
+MIN_BATCHES_FOR_WORKERS = 20
+
 
 def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, sampler=None,
                   drop_last=False, device: torch.device | None = None, seed: int = 0,
@@ -23,7 +25,11 @@ def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, samp
     on CUDA; `persistent` keeps the workers across epochs (training).
 
     Workers start from a forkserver, not a fork of this process: Prefect runs tasks in
-    threads, and a process forked while other threads hold locks can die or hang."""
+    threads, and a process forked while other threads hold locks can die or hang.
+    A worker takes seconds to start that way, more than it saves on a small job: below
+    MIN_BATCHES_FOR_WORKERS batches the main process loads the data itself."""
+    if len(dataset) < MIN_BATCHES_FOR_WORKERS * batch_size:
+        workers = 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
