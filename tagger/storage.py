@@ -13,11 +13,13 @@ so S3-compatible stores (MinIO, Ceph, R2) work without code changes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,19 +51,36 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+_CLIENTS: dict[bytes, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+# The settings a client is built from: a new value (another endpoint, profile, key) gets a
+# new client, the same values share one (boto3 clients are thread-safe, and building one
+# costs ~0.1-0.5 s of CPU).
+_CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "TAGGER_S3_MAX_ATTEMPTS")
+
+
 def create_s3_client():
     """A boto3 S3 client configured from the standard AWS settings, with adaptive retries
-    (throttling, 5xx and dropped connections are retried with backoff)."""
+    (throttling, 5xx and dropped connections are retried with backoff; attempts from
+    TAGGER_S3_MAX_ATTEMPTS, default 8). Shared per process and settings."""
     import boto3
     from botocore.config import Config
 
-    config = Config(
-        retries={"mode": "adaptive", "max_attempts": int(os.environ.get("TAGGER_S3_MAX_ATTEMPTS", 8))},
-        max_pool_connections=64,
-        connect_timeout=10,
-        read_timeout=60,
-    )
-    return boto3.session.Session().client("s3", config=config)
+    # A digest, so that no secret sits in a long-lived structure.
+    key = hashlib.sha256(repr((os.getpid(), *(os.environ.get(k) for k in _CLIENT_ENV))).encode()).digest()
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            config = Config(
+                retries={"mode": "adaptive",
+                         "max_attempts": int(os.environ.get("TAGGER_S3_MAX_ATTEMPTS", 8))},
+                max_pool_connections=64,
+                connect_timeout=10,
+                read_timeout=60,
+            )
+            _CLIENTS[key] = boto3.session.Session().client("s3", config=config)
+        return _CLIENTS[key]
 
 
 class Storage:

