@@ -31,6 +31,7 @@ from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
 from tagger.images import ImageError, normalise_image
+from tagger.lock import lake_lock
 from tagger.storage import (
     Storage,
     create_s3_client,
@@ -319,6 +320,13 @@ def ingest_catalog(
 
     df = read_catalog(str(catalog))
     check_columns(df, taxonomy, str(catalog))
+    # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
+    with lake_lock(storage, "catalog", owner=run_id):
+        return _ingest_rows(df, taxonomy, storage, config, result, now, t0)
+
+
+def _ingest_rows(df, taxonomy, storage, config, result, now, t0) -> IngestResult:
+    run_id, catalog = result.run_id, result.catalog
     result.rows = len(df)
     source = ImageSource(str(catalog))
     rejects: list[dict] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from catalog_schemas.taxonomy import Taxonomy
+from tagger.lock import lake_lock
 from tagger.model import create_model, load_weights, save_weights
 from tagger.storage import Storage
 
@@ -60,12 +61,12 @@ def register_model(storage: Storage, model: nn.Module, card: dict) -> str:
     version = card.setdefault("version", new_version())
     missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
     assert not missing, f"model card lacks {missing}"  # our own code builds the card
-    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
+    with lake_lock(storage, "models", owner=version), tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         local = Path(tmp) / WEIGHTS
         save_weights(model, local)
         card["weights_sha256"] = hashlib.sha256(local.read_bytes()).hexdigest()
         storage.upload(local, f"{MODELS}/{version}/{WEIGHTS}")
-    storage.write_bytes(f"{MODELS}/{version}/{CARD}", json.dumps(card, indent=2).encode())
+        storage.write_bytes(f"{MODELS}/{version}/{CARD}", json.dumps(card, indent=2).encode())
     log.info("registered model %s at %s", version, storage.url(f"{MODELS}/{version}"))
     return version
 

@@ -30,6 +30,7 @@ from tagger.data import ProductImages, create_transforms, order_by_shard
 from tagger.ingest import read_products
 from tagger.model import resolve_device
 from tagger.predict import create_loader, predict_scores
+from tagger.lock import locked
 from tagger.registry import load_model
 from tagger.storage import Storage, open_storage, read_table_or_empty, write_table
 from tagger.taxonomy import applicable_mask, encode_labels, single_slices
@@ -108,6 +109,7 @@ def _thresholds_vector(taxonomy: Taxonomy, card: dict) -> np.ndarray:
         raise ValueError(f"Model {card['version']} card has no threshold for {e}: corrupt card?") from None
 
 
+@locked("tags")  # one tag run per lake at a time (tagger/lock.py)
 def tag_catalog(
     lake: str,
     *,
