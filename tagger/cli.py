@@ -56,6 +56,17 @@ def cmd_tag(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from tagger.config import TagConfig, load_config
+    from tagger.evaluate import evaluate_model
+
+    config = load_config(TagConfig, None, batch_size=args.batch_size, workers=args.workers,
+                         device=args.device)
+    _print_json(evaluate_model(args.lake, args.catalog, model_version=args.model,
+                               taxonomy=args.taxonomy, name=args.name, config=config))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tagger.demo import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
     from tagger.ingest import ingest_catalog
@@ -125,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-id", help="re-using a run id replaces that run's output")
     g.add_argument("--run-date", type=date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
     g.set_defaults(func=cmd_tag)
+    e = sub.add_parser("evaluate", help="evaluate a model on a labelled catalog it never saw")
+    e.add_argument("catalog", help="labelled catalog export (CSV, JSON Lines, Parquet; local or s3://)")
+    e.add_argument("--lake", required=True)
+    e.add_argument("--model", help="model version (default: newest)")
+    e.add_argument("--taxonomy", help="taxonomy YAML whose `catalog:` mapping fits the export "
+                   "(default: the model's own)")
+    e.add_argument("--name", help="evaluation name (default: export name + time)")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--workers", type=int)
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    e.set_defaults(func=cmd_evaluate)
     return p
 
 

@@ -1,4 +1,4 @@
-"""A model card as Markdown: what a person reads after training (Prefect artifact, report.md)."""
+"""Metrics as Markdown: the model report (report.md, the Prefect artifact) and evaluations."""
 
 from __future__ import annotations
 
@@ -7,28 +7,21 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def render_card_markdown(card: dict, *, worst: int = 10) -> str:
-    m = card["metrics"]
+def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: dict,
+                            kinds: dict[str, str], *, images: dict[str, str] | None = None,
+                            worst: int = 10) -> str:
+    """Overall figures, a table per attribute, the weakest values; `images` maps a caption
+    to a relative PNG path to embed."""
+    m = metrics
     lines = [
-        f"# Model {card['version']}",
-        "",
-        f"Backbone **{card['backbone']}** at {card['image_size']} px, trained on "
-        f"{card['data']['train']} products, validated on {card['data']['validation']} "
-        f"(data snapshot `{card['data']['snapshot']}`) in {card['training']['seconds']:.0f} s "
-        f"on {card['training']['device']} x{card['training']['world_size']}.",
-        "",
-        f"| micro-F1 | macro-F1 | mAP | Hamming loss |",
-        f"|---|---|---|---|",
+        f"# {title}", "", intro, "",
+        "| micro-F1 | macro-F1 | mAP | Hamming loss |", "|---|---|---|---|",
         f"| {_f(m['micro_f1'])} | {_f(m['macro_f1'])} | {_f(m['mAP'])} | {_f(m['hamming_loss'])} |",
-        "",
-        f"_{m.get('split', 'validation split')}_",
-        "",
-        "## Per attribute",
-        "",
+        "", f"_{m.get('split', '')}_" if m.get("split") else "",
+        "## Per attribute", "",
         "| attribute | kind | accuracy | coverage | macro-F1 | products with a label |",
         "|---|---|---|---|---|---|",
     ]
-    kinds = {a["name"]: a["kind"] for a in card["taxonomy"]["attributes"]}
     for attr, am in m["per_attribute"].items():
         lines.append(f"| {attr} | {kinds.get(attr, '')} | {_f(am.get('accuracy'))} | "
                      f"{_f(am.get('coverage'))} | {_f(am.get('macro_f1'))} | {am.get('known', '-')} |")
@@ -39,7 +32,25 @@ def render_card_markdown(card: dict, *, worst: int = 10) -> str:
               "| attribute | value | precision | recall | F1 | AP | support | threshold |",
               "|---|---|---|---|---|---|---|---|"]
     for attr, v, vm in values[:worst]:
-        thr = card["thresholds"].get(attr, {}).get(v)
+        thr = thresholds.get(attr, {}).get(v)
         lines.append(f"| {attr} | {v} | {_f(vm['precision'])} | {_f(vm['recall'])} | {_f(vm['f1'])} "
                      f"| {_f(vm['ap'])} | {vm['support']} | {_f(thr)} |")
+    for caption, path in (images or {}).items():
+        lines += ["", f"## {caption}", "", f"![{caption}]({path})"]
     return "\n".join(lines) + "\n"
+
+
+def card_summary(card: dict) -> str:
+    """One sentence: what was trained, on what, where, how long."""
+    return (
+        f"Backbone **{card['backbone']}** at {card['image_size']} px, trained on "
+        f"{card['data']['train']} products, validated on {card['data']['validation']} "
+        f"(data snapshot `{card['data']['snapshot']}`) in {card['training']['seconds']:.0f} s "
+        f"on {card['training']['device']} x{card['training']['world_size']}."
+    )
+
+
+def render_card_markdown(card: dict, *, images: dict[str, str] | None = None) -> str:
+    kinds = {a["name"]: a["kind"] for a in card["taxonomy"]["attributes"]}
+    return render_metrics_markdown(f"Model {card['version']}", card_summary(card), card["metrics"],
+                                   card["thresholds"], kinds, images=images)

@@ -34,14 +34,14 @@ from tagger.config import TrainConfig
 from tagger.data import ProductImages, create_transforms
 from tagger.ingest import read_lake_taxonomy, read_products
 from tagger.losses import compute_pos_weight, masked_bce_with_logits
-from tagger.metrics import compute_metrics
+from tagger.evaluate import compute_evaluation, write_evaluation_report
 from tagger.model import autocast, create_model, data_config, resolve_device, unwrap
 from tagger.predict import create_loader, predict_scores
 from tagger.registry import new_version, register_model
-from tagger.report import render_card_markdown
+from tagger.report import card_summary
 from tagger.storage import Storage, open_storage
-from tagger.taxonomy import encode_labels, single_slices
-from tagger.thresholds import compute_decisions, tune_thresholds
+from tagger.taxonomy import encode_labels
+from tagger.thresholds import tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -267,9 +267,7 @@ def _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight, dc
                             amp=config.amp, desc="validate")
     targets, mask = data.targets[val_idx], data.mask[val_idx]
     thresholds = tune_thresholds(scores, targets, mask)
-    singles = single_slices(taxonomy)
-    decisions = compute_decisions(scores, thresholds, list(singles.values()))
-    metrics = compute_metrics(targets, mask, scores, decisions, taxonomy.outputs, singles)
+    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, thresholds)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     by_attr = lambda arr: {a: {v: round(float(arr[i]), 6) for i, (aa, v) in enumerate(taxonomy.outputs)
                                if aa == a} for a in taxonomy.slices}
@@ -292,7 +290,8 @@ def _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight, dc
         training=dict(device=str(device), world_size=world, seconds=round(seconds, 1),
                       torch=torch.__version__, timm=timm.__version__),
     )
-    storage.write_bytes(f"models/{version}/report.md", render_card_markdown(card).encode())
+    write_evaluation_report(storage, f"models/{version}", f"Model {version}", card_summary(card),
+                            taxonomy, card["thresholds"], targets, mask, scores, decisions, metrics)
     register_model(storage, model, card)
     log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",
              version, metrics["micro_f1"] or 0, metrics["macro_f1"] or 0, metrics["mAP"] or 0,

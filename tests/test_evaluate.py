@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+
+from catalog_schemas.taxonomy import load_taxonomy
+from tagger.cli import main
+from tagger.evaluate import compute_evaluation, evaluate_model
+from tagger.sample import generate_catalog
+from tests.conftest import DEMO_TAXONOMY
+
+TAX = load_taxonomy("""
+name: t
+attributes:
+  - {name: colour, kind: single, values: [red, blue, green]}
+  - {name: features, kind: multi, values: [logo, zip]}
+""")
+
+
+def test_single_attributes_are_decoded_as_one_choice_and_unknowns_ignored():
+    targets = np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 1], [0, 0, 1, 0, 0]], dtype=np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]], dtype=bool)
+    scores = np.array([[.9, .8, .1, .7, .2], [.6, .7, .1, .1, .9], [.9, .1, .1, .1, .1]], dtype=np.float32)
+    thresholds = np.full(5, 0.5, dtype=np.float32)
+    decisions, metrics = compute_evaluation(TAX, targets, mask, scores, thresholds)
+    # row 0: red and blue pass, red scores best -> red; row 1: blue; row 2's colour unknown
+    assert decisions[:, :3].tolist() == [[True, False, False], [False, True, False], [True, False, False]]
+    assert metrics["per_attribute"]["colour"]["accuracy"] == 1.0  # row 2 does not count
+    assert metrics["per_value"]["colour"]["red"]["known"] == 2
+
+
+@pytest.mark.slow
+def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys):
+    lake, version = trained_lake
+    catalog = generate_catalog(tmp_path / "holdout", n_products=30, seed=99, image_size=64)
+    summary = evaluate_model(str(lake), str(catalog), name="holdout")
+    assert summary["model_version"] == version and summary["products"] == 30
+    assert summary["rejected"] == 3  # the generator's three bad rows
+    folder = lake / "models" / version / "evaluations" / "holdout"
+    names = {p.name for p in folder.iterdir()}
+    assert {"report.md", "metrics.json", "per_attribute.png", "confusion_colour.png"} <= names
+    report = (folder / "report.md").read_text()
+    assert "![Confusion: colour](confusion_colour.png)" in report and "| colour | single |" in report
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["micro_f1"] == summary["micro_f1"]
+    # the evaluation export never enters the lake's own catalog
+    assert (lake / "evaluations" / "holdout" / "catalog" / "products").is_dir()
+    assert main(["evaluate", str(catalog), "--lake", str(lake), "--name", "again"]) == 0
+    assert json.loads(capsys.readouterr().out)["products"] == 30
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_different_taxonomy(trained_lake, tmp_path):
+    lake, _ = trained_lake
+    other = tmp_path / "other.yaml"
+    other.write_text("name: x\nattributes: [{name: colour, kind: single, values: [red]}]\n")
+    with pytest.raises(ValueError, match="does not match model"):
+        evaluate_model(str(lake), str(tmp_path / "c.csv"), taxonomy=str(other))
+
+
+@pytest.mark.slow
+def test_training_writes_the_validation_report_with_plots(trained_lake):
+    lake, version = trained_lake
+    folder = lake / "models" / version
+    assert {"report.md", "per_attribute.png", "metrics.json"} <= {p.name for p in folder.iterdir()}
+    assert (folder / "per_attribute.png").read_bytes()[:4] == b"\x89PNG"
