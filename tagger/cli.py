@@ -67,6 +67,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_convert_weights(args) -> int:
+    from tagger.weights import convert_weights
+
+    sys.stdout.write(str(convert_weights(args.source, args.backbone, args.out)) + "\n")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tagger.demo import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
     from tagger.ingest import ingest_catalog
@@ -147,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int)
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("convert-weights",
+                       help="map a third-party ImageNet checkpoint onto a backbone (for --weights)")
+    w.add_argument("source", help="checkpoint file (local or s3://): torch state dict or safetensors")
+    w.add_argument("--backbone", required=True, choices=list(BACKBONES))
+    w.add_argument("--out", required=True, help="safetensors file to write")
+    w.set_defaults(func=cmd_convert_weights)
     return p
 
 
