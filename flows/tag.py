@@ -5,8 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
+from flows._artifacts import publish_tagging
 from flows._common import DEFAULT_LAKE, retry_on_transient
 from tagger.config import TagConfig
+from tagger.rejects import read_reject_counts
 from tagger.tags import tag_catalog
 
 
@@ -14,6 +16,11 @@ from tagger.tags import tag_catalog
 def tag_task(lake: str, model_version: str | None, full: bool, run_id: str, config: TagConfig) -> dict:
     return tag_catalog(lake, model_version=model_version, full=full, run_id=run_id,
                        config=config).to_dict()
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_transient)
+def rejects_task(lake: str) -> dict:
+    return read_reject_counts(lake)
 
 
 @flow(name="tag")
@@ -26,6 +33,7 @@ def tag(
     """Tag the lake's products with a model version (default: the newest)."""
     # The flow run id is the tag run id: a retry of this flow run replaces its own output.
     result = tag_task(lake, model_version, full, f"tag-{flow_run.get_id() or 'local'}", config)
+    publish_tagging(result, rejects_task(lake))
     get_run_logger().info("tagged %d products, %d latest tag rows", result["tagged"],
                           result["latest_rows"])
     return result

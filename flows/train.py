@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 
+from flows._artifacts import publish_model
 from flows._common import DEFAULT_LAKE
 from tagger.config import TrainConfig
+from tagger.launch import run_training
 from tagger.registry import read_card
-from tagger.report import render_card_markdown
 from tagger.storage import open_storage
-from tagger.train import train_model
 
 
 @task  # no retries: a failed training run is a bug or bad data, not bad luck
 def train_task(lake: str, config: TrainConfig) -> str:
-    return train_model(lake, config)
+    return run_training(lake, config)  # torchrun with one process per GPU when there are several
 
 
 @task
 def publish_report(lake: str, version: str) -> None:
-    card = read_card(open_storage(lake), version)
-    create_markdown_artifact(render_card_markdown(card), key="model-report",
-                             description=f"Model {version}")
+    publish_model(read_card(open_storage(lake), version))
 
 
 @flow(name="train")

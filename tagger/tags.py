@@ -61,6 +61,7 @@ class TagResult:
     history_rows: int = 0
     latest_rows: int = 0
     tags_per_attribute: dict[str, int] = field(default_factory=dict)
+    changes: dict = field(default_factory=dict)  # compute_tag_changes(previous latest, latest)
     history_path: str = ""
     latest_path: str = ""
     seconds: float = 0.0
@@ -171,6 +172,7 @@ def tag_catalog(
     result.latest_rows, result.latest_path = latest.num_rows, storage.url(LATEST_PATH)
     for a in latest["attribute"].to_pylist():
         result.tags_per_attribute[a] = result.tags_per_attribute.get(a, 0) + 1
+    result.changes = compute_tag_changes(previous, latest)
 
     if todo or result.removed:
         _write_state(storage, state, [products[i] for i in todo], products, card["version"], run_id)
@@ -178,6 +180,27 @@ def tag_catalog(
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)
     return result
+
+
+def compute_tag_changes(previous: pa.Table, latest: pa.Table) -> dict:
+    """What changed between two tag snapshots. A tag is (product_id, attribute, value);
+    `changed` counts (product, attribute) pairs whose values differ on both sides (e.g.
+    colour red -> blue), `products_changed` the products with any added or removed tag.
+    Scores are not compared: a tag that stays is no change."""
+    def tags(t: pa.Table) -> set[tuple[str, str, str]]:
+        return set(zip(*(t[c].to_pylist() for c in ("product_id", "attribute", "value"))))
+
+    old, new = tags(previous), tags(latest)
+    added, removed = new - old, old - new
+    per_attribute: dict[str, dict[str, int]] = {}
+    for kind, rows in (("added", added), ("removed", removed)):
+        for _, attribute, _ in rows:
+            counts = per_attribute.setdefault(attribute, {"added": 0, "removed": 0})
+            counts[kind] += 1
+    changed = {(p, a) for p, a, _ in added} & {(p, a) for p, a, _ in removed}
+    return dict(added=len(added), removed=len(removed), changed=len(changed),
+                products_changed=len({p for p, _, _ in added | removed}),
+                per_attribute=dict(sorted(per_attribute.items())))
 
 
 def _as_table(chunks, model_version, run_id, now, meta) -> pa.Table:

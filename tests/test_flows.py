@@ -48,3 +48,33 @@ def test_flows_end_to_end(prefect_api, catalog, tmp_path):
     artifacts = asyncio.run(report())
     md = [a for a in artifacts if a.key == "model-report"]
     assert md and f"# Model {version}" in md[0].data
+    by_key = {a.key: a for a in sorted(artifacts, key=lambda a: a.created)}  # newest per key
+    assert {"model-metrics", "tag-summary", "tag-attributes"} <= set(by_key)
+    assert by_key["model-metrics"].type == "table"
+    summary = by_key["tag-summary"].data  # the nightly run: one new product
+    assert "1 of 61 products tagged" in summary and "Rejects of the last ingest: 3" in summary
+    assert "products_changed" not in summary and "on 1 products" in summary
+
+
+def test_retries_only_on_transient_errors(prefect_api):
+    """A deterministic error (bad input) fails at once; a network error is tried again."""
+    from prefect import flow, task
+
+    from flows._common import retry_on_transient
+
+    calls = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_on_transient)
+    def flaky(exc: type[Exception]) -> None:
+        calls.append(exc)
+        raise exc("boom")
+
+    @flow
+    def run(exc: type[Exception]) -> None:
+        flaky(exc)
+
+    for exc, tries in ((ValueError, 1), (FileNotFoundError, 1), (ConnectionError, 3)):
+        calls.clear()
+        with pytest.raises(exc):
+            run(exc)
+        assert len(calls) == tries, exc

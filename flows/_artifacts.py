@@ -1,0 +1,53 @@
+"""Prefect artifacts: what a person wants to see in the UI after a run. Rendering only; the
+numbers come from tagger (model card, TagResult, read_reject_counts)."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tagger.report import render_card_markdown
+
+
+def _f(x) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def publish_model(card: dict) -> None:
+    """The model report (markdown, key model-report) and per-attribute metrics (table)."""
+    where = card.get("data", {}).get("lake", "")
+    md = render_card_markdown(card) + f"\nStored at `{where}/models/{card['version']}/`.\n"
+    create_markdown_artifact(md, key="model-report", description=f"Model {card['version']}")
+    rows = [dict(attribute=a, accuracy=_f(m.get("accuracy")), coverage=_f(m.get("coverage")),
+                 macro_f1=_f(m.get("macro_f1")), known=m.get("known"))
+            for a, m in card["metrics"]["per_attribute"].items()]
+    create_table_artifact(rows, key="model-metrics",
+                          description=f"Per-attribute validation metrics of model {card['version']}")
+
+
+def publish_tagging(result: dict, rejects: dict) -> None:
+    """Counts of a tag run, tags per attribute, the change against the previous latest
+    snapshot, and the last ingest's rejects (markdown tag-summary, table tag-attributes)."""
+    ch = result["changes"]
+    lines = [
+        f"# Tag run {result['run_id']}", "",
+        f"Model **{result['model_version']}**: {result['tagged']} of {result['products']} "
+        f"products tagged ({result['skipped']} unchanged, {result['removed']} removed from the "
+        f"catalog); {result['latest_rows']} tags in `{result['latest_path']}`.", "",
+        f"Against the previous run: **{ch['added']} tags added, {ch['removed']} removed**, "
+        f"{ch['changed']} attribute values changed, on {ch['products_changed']} products.", "",
+        "| attribute | tags | added | removed |", "|---|---|---|---|",
+    ]
+    attributes = sorted(set(result["tags_per_attribute"]) | set(ch["per_attribute"]))
+    rows = []
+    for a in attributes:
+        delta = ch["per_attribute"].get(a, {"added": 0, "removed": 0})
+        rows.append(dict(attribute=a, tags=result["tags_per_attribute"].get(a, 0), **delta))
+        lines.append(f"| {a} | {rows[-1]['tags']} | {delta['added']} | {delta['removed']} |")
+    lines += ["", f"## Rejects of the last ingest: {rejects['total']}", ""]
+    if rejects["total"]:
+        lines += ["| stage | reason | rows |", "|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['reason']} | {r['rows']} |" for r in rejects["by_reason"]]
+        lines += ["", f"Details (row, product, what to fix): `{rejects['url']}`"]
+    create_markdown_artifact("\n".join(lines) + "\n", key="tag-summary",
+                             description=f"Tag run {result['run_id']}")
+    create_table_artifact(rows, key="tag-attributes", description="Tags per attribute and change")
