@@ -11,7 +11,7 @@ PIP_EXTRA ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean deploy
 
 setup: $(STAMP)
 
@@ -29,6 +29,20 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# All deployments of prefect.yaml to the server in PREFECT_API_URL (README "Deploying").
+# The nightly parameters have no sensible default, so they must be given:
+#   make deploy TAGGER_LAKE=s3://shop-lake/tagger TAGGER_CATALOG=s3://exports/catalog.csv \
+#        TAGGER_TAXONOMY=catalog_schemas/taxonomies/fashion_product_images.yaml \
+#        TAGGER_IMAGE=registry.example.com/product-tagger:<tag>
+TAGGER_CPU_POOL ?= cpu
+TAGGER_GPU_POOL ?= gpu
+export TAGGER_CPU_POOL TAGGER_GPU_POOL TAGGER_LAKE TAGGER_CATALOG TAGGER_TAXONOMY TAGGER_IMAGE
+
+deploy: setup
+	@for v in PREFECT_API_URL TAGGER_LAKE TAGGER_CATALOG TAGGER_TAXONOMY TAGGER_IMAGE; do \
+	  eval test -n "\"\$$$$v\"" || { echo "make deploy: $$v is not set (see README, Deploying)"; exit 2; }; done
+	$(BIN)/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf demo .pytest_cache
