@@ -102,6 +102,11 @@ class TrainConfig(_Config):
 class TagConfig(_Config):
     """Batched inference and writing of tag tables."""
 
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Inference precision. auto: bf16 on GPUs that support it (else fp16) and "
+        "on CPUs with native bf16 (AVX512-BF16/AMX); fp32 elsewhere.",
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
     workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")

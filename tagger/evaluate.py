@@ -123,7 +123,7 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
                        [p["image_hash"] for p in products], transform)
     device = resolve_device(config.device)
     scores = predict_scores(model, create_loader(ds, config.batch_size, config.workers, device=device),
-                            device, desc="evaluate")
+                            device, precision=config.precision, desc="evaluate")
     thresholds = np.array([card["thresholds"][a][v] for a, v in tax.outputs], dtype=np.float32)
     decisions, metrics = compute_evaluation(tax, targets, mask, scores, thresholds)
     metrics["split"] = f"catalog {catalog} ({len(products)} labelled products, never trained on)"

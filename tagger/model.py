@@ -134,9 +134,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
-    if device.type != "cuda" or not enabled:
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 / AMX), where bf16 is fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """'bf16', 'fp16' or 'fp32' for inference. auto: bf16 on CUDA where supported (else fp16),
+    bf16 on CPUs with native bf16, else fp32 (emulated bf16 is slower than fp32)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, enabled: bool = True, precision: str | None = None):
+    """Mixed precision: on CUDA (bf16 where supported, else fp16) when `enabled`; on the CPU
+    only when `precision` asks for it. A no-op otherwise."""
+    if precision is None:
+        precision = resolve_precision(device) if device.type == "cuda" and enabled else "fp32"
+    if precision == "fp32":
         return torch.autocast(device_type=device.type, enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tagger.model import autocast
+from tagger.model import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,14 @@ def predict_scores(
     *,
     channels_last: bool = True,
     amp: bool = True,
+    precision: str | None = None,
     desc: str = "predict",
 ) -> np.ndarray:
-    """float32 [N, K] sigmoid scores, rows in dataset order (the loader must not shuffle)."""
+    """float32 [N, K] sigmoid scores, rows in dataset order (the loader must not shuffle).
+
+    `precision` ('auto', 'fp32', 'bf16', 'fp16') overrides `amp`; see model.resolve_precision."""
+    if precision is not None:
+        precision = resolve_precision(device, precision)
     model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -66,7 +71,7 @@ def predict_scores(
         x = batch[0].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with autocast(device, amp, precision):
             logits = model(x)
         scores = torch.sigmoid(logits.float()).cpu().numpy()
         if out is None:
@@ -74,5 +79,6 @@ def predict_scores(
         out[done:done + len(scores)] = scores
         done += len(scores)
     seconds = time.perf_counter() - t0
-    log.info("%s: %d images in %.1fs (%.0f img/s)", desc, done, seconds, done / max(seconds, 1e-9))
+    log.info("%s: %d images in %.1fs (%.0f img/s, %s)", desc, done, seconds,
+             done / max(seconds, 1e-9), precision or ("amp" if amp and device.type == "cuda" else "fp32"))
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)

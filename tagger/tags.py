@@ -150,7 +150,8 @@ def tag_catalog(
         ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                            transform)
         loader = create_loader(ds, config.batch_size, config.workers, device=device)
-        scores = predict_scores(model, loader, device, desc=f"tag {start + len(chunk)}/{len(todo)}")
+        scores = predict_scores(model, loader, device, precision=config.precision,
+                                desc=f"tag {start + len(chunk)}/{len(todo)}")
         chunks.append(compute_tag_rows(taxonomy, chunk, scores, thresholds))
 
     meta = {"run_id": run_id, "model_version": card["version"], "config": config.model_dump_json()}

@@ -39,10 +39,11 @@ def tune_thresholds(
 ) -> np.ndarray:
     """One threshold per output maximising F1 over its known entries.
 
-    Decision rule is ``score >= threshold`` and each threshold is one of the
-    output's known scores. Tie rule: among thresholds with equal F1 the highest
-    is taken (fewest positive decisions). Outputs with no known positive get
-    ``fallback``. Returns float32 [K].
+    Decision rule is ``score >= threshold``. The best cut is searched over the
+    output's known scores and placed halfway between the lowest accepted score and
+    the next lower one. Tie rule: among cuts with equal F1 the highest is taken
+    (fewest positive decisions). Outputs with no known positive get ``fallback``.
+    Returns float32 [K].
     """
     scores = np.asarray(scores)
     positive = np.asarray(targets) > 0.5
@@ -52,7 +53,11 @@ def tune_thresholds(
         rows = known[:, k]
         if not positive[rows, k].any():
             continue
-        out[k] = _float32_at_most(_best_f1_threshold(positive[rows, k], scores[rows, k]))
+        best = _best_f1_threshold(positive[rows, k], scores[rows, k])
+        # Halfway to the next lower known score: the same decisions on this split, but a
+        # margin instead of a knife edge for new data and small numeric changes (bf16).
+        lower = scores[rows, k][scores[rows, k] < best]
+        out[k] = _float32_at_most((best + lower.max()) / 2 if lower.size else best)
     return out
 
 
