@@ -126,7 +126,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, pos_weight, dev
             logits = model(x)
         loss = masked_bce_with_logits(logits.float(), y, m, pos_weight)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss * _share_of_known_labels(m)).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -139,6 +139,19 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, pos_weight, dev
                      step + 1, steps, total_loss / seen, scheduler.get_last_lr()[0], rate, eta)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}")
     return total_loss / max(seen, 1)
+
+
+def _share_of_known_labels(mask: torch.Tensor) -> torch.Tensor | float:
+    """Under DDP, weight this rank's masked mean by its share of the global batch's known
+    labels: DDP averages gradients over ranks, so the result is the gradient of the global
+    batch's masked mean, as one process would compute it (ranks' batches differ in how
+    many labels are known). 1 outside DDP."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1.0
+    known = mask.sum().float()
+    total = known.clone()
+    dist.all_reduce(total)
+    return known * dist.get_world_size() / total.clamp(min=1)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -204,6 +217,11 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    if world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as one process would see them (small
+        # per-GPU batches make per-GPU statistics noisy). SyncBatchNorm needs CUDA; under
+        # gloo on the CPU each process keeps its own statistics.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def subset(idx, train):
         tf = create_transforms(config.image_size, dcfg["mean"], dcfg["std"], train=train)
@@ -211,7 +229,10 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
                              data.targets[idx], data.mask[idx])
 
     train_ds, val_ds = subset(train_idx, True), subset(val_idx, False)
-    sampler = DistributedSampler(train_ds, seed=config.seed, drop_last=True) if world > 1 else None
+    # One sampler for one process or many: N processes with batch b draw exactly the global
+    # batches that one process draws with batch N*b (tests/test_ddp.py compares the two).
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=config.seed,
+                                 drop_last=True)
     train_loader = create_loader(train_ds, config.batch_size, config.workers, shuffle=True,
                                  sampler=sampler, drop_last=len(train_ds) > config.batch_size,
                                  device=device, seed=config.seed, persistent=True)
@@ -237,8 +258,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     if config.compile:
         train_net = torch.compile(train_net)
     for epoch in range(start_epoch, config.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         loss = train_one_epoch(train_net, train_loader, optimizer, scheduler, scaler, pos_weight,
                                device, epoch, config)
