@@ -14,7 +14,8 @@ S3: the object `.locks/<name>.json` with the holder and an expiry, created with
 `If-None-Match: *` (AWS S3, MinIO, R2... refuse a second create with 412) and read back
 to check that it is ours (stores that ignore the condition, such as rclone's, then still
 catch all but near-simultaneous starts). A holder renews the expiry every ttl/3 from a
-thread; a lock whose expiry has passed (its run died) is taken over. Hidden names ('.')
+thread; a lock whose expiry has passed (its run died elsewhere) or whose process is gone
+from this host is taken over. Hidden names ('.')
 keep lock files out of every table listing.
 """
 
@@ -38,7 +39,8 @@ from tagger.storage import LocalStorage, S3Storage, Storage, open_storage
 log = logging.getLogger(__name__)
 
 LOCKS = ".locks"
-DEFAULT_TTL_S = 600.0  # S3 only: a dead holder blocks for at most this long
+DEFAULT_TTL_S = 120.0  # S3 only: a dead holder on another host blocks for at most this long
+_HELD: set[str] = set()  # tokens of the S3 locks this process holds now
 POLL_S = 0.25
 
 
@@ -150,50 +152,72 @@ def _read_json(fd: int) -> dict | None:
 # --- S3 ----------------------------------------------------------------------------------
 
 
-def _s3_read(storage: S3Storage, key: str) -> tuple[dict | None, str | None]:
+def _s3_read(storage: S3Storage, path: str) -> tuple[dict | None, str | None]:
+    key = storage._key(path)
+    with storage.translate_errors("lock read", path):
+        try:
+            obj = storage.client.get_object(Bucket=storage.bucket, Key=key)
+        except storage.client.exceptions.NoSuchKey:
+            return None, None
+        body = obj["Body"].read()
     try:
-        obj = storage.client.get_object(Bucket=storage.bucket, Key=key)
-    except storage.client.exceptions.NoSuchKey:
-        return None, None
-    try:
-        return json.loads(obj["Body"].read()), obj["ETag"]
+        return json.loads(body), obj["ETag"]
     except ValueError:
         return {}, obj["ETag"]  # unreadable: treated as expired
 
 
-def _s3_put(storage: S3Storage, key: str, holder: dict, condition: dict) -> bool:
+def _dead_here(holder: dict) -> bool:
+    """The holder ran on this host and its process is gone (or is us, and let it go
+    without releasing it, e.g. when S3 was down at the end of a failed run)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    if holder["pid"] == os.getpid():
+        return holder.get("token") not in _HELD
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _s3_put(storage: S3Storage, path: str, holder: dict, condition: dict) -> bool:
     """PUT the lock object under a condition; False when the store says it is taken."""
     from botocore.exceptions import ClientError
 
-    try:
-        storage.client.put_object(Bucket=storage.bucket, Key=key, Body=json.dumps(holder).encode(),
-                                  ContentType="application/json", **condition)
-        return True
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in {"PreconditionFailed", "ConditionalRequestConflict",
-                                                         "412", "409"}:
-            return False
-        raise
+    key = storage._key(path)
+    with storage.translate_errors("lock write", path):
+        try:
+            storage.client.put_object(Bucket=storage.bucket, Key=key, Body=json.dumps(holder).encode(),
+                                      ContentType="application/json", **condition)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in {"PreconditionFailed", "ConditionalRequestConflict",
+                                                             "412", "409"}:
+                return False
+            raise
 
 
 @contextmanager
 def _s3_lock(storage: S3Storage, name: str, owner: str, wait: float, ttl: float) -> Iterator[None]:
-    key = storage._key(f"{LOCKS}/{name}.json")
-    uri = f"s3://{storage.bucket}/{key}"
+    path = f"{LOCKS}/{name}.json"
+    key, uri = storage._key(path), storage.url(path)
     holder = _holder(owner, ttl)
     deadline = time.monotonic() + wait
     while True:
-        current, etag = _s3_read(storage, key)
+        current, etag = _s3_read(storage, path)
         if current is None:
             condition = {"IfNoneMatch": "*"}
-        elif current.get("expires", 0) < time.time():
-            log.warning("lock %s expired (held by %s): taking it over", uri, _describe(current))
+        elif current.get("expires", 0) < time.time() or _dead_here(current):
+            log.warning("lock %s is stale (held by %s, expired or its process is gone): taking it "
+                        "over", uri, _describe(current))
             condition = {"IfMatch": etag}
         else:
             condition = None
-        if condition is not None and _s3_put(storage, key, holder, condition):
+        if condition is not None and _s3_put(storage, path, holder, condition):
             time.sleep(POLL_S)  # let a racing writer on a store without conditions land
-            mine, _ = _s3_read(storage, key)
+            mine, _ = _s3_read(storage, path)
             if mine and mine.get("token") == holder["token"]:
                 break
             current = mine
@@ -216,12 +240,18 @@ def _s3_lock(storage: S3Storage, name: str, owner: str, wait: float, ttl: float)
 
     renewer = threading.Thread(target=renew, name=f"lock-{name}", daemon=True)
     renewer.start()
+    _HELD.add(holder["token"])
     log.debug("took lock %s for %s", uri, owner)
     try:
         yield
     finally:
+        _HELD.discard(holder["token"])
         stop.set()
         renewer.join()
-        current, _ = _s3_read(storage, key)
-        if current and current.get("token") == holder["token"]:
-            storage.client.delete_object(Bucket=storage.bucket, Key=key)
+        try:
+            current, _ = _s3_read(storage, path)
+            if current and current.get("token") == holder["token"]:
+                storage.client.delete_object(Bucket=storage.bucket, Key=key)
+        except Exception as e:  # S3 down: do not hide the run's own error; the lock expires
+            log.warning("could not release lock %s (%s); it expires at %s UTC", uri, e,
+                        datetime.fromtimestamp(holder["expires"], timezone.utc).strftime("%H:%M:%S"))

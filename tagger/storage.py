@@ -197,17 +197,48 @@ class S3Storage(Storage):
             raise StorageError(f"Path {path!r} escapes the root {self.uri}")
         return f"{self.prefix}/{path}".lstrip("/") if self.prefix else path
 
-    def read_bytes(self, path: str) -> bytes:
+    @contextmanager
+    def translate_errors(self, what: str, path: str) -> Iterator[None]:
+        """botocore's errors, once its retries are spent, as one StorageError naming the URI
+        (never the credentials) and what to do."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"{self.url(path)} does not exist") from None
+            yield
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            raise StorageError(
+                f"S3 {what} of {self.url(path)} failed: {err.get('Code')} {err.get('Message', '')}".rstrip()
+                + ". Check the bucket, the permissions and AWS_ENDPOINT_URL; a re-run continues "
+                "where this one stopped."
+            ) from e
+        except BotoCoreError as e:
+            raise StorageError(
+                f"S3 {what} of {self.url(path)} failed after retries ({type(e).__name__}: {e}). The "
+                "endpoint is unreachable or overloaded; a re-run continues where this one stopped "
+                "(more attempts: TAGGER_S3_MAX_ATTEMPTS)."
+            ) from e
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.translate_errors("read", path):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"{self.url(path)} does not exist") from None
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+        with self.translate_errors("write", path):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
 
     def upload(self, local_file: Path, path: str) -> None:
-        self.client.upload_file(str(local_file), self.bucket, self._key(path))
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            with self.translate_errors("upload", path):
+                self.client.upload_file(str(local_file), self.bucket, self._key(path))
+        except S3UploadFailedError as e:  # s3transfer's wrapper around the same errors
+            raise StorageError(f"S3 upload of {self.url(path)} failed: {e}. A re-run continues "
+                               "where this one stopped.") from e
 
     def exists(self, path: str) -> bool:
         return self.version(path) is not None
@@ -216,34 +247,38 @@ class S3Storage(Storage):
         key_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
         out = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=key_prefix
-        ):
-            for obj in page.get("Contents", []):
-                rel = obj["Key"][strip:]
-                if not any(part.startswith(".") for part in rel.split("/")):
-                    out.append(rel)
+        with self.translate_errors("listing", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=key_prefix
+            ):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][strip:]
+                    if not any(part.startswith(".") for part in rel.split("/")):
+                        out.append(rel)
         return sorted(out)
 
     def delete(self, path: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
+        with self.translate_errors("delete", path):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
 
     def version(self, path: str) -> str | None:
         from botocore.exceptions import ClientError
 
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise
+        with self.translate_errors("HEAD", path):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                    return None
+                raise
         return head["ETag"].strip('"')
 
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
             local = Path(tmp) / Path(path).name
-            self.client.download_file(self.bucket, self._key(path), str(local))
+            with self.translate_errors("download", path):
+                self.client.download_file(self.bucket, self._key(path), str(local))
             yield local
 
 

@@ -88,10 +88,10 @@ class S3Server:
 class FaultProxy:
     """Loopback TCP proxy in front of `target_port`.
 
-    Modes (set `mode` at any time; it applies to new requests):
-    'pass' forwards; 'drop' closes each new connection without an answer; '503' answers
-    each request with HTTP 503 SlowDown. `latency` (seconds) is added before every
-    request is forwarded. `faults` counts the requests that got a fault.
+    Modes (set `mode` at any time, or plan a burst with `inject`; it applies to new
+    requests): 'pass' forwards; 'drop' closes the connection without an answer; '503'
+    answers HTTP 503 SlowDown. `latency` (seconds) is added before every forwarded
+    request. `requests` and `faults` count what went through and what got a fault.
     """
 
     def __init__(self, target_port: int, latency: float = 0.0):
@@ -99,11 +99,33 @@ class FaultProxy:
         self.latency = latency
         self.mode = "pass"
         self.faults = 0
+        self.requests = 0
+        self._plan: tuple[int, int | None, str] | None = None
+        self._lock = threading.Lock()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._sock = socket.create_server(("127.0.0.1", self.port), backlog=256)
         self._stopped = False
         threading.Thread(target=self._serve, daemon=True).start()
+
+    def inject(self, mode: str, *, after: int = 0, count: int | None = None) -> None:
+        """From now: let `after` requests pass, then give `count` requests (None: all) the
+        fault `mode` ('503' or 'drop'), then pass again."""
+        with self._lock:
+            self.requests = self.faults = 0
+            self._plan = (after, count, mode)
+
+    def _decide(self) -> str:
+        with self._lock:
+            self.requests += 1
+            mode = self.mode
+            if self._plan:
+                after, count, planned = self._plan
+                if self.requests > after and (count is None or self.faults < count):
+                    mode = planned
+            if mode != "pass":
+                self.faults += 1
+            return mode
 
     def _serve(self) -> None:
         while not self._stopped:
@@ -122,11 +144,10 @@ class FaultProxy:
                 head = self._read_head(client)
                 if head is None:
                     return
-                if self.mode == "drop":
-                    self.faults += 1
+                mode = self._decide()
+                if mode == "drop":
                     return
-                if self.mode == "503":
-                    self.faults += 1
+                if mode == "503":
                     body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
                             b"<Message>injected by FaultProxy</Message></Error>")
                     client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
