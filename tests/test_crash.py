@@ -5,6 +5,7 @@ training resumes from its last checkpoint. Real processes, the real CLI, no test
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import signal
@@ -161,3 +162,37 @@ def test_kill_during_tag_writing(trained_lake):
     assert history == ["tag-1.parquet", "tag-2.parquet"]
     rows = _sql(f"SELECT count(*) FROM '{lake}/tags/history/*/tag-2.parquet'")[0][0]
     assert rows == len(pd.read_parquet(latest))
+
+
+def test_kill_during_ingest_on_s3_and_the_rerun_takes_over_the_dead_lock(s3_bucket, tmp_path):
+    """Lake on S3: the killed run leaves its lock object behind; the next run on this host
+    sees that its process is gone and takes the lock over at once."""
+    export = generate_catalog(tmp_path / "export", n_products=120, seed=2, image_size=64)
+    exports = open_storage(f"{s3_bucket}/exports")
+    for path in export.parent.rglob("*"):
+        if path.is_file():
+            exports.upload(path, path.relative_to(export.parent).as_posix())
+    lake = open_storage(f"{s3_bucket}/lake")
+    config = tmp_path / "ingest.yaml"
+    config.write_text("shard_size: 10\nworkers: 2\n")
+    args = ("ingest", f"{s3_bucket}/exports/catalog.csv", "--taxonomy", DEMO_TAXONOMY,
+            "--lake", lake.uri, "--config", str(config))
+    proc = _start(*args)
+    deadline = time.monotonic() + 120
+    while not lake.list("catalog/images"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    assert not lake.exists("catalog/products/products.parquet")
+    assert lake.exists(".locks/catalog.json")  # left behind by the killed run
+    for shard in lake.list("catalog/images"):  # every visible shard is whole
+        assert pq.read_table(io.BytesIO(lake.read_bytes(shard))).num_rows > 0
+
+    result = json.loads(_run(*args))  # TAGGER_LOCK_WAIT_S unset: no waiting
+    assert (result["products"], result["rejected"]) == (120, 3)
+    hashes = [h for s in lake.list("catalog/images")
+              for h in pq.read_table(io.BytesIO(lake.read_bytes(s)))["image_hash"].to_pylist()]
+    assert len(hashes) == len(set(hashes)) == 120
+    assert not lake.exists(".locks/catalog.json")
