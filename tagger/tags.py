@@ -31,7 +31,7 @@ from tagger.ingest import read_products
 from tagger.model import resolve_device
 from tagger.predict import create_loader, predict_scores
 from tagger.lock import locked
-from tagger.registry import load_model
+from tagger.registry import load_model, read_card
 from tagger.storage import Storage, open_storage, read_table_or_empty, write_table
 from tagger.taxonomy import applicable_mask, encode_labels, single_slices
 from tagger.thresholds import compute_decisions
@@ -110,6 +110,56 @@ def _thresholds_vector(taxonomy: Taxonomy, card: dict) -> np.ndarray:
         raise ValueError(f"Model {card['version']} card has no threshold for {e}: corrupt card?") from None
 
 
+@dataclass
+class TagPlan:
+    """What a tag run will do: the model version and the products to tag (catalog order).
+    Shards of `product_ids` can be scored anywhere (score_products); write_tags commits."""
+
+    model_version: str
+    product_ids: list[str]
+    products: int
+
+
+def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False) -> TagPlan:
+    """The products that are new or changed since they were tagged (all with `full` or a
+    different model), for the given model version (default: the newest)."""
+    storage = open_storage(lake)
+    version = read_card(storage, model_version)["version"]
+    products = read_products(storage).to_pylist()
+    state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
+    todo = select_products(products, state, version, full)
+    log.info("plan: %d of %d products to tag with model %s", len(todo), len(products), version)
+    return TagPlan(version, [products[i]["product_id"] for i in todo], len(products))
+
+
+def score_products(lake: str, model_version: str, product_ids: list[str],
+                   config: TagConfig | None = None) -> dict[str, list]:
+    """Tag rows (compute_tag_rows columns) for these products. Reads only: one shard of a
+    run, in any process or machine that can read the lake."""
+    config = config or TagConfig()
+    storage = open_storage(lake)
+    model, card = load_model(storage, model_version)
+    taxonomy = Taxonomy.model_validate(card["taxonomy"])
+    thresholds = _thresholds_vector(taxonomy, card)
+    wanted = set(product_ids)
+    todo = [p for p in read_products(storage).to_pylist() if p["product_id"] in wanted]
+    device = resolve_device(config.device)
+    dcfg = card["data_config"]
+    transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
+    rows: dict[str, list] = {k: [] for k in TAG_HISTORY.names[:6]}
+    for start in range(0, len(todo), config.chunk_size):
+        chunk = todo[start:start + config.chunk_size]
+        chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
+        ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
+                           transform)
+        loader = create_loader(ds, config.batch_size, config.workers, device=device)
+        scores = predict_scores(model, loader, device, precision=config.precision,
+                                desc=f"tag {start + len(chunk)}/{len(todo)}")
+        for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds).items():
+            rows[k].extend(v)
+    return rows
+
+
 @locked("tags")  # one tag run per lake at a time (tagger/lock.py)
 def tag_catalog(
     lake: str,
@@ -122,52 +172,55 @@ def tag_catalog(
 ) -> TagResult:
     """Tag new and changed products (all with `full` or a new model) and write the tables."""
     t0 = time.perf_counter()
+    plan = plan_tagging(lake, model_version=model_version, full=full)
+    rows = score_products(lake, plan.model_version, plan.product_ids, config)
+    return _write_tags(lake, plan, [rows], full=full, run_id=run_id, run_date=run_date,
+                       config=config, t0=t0)
+
+
+@locked("tags")
+def write_tags(lake: str, plan: TagPlan, rows: list[dict[str, list]], *, full: bool = False,
+               run_id: str | None = None, run_date: date | None = None,
+               config: TagConfig | None = None) -> TagResult:
+    """Commit the tag rows of a planned run (from one or many score_products shards)."""
+    return _write_tags(lake, plan, rows, full=full, run_id=run_id, run_date=run_date,
+                       config=config, t0=time.perf_counter())
+
+
+def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0) -> TagResult:
     config = config or TagConfig()
     storage = open_storage(lake)
-    model, card = load_model(storage, model_version)
-    taxonomy = Taxonomy.model_validate(card["taxonomy"])
-    thresholds = _thresholds_vector(taxonomy, card)
     now = datetime.now(timezone.utc)
     run_date = run_date or now.date()
     run_id = run_id or f"tag-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    result = TagResult(run_id, run_date.isoformat(), card["version"], storage.uri)
-
+    version = plan.model_version
+    result = TagResult(run_id, run_date.isoformat(), version, storage.uri)
     products = read_products(storage).to_pylist()
     state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
-    todo = select_products(products, state, card["version"], full)
-    result.products, result.tagged = len(products), len(todo)
-    result.skipped = len(products) - len(todo)
-    log.info("tag %s with model %s: %d of %d products to tag", run_id, card["version"],
-             len(todo), len(products))
+    planned = set(plan.product_ids)
+    tagged = [p for p in products if p["product_id"] in planned]
+    result.products, result.tagged = len(products), len(tagged)
+    result.skipped = len(products) - len(tagged)
+    log.info("tag %s with model %s: %d of %d products tagged", run_id, version, len(tagged),
+             len(products))
 
-    device = resolve_device(config.device)
-    dcfg = card["data_config"]
-    transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
-    chunks = []
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = [products[i] for i in todo[start:start + config.chunk_size]]
-        chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
-        ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
-                           transform)
-        loader = create_loader(ds, config.batch_size, config.workers, device=device)
-        scores = predict_scores(model, loader, device, precision=config.precision,
-                                desc=f"tag {start + len(chunk)}/{len(todo)}")
-        chunks.append(compute_tag_rows(taxonomy, chunk, scores, thresholds))
-
-    meta = {"run_id": run_id, "model_version": card["version"], "config": config.model_dump_json()}
-    new = _as_table(chunks, card["version"], run_id, now, meta)
+    meta = {"run_id": run_id, "model_version": version, "config": config.model_dump_json()}
+    # Rows in one order whatever the sharding: product, attribute, value.
+    new = _as_table(chunks, version, run_id, now, meta).sort_by(
+        [("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")]
+    ).replace_schema_metadata({**TAG_HISTORY.metadata, **meta})
     result.history_rows = new.num_rows
     if new.num_rows or full:  # a night with nothing to tag leaves no empty file behind
         result.history_path = _write_history(storage, new, run_id, run_date)
 
-    tagged_ids = pa.array([products[i]["product_id"] for i in todo], pa.string())
+    tagged_ids = pa.array([p["product_id"] for p in tagged], pa.string())
     current_ids = pa.array([p["product_id"] for p in products], pa.string())
     previous = read_table_or_empty(storage, LATEST_PATH, TAG_LATEST)
     keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], tagged_ids)),
                    pc.is_in(previous["product_id"], current_ids))
     latest = pa.concat_tables([previous.filter(keep), new.cast(TAG_LATEST)])
     latest = latest.sort_by([("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")])
-    if todo or latest.num_rows != previous.num_rows:
+    if tagged or latest.num_rows != previous.num_rows:
         write_table(storage, LATEST_PATH, latest.replace_schema_metadata({**TAG_LATEST.metadata, **meta}))
     result.removed = len({*previous["product_id"].to_pylist()} - {*current_ids.to_pylist()})
     result.latest_rows, result.latest_path = latest.num_rows, storage.url(LATEST_PATH)
@@ -175,8 +228,8 @@ def tag_catalog(
         result.tags_per_attribute[a] = result.tags_per_attribute.get(a, 0) + 1
     result.changes = compute_tag_changes(previous, latest)
 
-    if todo or result.removed:
-        _write_state(storage, state, [products[i] for i in todo], products, card["version"], run_id)
+    if tagged or result.removed:
+        _write_state(storage, state, tagged, products, version, run_id)
     result.seconds = round(time.perf_counter() - t0, 3)
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)
