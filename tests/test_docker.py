@@ -55,3 +55,30 @@ def test_dockerignore_keeps_the_context_small():
     assert lines[lines.index("*")] == "*"  # everything out, then the package back in
     for needed in ("pyproject.toml", "tagger/", "flows/", "catalog_schemas/"):
         assert f"!{needed}" in lines
+
+
+def test_image_install_step_builds_from_the_copied_files_only(tmp_path):
+    """What `COPY ...` + `pip install .` do in the image, without Docker: the package builds
+    from exactly the copied files, and the wheel holds the flows (the deployments' entrypoints)
+    and the shipped taxonomies."""
+    import zipfile
+
+    context = tmp_path / "image"
+    text = (ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", text, flags=re.M):
+        *sources, dest = line.split()
+        for src in sources:
+            target = context / dest / (Path(src).name if dest.endswith("/") or len(sources) > 1 else "")
+            if (ROOT / src).is_dir():
+                shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / src, target)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path / "dist"), str(context)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"flows/train.py", "flows/nightly.py", "tagger/launch.py",
+            "catalog_schemas/taxonomies/demo.yaml"} <= names
