@@ -50,6 +50,7 @@ PRODUCTS_PATH = "catalog/products/products.parquet"
 REJECTS_PATH = "catalog/rejects/rejects.parquet"
 TAXONOMY_PATH = "catalog/taxonomy.json"
 IMAGES_PREFIX = "catalog/images"
+MAX_IMAGE_BYTES = 64 * 2**20  # a product photo is a few MB; anything bigger is refused unread
 
 
 class CatalogError(ValueError):
@@ -197,14 +198,30 @@ class ImageSource:
             return None  # unknown: the image is read and hashed
 
     def read(self, uri: str) -> bytes:
+        """The file's bytes; a file over MAX_IMAGE_BYTES is refused before it is read, so
+        memory stays bounded by workers x MAX_IMAGE_BYTES whatever the source holds."""
         if is_s3(uri):
             bucket, key = split_s3(uri)
             try:
-                return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                obj = self.s3.get_object(Bucket=bucket, Key=key)
             except self.s3.exceptions.NoSuchKey:
                 raise FileNotFoundError(uri) from None
+            with obj["Body"] as body:
+                _check_size(uri, obj["ContentLength"])
+                return body.read()
         with open(uri, "rb") as f:
-            return f.read()
+            _check_size(uri, os.fstat(f.fileno()).st_size)
+            return f.read(MAX_IMAGE_BYTES + 1)
+
+
+class ImageTooBig(ValueError):
+    pass
+
+
+def _check_size(uri: str, size: int) -> None:
+    if size > MAX_IMAGE_BYTES:
+        raise ImageTooBig(f"image {uri} is {size / 1e6:.0f} MB, over the {MAX_IMAGE_BYTES / 1e6:.0f} MB "
+                          "limit for a product photo; export a smaller rendition")
 
 
 @dataclass
@@ -226,6 +243,10 @@ def _fetch(row: _Row, source: ImageSource, known: dict[str, str], config: Ingest
         data = source.read(row.image_uri)
     except FileNotFoundError:
         return ("fetch", "missing_file", f"image {row.image_uri} does not exist")
+    except ImageTooBig as e:
+        return ("fetch", "file_too_large", str(e))
+    except IsADirectoryError:
+        return ("fetch", "not_a_file", f"image {row.image_uri} is a directory")
     except Exception as e:  # retries are botocore's; what is left is a reject
         return ("fetch", "fetch_error", f"image {row.image_uri}: {type(e).__name__}: {e}")
     row.image_hash = hashlib.sha256(data).hexdigest()

@@ -93,7 +93,9 @@ IMAGES_BY_ID = {
     "EXIF": ("jpg", _exif_rotated()),
     "GIF": ("gif", _animated_gif()),
     "WEBP": ("webp", _encode(Image.new("RGB", (40, 24), GREEN), "WEBP", lossless=True)),
+    "HUGE-FILE": ("jpg", b"\xff\xd8\xff\xe0" + os.urandom(150_000)),  # over the (test) size limit
 }
+TEST_MAX_IMAGE_BYTES = 100_000
 
 # Row id -> (stage, reason) every bad row must end as.
 EXPECTED_REJECTS = {
@@ -103,6 +105,7 @@ EXPECTED_REJECTS = {
     "TINY": ("decode", "too_small"),
     "BOMB": ("decode", "too_large"),
     "MISSING": ("fetch", "missing_file"),  # on S3: a missing key
+    "HUGE-FILE": ("fetch", "file_too_large"),  # refused before it is read
     "ESCAPE": ("validate", "image_outside_root"),
     "ABSOLUTE": ("validate", "image_outside_root"),
     "FILEURI": ("validate", "bad_image_uri"),
@@ -114,7 +117,8 @@ EXPECTED_REJECTS = {
     "NO-ID": ("validate", "missing_id"),
     "NO-IMAGE": ("validate", "missing_image"),
 }
-LOCAL_ONLY_REJECTS = {"SYMLINK-OUT": ("validate", "image_outside_root")}
+LOCAL_ONLY_REJECTS = {"SYMLINK-OUT": ("validate", "image_outside_root"),
+                      "DIRECTORY": ("fetch", "not_a_file")}
 ACCEPTED_ODD = ["CMYK", "PNG16", "PALETTE", "EXIF", "GIF", "WEBP"]
 
 
@@ -146,6 +150,8 @@ def build_corpus(root: Path, *, symlink: bool) -> Path:
     if symlink:
         os.symlink("/etc/hostname", root / "images" / "SYMLINK-OUT.jpg")
         rows.append(base | {"id": "SYMLINK-OUT", "image": "images/SYMLINK-OUT.jpg"})
+        (root / "images" / "DIRECTORY.jpg").mkdir()
+        rows.append(base | {"id": "DIRECTORY", "image": "images/DIRECTORY.jpg"})
     out = pd.DataFrame(rows)
     tags = out.pop("_tag")
     pd.concat([df, out]).to_csv(catalog, index=False)
@@ -180,8 +186,9 @@ def _upload_folder(folder: Path, bucket_uri: str, prefix: str) -> None:
 
 
 @pytest.fixture(params=["local", "s3"])
-def where(request, tmp_path):
+def where(request, tmp_path, monkeypatch):
     """(catalog URI, lake URI, expected rejects) with catalog, images and lake local or on S3."""
+    monkeypatch.setattr("tagger.ingest.MAX_IMAGE_BYTES", TEST_MAX_IMAGE_BYTES)
     local = request.param == "local"
     catalog = build_corpus(tmp_path / "export", symlink=local)
     expected = EXPECTED_REJECTS | (LOCAL_ONLY_REJECTS if local else {})
