@@ -97,3 +97,27 @@ def test_retries_only_on_transient_errors(prefect_api):
         read_denied()
     assert len(calls) == 1
 
+
+def test_sharded_tagging_gives_the_same_tags_as_one_process(prefect_api, trained_lake, tmp_path):
+    """tag-sharded on a local Dask cluster of 2 worker processes writes the tags `tag` writes."""
+    import shutil
+
+    import numpy as np
+
+    from flows.tag import tag
+    from flows.tag_sharded import tag_sharded
+    from tagger.storage import open_storage
+    from tagger.tags import read_latest
+
+    lake, version = trained_lake
+    other = tmp_path / "other"
+    shutil.copytree(lake, other)
+    one = tag(str(lake), full=True)
+    sharded = tag_sharded(str(other), full=True, shards=3)
+    assert sharded["tagged"] == one["tagged"] == 60 and sharded["model_version"] == version
+    a, b = (read_latest(open_storage(str(x))).to_pylist() for x in (lake, other))
+    key = lambda r: (r["product_id"], r["attribute"], r["value"], r["source"])
+    assert [key(r) for r in a] == [key(r) for r in b] and len(a) > 100
+    # same model, same images; only the batches differ: scores agree to float rounding
+    sa, sb = (np.array([r["score"] if r["score"] is not None else -1 for r in t]) for t in (a, b))
+    assert np.abs(sa - sb).max() < 1e-4
