@@ -154,7 +154,7 @@ def test_kill_during_tag_writing(trained_lake):
     assert [r for r, _ in runs] == ["tag-1", "tag-2"]
 
     # the re-run with the same run id replaces its own output: no duplicates anywhere
-    _run("tag", "--lake", str(lake), "--model", version, "--run-id", "tag-2", "--full")
+    tag_catalog(str(lake), model_version=version, run_id="tag-2", full=True)  # no lock left either
     assert _sql(f"""SELECT count(*) FROM (SELECT product_id, attribute, value FROM '{latest}'
                     GROUP BY ALL HAVING count(*) > 1)""") == [(0,)]
     assert _sql(f"SELECT DISTINCT run_id FROM '{latest}'") == [("tag-2",)]
