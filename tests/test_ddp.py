@@ -35,10 +35,12 @@ def test_torchrun_two_processes_gloo(trained_lake):
     assert card["history"][0]["epoch"] == 1
 
 
-def test_launcher_starts_torchrun_for_two_gpus(trained_lake):
+def test_launcher_starts_torchrun_for_two_gpus(trained_lake, monkeypatch):
     """The train flow's path on a 2-GPU worker, with the GPU count faked: torchrun starts two
-    processes (no CUDA here, so they train on the CPU with gloo) and the version comes back."""
+    processes (CUDA hidden from them, so they train on the CPU with gloo) and the version
+    comes back."""
     lake, first = trained_lake
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # also on a machine with one real GPU
     config = TrainConfig(backbone="test_efficientnet", image_size=48, epochs=1, batch_size=8,
                          pretrained=False, workers=0, device="auto")
     version = run_training(str(lake), config, gpus=2, timeout=600)
