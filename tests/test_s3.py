@@ -88,3 +88,20 @@ def test_cli_error_names_the_uri_not_the_credentials(s3_bucket, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["Catalog s3://no-such-bucket-here/catalog.csv does not exist."]
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in caplog.text
+
+
+def test_local_catalog_with_images_on_s3(catalog, s3_bucket, tmp_path):
+    """The image column may hold s3:// URIs next to a local export (and a missing key is a
+    `missing_file` reject like a missing file)."""
+    images = open_storage(f"{s3_bucket}/photos")
+    for path in (catalog.parent / "images").glob("P0000*.jpg"):
+        images.upload(path, path.name)
+    df = pd.read_csv(catalog, dtype=str, keep_default_na=False).head(9)
+    df["image"] = [f"{s3_bucket}/photos/{pid}.jpg" for pid in df["id"]]
+    df.loc[8, "image"] = f"{s3_bucket}/photos/NOT-THERE.jpg"
+    export = tmp_path / "export.csv"
+    df.to_csv(export, index=False)
+    result = ingest_catalog(str(export), DEMO_TAXONOMY, str(tmp_path / "lake"))
+    assert (result.products, result.reject_reasons) == (8, {"missing_file": 1})
+    products = read_products(open_storage(tmp_path / "lake")).to_pylist()
+    assert products[0]["image_uri"] == f"{s3_bucket}/photos/P00001.jpg"
