@@ -37,3 +37,22 @@ def test_cli_ingest_train_tag(catalog, tmp_path, capsys):
     assert (tmp_path / "lake" / "tags/history/run_date=2026-02-03").is_dir()
     assert main(["tag", "--lake", lake]) == 0
     assert json.loads(capsys.readouterr().out)["tagged"] == 0
+
+
+def test_sigterm_unwinds_so_locks_are_released():
+    """A scheduler's SIGTERM ends the CLI through SystemExit: `finally` blocks (lock release) run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, time\n"
+        "from tagger.cli import install_signal_handlers\n"
+        "install_signal_handlers()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(10)\n"
+        "finally:\n"
+        "    print('released')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and proc.stdout.strip() == "released"
