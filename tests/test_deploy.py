@@ -9,127 +9,32 @@ Server and workers are started here and stopped by PID in teardown, also when a 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import duckdb
-import httpx
 import pytest
 
 from tagger.registry import list_versions
 from tagger.storage import open_storage
-from tests.conftest import DEMO_TAXONOMY, free_port
+from tests.conftest import DEMO_TAXONOMY
+from tests.prefect_server import (  # shared with test_ui.py
+    POOL, ROOT, prefect_server,
+    api_client as _api, artifacts as _artifacts, cli as _cli, deployment as _deployment,
+    run_worker_until_done as _run_worker_until_done,
+)
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-PREFECT = [sys.executable, "-m", "prefect"]
-POOL = "test-process"
 # What a data scientist types into the Custom run form: a CPU-sized training run.
 CUSTOM_TRAIN = dict(backbone="test_efficientnet", image_size=48, epochs=1, batch_size=16,
                     pretrained=False, workers=0, device="cpu", log_every=5)
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the process group we started (server: uvicorn child; worker: flow runs)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real Prefect server on 127.0.0.1:<free port> with its own SQLite database."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_UI_ENABLED="false",
-               TQDM_DISABLE="1", OMP_NUM_THREADS="1")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(PREFECT + ["server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited ({proc.returncode}):\n"
-                            f"{(home / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - t0 > 180:
-                pytest.fail("prefect server not healthy after 180 s:\n"
-                            f"{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        print(f"prefect server healthy after {time.monotonic() - t0:.1f} s")
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
         yield env
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _cli(env, *args, timeout=300) -> str:
-    proc = subprocess.run(PREFECT + list(args), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def _api(env) -> httpx.Client:
-    return httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
-
-
-def _run_worker_until_done(env, api, flow_run_id, timeout=600) -> dict:
-    """`prefect worker start --run-once` until the flow run is final; the worker's process
-    group is stopped in any case."""
-    deadline = time.monotonic() + timeout
-    while True:
-        worker = subprocess.Popen(PREFECT + ["worker", "start", "--pool", POOL, "--run-once"],
-                                  cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            out, _ = worker.communicate(timeout=max(1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            out = ""
-        finally:
-            _stop(worker)
-        run = api.get(f"/flow_runs/{flow_run_id}").raise_for_status().json()
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            if run["state"]["type"] != "COMPLETED":
-                logs = api.post("/logs/filter", json={
-                    "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}).json()
-                pytest.fail(f"flow run {run['name']} {run['state']['type']}: "
-                            f"{run['state'].get('message')}\nworker:\n{out[-3000:]}\nlogs:\n"
-                            + "\n".join(entry["message"] for entry in logs)[-5000:])
-            return run
-        if time.monotonic() > deadline:
-            pytest.fail(f"flow run not finished after {timeout} s; worker:\n{out[-3000:]}")
-
-
-def _deployment(api, name) -> dict:
-    found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
-    assert len(found) == 1, f"deployment {name!r}: {found}"
-    return found[0]
-
-
-def _artifacts(api, flow_run_ids) -> dict:
-    arts = api.post("/artifacts/filter", json={
-        "artifacts": {"flow_run_id": {"any_": flow_run_ids}}, "sort": "CREATED_DESC"}).json()
-    return {a["key"]: a for a in reversed(arts)}  # newest per key wins
 
 
 def test_first_day_deploy_retrain_and_nightly(server, catalog, tmp_path):
