@@ -67,7 +67,10 @@ def _start_chromium(user_data_dir: Path) -> tuple[subprocess.Popen, str]:
 @pytest.fixture
 def browser_page(tmp_path):
     """A playwright page in a fresh headless Chromium that can reach loopback only."""
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: make setup (pip install -e '.[dev]')")
 
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
@@ -87,9 +90,7 @@ def browser_page(tmp_path):
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             context.route(re.compile(r"^(?!data:|blob:|about:).*"), loopback_only)
             context.set_default_timeout(30_000)
-            page = context.new_page()
-            page.blocked = blocked
-            yield page
+            yield context.new_page()
             context.close()
             browser.close()
     finally:
@@ -207,7 +208,13 @@ def test_custom_run_from_the_ui_trains_a_model(catalog, tmp_path, browser_page):
         print(f"retrain flow run through a worker: {time.monotonic() - t0:.1f} s")
         page.reload()
         page.get_by_text("Completed").first.wait_for()
-        _shot(page, "07-flow-run-completed")
+        _shot(page, "07-deployment-run-completed")
+        page.get_by_role("link", name=run["name"], exact=True).click()
+        page.get_by_text("Completed").first.wait_for()
+        _shot(page, "08-flow-run")
+        page.get_by_role("tab", name="Artifacts", exact=True).click()
+        page.get_by_text("model-report").first.wait_for()  # the report a person opens next
+        _shot(page, "09-flow-run-artifacts")
 
         [version] = list_versions(open_storage(lake))
         card = read_card(open_storage(lake), version)
