@@ -198,13 +198,13 @@ class FaultProxy:
                 return int(value.strip())
         return 0
 
-    def _pipe_body(self, src, dst, head) -> None:
+    def _pipe_body(self, src, dst, head, who: str = "client") -> None:
         _, _, got = head.partition(b"\r\n\r\n")
         left = self._content_length(head) - len(got)
         while left > 0:
             chunk = src.recv(min(left, 1 << 20))
             if not chunk:
-                raise OSError("client closed mid-body")
+                raise OSError(f"{who} closed mid-body")
             dst.sendall(chunk)
             left -= len(chunk)
 
@@ -226,13 +226,7 @@ class FaultProxy:
                 client.sendall(chunk)
                 buf = (buf + chunk)[-16:]
             return
-        left = self._content_length(head) - len(got)
-        while left > 0:
-            chunk = upstream.recv(min(left, 1 << 20))
-            if not chunk:
-                raise OSError("upstream closed mid-body")
-            client.sendall(chunk)
-            left -= len(chunk)
+        self._pipe_body(upstream, client, head, who="upstream")
 
     def close(self) -> None:
         self._stopped = True
