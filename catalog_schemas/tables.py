@@ -82,9 +82,3 @@ TAG_LATEST = _schema(
     *_TAG_COLUMNS,
 )
 
-ALL = {s.metadata[b"table"].decode(): s for s in (PRODUCTS, IMAGES, REJECTS, TAG_HISTORY, TAG_LATEST)}
-
-
-def describe(schema: pa.Schema) -> dict[str, str]:
-    """Column -> description, for docs and artifacts."""
-    return {f.name: (f.metadata or {}).get(b"description", b"").decode() for f in schema}

@@ -12,7 +12,6 @@ latest readable, and the re-run (same run id) replaces its own history file.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 HISTORY_PREFIX = "tags/history"
 LATEST_PATH = "tags/latest/tags.parquet"
 STATE_PATH = "tags/state/tagged.parquet"
+TAG_ORDER = [("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")]
 STATE = pa.schema([
     ("product_id", pa.string()), ("image_hash", pa.string()),
     ("product_updated_at", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()),
@@ -120,12 +120,14 @@ class TagPlan:
     products: int
 
 
-def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False) -> TagPlan:
+def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False,
+                 products: list[dict] | None = None) -> TagPlan:
     """The products that are new or changed since they were tagged (all with `full` or a
-    different model), for the given model version (default: the newest)."""
+    different model), for the given model version (default: the newest). `products`: the
+    products table as rows, when the caller has read it already."""
     storage = open_storage(lake)
     version = read_card(storage, model_version)["version"]
-    products = read_products(storage).to_pylist()
+    products = products if products is not None else read_products(storage).to_pylist()
     state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
     todo = select_products(products, state, version, full)
     log.info("plan: %d of %d products to tag with model %s", len(todo), len(products), version)
@@ -133,7 +135,7 @@ def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = Fa
 
 
 def score_products(lake: str, model_version: str, product_ids: list[str],
-                   config: TagConfig | None = None) -> dict[str, list]:
+                   config: TagConfig | None = None, products: list[dict] | None = None) -> dict[str, list]:
     """Tag rows (compute_tag_rows columns) for these products. Reads only: one shard of a
     run, in any process or machine that can read the lake."""
     config = config or TagConfig()
@@ -142,7 +144,8 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     taxonomy = Taxonomy.model_validate(card["taxonomy"])
     thresholds = _thresholds_vector(taxonomy, card)
     wanted = set(product_ids)
-    todo = [p for p in read_products(storage).to_pylist() if p["product_id"] in wanted]
+    products = products if products is not None else read_products(storage).to_pylist()
+    todo = [p for p in products if p["product_id"] in wanted]
     device = resolve_device(config.device)
     dcfg = card["data_config"]
     transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
@@ -172,10 +175,13 @@ def tag_catalog(
 ) -> TagResult:
     """Tag new and changed products (all with `full` or a new model) and write the tables."""
     t0 = time.perf_counter()
-    plan = plan_tagging(lake, model_version=model_version, full=full)
-    rows = score_products(lake, plan.model_version, plan.product_ids, config)
+    storage = open_storage(lake)
+    version = read_card(storage, model_version)["version"]  # a missing model is the first error
+    products = read_products(storage).to_pylist()  # read once, for all three steps
+    plan = plan_tagging(lake, model_version=version, full=full, products=products)
+    rows = score_products(lake, plan.model_version, plan.product_ids, config, products)
     return _write_tags(lake, plan, [rows], full=full, run_id=run_id, run_date=run_date,
-                       config=config, t0=t0)
+                       config=config, t0=t0, products=products)
 
 
 @locked("tags")
@@ -184,10 +190,10 @@ def write_tags(lake: str, plan: TagPlan, rows: list[dict[str, list]], *, full: b
                config: TagConfig | None = None) -> TagResult:
     """Commit the tag rows of a planned run (from one or many score_products shards)."""
     return _write_tags(lake, plan, rows, full=full, run_id=run_id, run_date=run_date,
-                       config=config, t0=time.perf_counter())
+                       config=config, t0=time.perf_counter(), products=None)
 
 
-def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0) -> TagResult:
+def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, products) -> TagResult:
     config = config or TagConfig()
     storage = open_storage(lake)
     now = datetime.now(timezone.utc)
@@ -195,7 +201,7 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0) -> Ta
     run_id = run_id or f"tag-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     version = plan.model_version
     result = TagResult(run_id, run_date.isoformat(), version, storage.uri)
-    products = read_products(storage).to_pylist()
+    products = products if products is not None else read_products(storage).to_pylist()
     state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
     planned = set(plan.product_ids)
     tagged = [p for p in products if p["product_id"] in planned]
@@ -205,10 +211,7 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0) -> Ta
              len(products))
 
     meta = {"run_id": run_id, "model_version": version, "config": config.model_dump_json()}
-    # Rows in one order whatever the sharding: product, attribute, value.
-    new = _as_table(chunks, version, run_id, now, meta).sort_by(
-        [("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")]
-    ).replace_schema_metadata({**TAG_HISTORY.metadata, **meta})
+    new = _as_table(chunks, version, run_id, now, meta)
     result.history_rows = new.num_rows
     if new.num_rows or full:  # a night with nothing to tag leaves no empty file behind
         result.history_path = _write_history(storage, new, run_id, run_date)
@@ -219,7 +222,7 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0) -> Ta
     keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], tagged_ids)),
                    pc.is_in(previous["product_id"], current_ids))
     latest = pa.concat_tables([previous.filter(keep), new.cast(TAG_LATEST)])
-    latest = latest.sort_by([("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")])
+    latest = latest.sort_by(TAG_ORDER)
     if tagged or latest.num_rows != previous.num_rows:
         write_table(storage, LATEST_PATH, latest.replace_schema_metadata({**TAG_LATEST.metadata, **meta}))
     result.removed = len({*previous["product_id"].to_pylist()} - {*current_ids.to_pylist()})
@@ -262,7 +265,8 @@ def _as_table(chunks, model_version, run_id, now, meta) -> pa.Table:
     n = len(cols["product_id"])
     cols.update(model_version=[model_version] * n, run_id=[run_id] * n, tagged_at=[now] * n)
     table = pa.table({name: cols[name] for name in TAG_HISTORY.names}, schema=TAG_HISTORY)
-    return table.replace_schema_metadata({**TAG_HISTORY.metadata, **meta})
+    # Rows in one order whatever the sharding: product, attribute, value.
+    return table.sort_by(TAG_ORDER).replace_schema_metadata({**TAG_HISTORY.metadata, **meta})
 
 
 def _write_history(storage: Storage, table: pa.Table, run_id: str, run_date: date) -> str:
@@ -288,6 +292,3 @@ def _write_state(storage, state, tagged, products, model_version, run_id) -> Non
 def read_latest(storage: Storage) -> pa.Table:
     return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST)
 
-
-def summary_json(result: TagResult) -> str:
-    return json.dumps(result.to_dict(), indent=2, default=str)
