@@ -1,0 +1,59 @@
+"""The speed benchmarks run end to end on a few tiny images, so the scripts cannot rot.
+
+Nothing here asserts a speed: only that every figure the README quotes is produced and
+positive, and that the Markdown rows render. The real catalog is left out (real_images=0):
+its path is the same code on other files.
+"""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks import ingest_decode, train_loader
+
+
+def test_train_loader_benchmark_runs(capsys):
+    r = train_loader.main(["--images", "6", "--side", "160", "--image-size", "48", "--batch", "4",
+                           "--real-images", "0"])
+    m = r["generated"]
+    assert r["real"] is None and m["images"] == 6 and m["source_px"] == [160, 160]
+    for key in ("ours_img_s", "baseline_img_s", "ratio", "ours_decode_ms", "baseline_decode_ms",
+                "ours_transform_ms", "baseline_transform_ms"):
+        assert m[key] > 0, key
+    assert math.isclose(m["ratio"], m["ours_img_s"] / m["baseline_img_s"], rel_tol=0.02)
+    for target, need in m["workers_needed"].items():  # ceil(target / rate), from unrounded rates
+        for side in ("ours", "baseline"):
+            expected = math.ceil(train_loader.TARGETS[target] / m[f"{side}_img_s"])
+            assert need[side] >= 1 and abs(need[side] - expected) <= 1, (target, side)
+    out = capsys.readouterr().out
+    assert out.count("\n| ") == 1 and "generated: 6 JPEGs of 160x160 px @ 48 px" in out
+
+
+def test_ingest_decode_benchmark_runs(capsys):
+    # 1100 px: draft decodes at 1/2 scale (550 px >= 512); 600 px: no draft (300 < 512).
+    r = ingest_decode.main(["--images", "3", "--sides", "1100,600", "--real-images", "0"])
+    big, small = r["catalogs"]["generated_1100"], r["catalogs"]["generated_600"]
+    assert big["draft_decode_px"] == [550, 550] and big["stored_px"] == [512, 512]
+    assert small["draft_decode_px"] == [600, 600] and small["stored_px"] == [512, 512]
+    for m in (big, small):
+        for key in ("plain_decode_ms", "ours_decode_ms", "plain_step_ms", "ours_step_ms",
+                    "ours_ingest_img_s", "plain_ingest_img_s", "decode_ratio", "step_ratio", "ingest_ratio"):
+            assert m[key] > 0, key
+    out = capsys.readouterr().out
+    assert out.count("\n| ") == 2
+
+
+def test_plain_path_matches_ours_in_size():
+    """The baseline does the same job: same stored size, an RGB JPEG."""
+    import io
+
+    from PIL import Image
+
+    from tagger.images import normalise_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1200, 800), (200, 30, 30)).save(buf, "JPEG")
+    ours, plain = normalise_image(buf.getvalue(), max_side=512), ingest_decode.plain_normalise(
+        buf.getvalue(), max_side=512)
+    assert ours[1:] == plain[1:] == (512, 341)
+    assert Image.open(io.BytesIO(plain[0])).mode == "RGB"
