@@ -10,8 +10,9 @@ open/convert/thumbnail/save, per image and through the whole ingest, from one ru
   one writes without thinking about decode cost (convert() decodes at full size, so the
   draft that thumbnail() would apply comes too late).
 
-Measured on the same bytes in memory: decode only (ours: decode_image with draft; plain:
-open + convert) and the whole per-image step, in ms/img; then `ingest_catalog`
+Measured on the same bytes in memory, the two paths alternating image by image: decode only
+(ours: decode_image with draft; plain: open + convert) and the whole per-image step, in
+ms/img; then `ingest_catalog`
 end to end (read, hash, decode, resize, encode, shards, tables) into fresh lakes, once with
 ours and twice with the plain step patched in (before and after: a drift check), with
 `--ingest-workers` threads (1 = per-core figure).
@@ -62,12 +63,18 @@ def _plain_decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def _ms(fn, items) -> float:
-    fn(items[0])
-    t0 = time.perf_counter()
-    for it in items:
-        fn(it)
-    return (time.perf_counter() - t0) / len(items) * 1000
+def _ms_pair(plain, ours, items) -> tuple[float, float]:
+    """Mean ms/img of two functions over the same items, alternating per item, so a change in
+    the machine's load during the run hits both sides alike."""
+    plain(items[0]), ours(items[0])
+    spent = [0.0, 0.0]
+    for i, it in enumerate(items):
+        order = ((0, plain), (1, ours)) if i % 2 == 0 else ((1, ours), (0, plain))
+        for k, fn in order:
+            t0 = time.perf_counter()
+            fn(it)
+            spent[k] += time.perf_counter() - t0
+    return spent[0] / len(items) * 1000, spent[1] / len(items) * 1000
 
 
 def _ingest_rate(catalog: Path, taxonomy: str, lake: Path, workers: int, plain: bool) -> float:
@@ -89,11 +96,12 @@ def measure(catalog: Path, taxonomy: str, files: list[Path], tmp: Path, workers:
     r = dict(images=len(data), source_px=list(src), draft_decode_px=list(img.size),
              stored_px=list(normalise_image(data[0], max_side=MAX_SIDE)[1:]),
              mean_file_kb=sum(map(len, data)) / len(data) / 1024)
-    r["plain_decode_ms"] = _ms(_plain_decode, data)
-    r["ours_decode_ms"] = _ms(lambda d: decode_image(d, draft_side=MAX_SIDE), data)
+    r["plain_decode_ms"], r["ours_decode_ms"] = _ms_pair(
+        _plain_decode, lambda d: decode_image(d, draft_side=MAX_SIDE), data)
     r["decode_ratio"] = r["plain_decode_ms"] / r["ours_decode_ms"]
-    r["plain_step_ms"] = _ms(lambda d: plain_normalise(d, max_side=MAX_SIDE, quality=QUALITY), data)
-    r["ours_step_ms"] = _ms(lambda d: normalise_image(d, max_side=MAX_SIDE, quality=QUALITY), data)
+    r["plain_step_ms"], r["ours_step_ms"] = _ms_pair(
+        lambda d: plain_normalise(d, max_side=MAX_SIDE, quality=QUALITY),
+        lambda d: normalise_image(d, max_side=MAX_SIDE, quality=QUALITY), data)
     r["step_ratio"] = r["plain_step_ms"] / r["ours_step_ms"]
     plain1 = _ingest_rate(catalog, taxonomy, tmp / "lake-plain-1", workers, plain=True)
     r["ours_ingest_img_s"] = _ingest_rate(catalog, taxonomy, tmp / "lake-ours", workers, plain=False)

@@ -19,7 +19,7 @@ From the per-worker rate: the loader workers needed to feed EfficientNet-B4 trai
 380 px, ceil(target / rate), for timm's published ~240 img/s on an RTX 3090 (AMP,
 channels_last) and for an assumed 1000 img/s on a current datacenter GPU (H100 class:
 "several times" a 3090; not measured here). The per-image decode and transform costs are
-measured separately too.
+measured separately too, the two paths alternating image by image.
 
 Images: generated product photos of `--side` px (bicubic-enlarged demo drawings with sensor
 noise), and the first `--real-images` products of the shared real catalog when present
@@ -88,12 +88,18 @@ def _loader_rate(ds, batch: int, workers: int, seed: int = 0) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _ms_per_image(fn, items) -> float:
-    fn(items[0])
-    t0 = time.perf_counter()
-    for it in items:
-        fn(it)
-    return (time.perf_counter() - t0) / len(items) * 1000
+def _ms_pair(baseline, ours, items) -> tuple[float, float]:
+    """Mean ms/img of two functions over paired items, alternating per item, so a change in
+    the machine's load during the run hits both sides alike."""
+    baseline(items[0][0]), ours(items[0][1])
+    spent = [0.0, 0.0]
+    for i, (b, o) in enumerate(items):
+        order = ((0, baseline, b), (1, ours, o)) if i % 2 == 0 else ((1, ours, o), (0, baseline, b))
+        for k, fn, it in order:
+            t0 = time.perf_counter()
+            fn(it)
+            spent[k] += time.perf_counter() - t0
+    return spent[0] / len(items) * 1000, spent[1] / len(items) * 1000
 
 
 def measure(catalog: Path, taxonomy: str, files: list[Path], lake: str, image_size: int, batch: int,
@@ -130,10 +136,10 @@ def measure(catalog: Path, taxonomy: str, files: list[Path], lake: str, image_si
     stored_size = Image.open(io.BytesIO(stored[0])).size
 
     r = dict(images=n, source_px=list(source_size), stored_px=list(stored_size))
-    r["ours_decode_ms"] = _ms_per_image(lambda i: load_rgb(stored[i]), sample)
-    r["baseline_decode_ms"] = _ms_per_image(lambda i: pil_open(files[i]), sample)
-    r["ours_transform_ms"] = _ms_per_image(lambda a: ours_tf(image=a), ours_decoded)
-    r["baseline_transform_ms"] = _ms_per_image(base_tf, base_decoded)
+    r["baseline_decode_ms"], r["ours_decode_ms"] = _ms_pair(
+        lambda i: pil_open(files[i]), lambda i: load_rgb(stored[i]), [(i, i) for i in sample])
+    r["baseline_transform_ms"], r["ours_transform_ms"] = _ms_pair(
+        base_tf, lambda a: ours_tf(image=a), list(zip(base_decoded, ours_decoded)))
 
     # Loader passes, baseline first and last (drift check within the run).
     base1 = _loader_rate(base, batch, 0)
