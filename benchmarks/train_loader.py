@@ -11,15 +11,16 @@ image shards vs the original JPEG files opened with PIL, from one run.
   is_training=True)` (random resized crop, flip, colour jitter, normalise), default collate.
 
 Both go through a `DataLoader` (batch 32, shuffled, labels as in training) with
-`num_workers=0`: the main process does a worker's whole job, so images/s is one worker's
-throughput. torch and OpenCV are held to one thread each. `--workers N` adds a run with N
+`num_workers=0`: the main process does a worker's whole job, so images per CPU second of
+the process is one worker's throughput on a core of its own (robust to other jobs on the
+machine; images per wall second are printed too). torch and OpenCV are held to one thread each. `--workers N` adds a run with N
 worker processes (forkserver, as `tagger.predict.create_loader` starts them).
 
-From the per-worker rate: the loader workers needed to feed EfficientNet-B4 training at
+From the per-worker (CPU) rate: the loader workers needed to feed EfficientNet-B4 training at
 380 px, ceil(target / rate), for timm's published ~240 img/s on an RTX 3090 (AMP,
 channels_last) and for an assumed 1000 img/s on a current datacenter GPU (H100 class:
 "several times" a 3090; not measured here). The per-image decode and transform costs are
-measured separately too, the two paths alternating image by image.
+measured separately too (CPU ms), the two paths alternating image by image.
 
 Images: generated product photos of `--side` px (bicubic-enlarged demo drawings with sensor
 noise), and the first `--real-images` products of the shared real catalog when present
@@ -75,30 +76,32 @@ class FileImages(Dataset):
         return x, torch.from_numpy(self.targets[i]), torch.from_numpy(self.mask[i])
 
 
-def _loader_rate(ds, batch: int, workers: int, seed: int = 0) -> float:
-    """Images/s of one full shuffled pass, after a warm-up batch (shard read, worker start)."""
+def _loader_rate(ds, batch: int, workers: int, seed: int = 0) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process) of one full shuffled
+    pass, after a warm-up batch (shard read, worker start). With workers=0 the CPU rate is
+    what one worker delivers on a core of its own, whatever else the machine runs."""
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                         prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
                         multiprocessing_context="forkserver" if workers else None,
                         generator=torch.Generator().manual_seed(seed))
     next(iter(loader))  # warm-up: our shard cache, OpenCV/timm first calls, worker start
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     for x, _, _ in loader:
         n += len(x)
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
 def _ms_pair(baseline, ours, items) -> tuple[float, float]:
-    """Mean ms/img of two functions over paired items, alternating per item, so a change in
-    the machine's load during the run hits both sides alike."""
+    """Mean CPU ms/img of two functions over paired items, alternating per item, so a change
+    in the machine's load during the run hits both sides alike."""
     baseline(items[0][0]), ours(items[0][1])
     spent = [0.0, 0.0]
     for i, (b, o) in enumerate(items):
         order = ((0, baseline, b), (1, ours, o)) if i % 2 == 0 else ((1, ours, o), (0, baseline, b))
         for k, fn, it in order:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn(it)
-            spent[k] += time.perf_counter() - t0
+            spent[k] += time.process_time() - t0
     return spent[0] / len(items) * 1000, spent[1] / len(items) * 1000
 
 
@@ -142,19 +145,21 @@ def measure(catalog: Path, taxonomy: str, files: list[Path], lake: str, image_si
         base_tf, lambda a: ours_tf(image=a), list(zip(base_decoded, ours_decoded)))
 
     # Loader passes, baseline first and last (drift check within the run).
-    base1 = _loader_rate(base, batch, 0)
-    r["ours_img_s"] = _loader_rate(ours, batch, 0)
-    base2 = _loader_rate(base, batch, 0)
-    r["baseline_img_s"] = (base1 + base2) / 2
+    (base1, base1_cpu) = _loader_rate(base, batch, 0)
+    r["ours_img_s"], r["ours_img_cpu_s"] = _loader_rate(ours, batch, 0)
+    (base2, base2_cpu) = _loader_rate(base, batch, 0)
+    r["baseline_img_s"], r["baseline_img_cpu_s"] = (base1 + base2) / 2, (base1_cpu + base2_cpu) / 2
     r["baseline_runs_img_s"] = [base1, base2]
     r["ratio"] = r["ours_img_s"] / r["baseline_img_s"]
+    r["ratio_cpu"] = r["ours_img_cpu_s"] / r["baseline_img_cpu_s"]
+    # Per worker = per CPU second: a worker on a core of its own (wall figures depend on load).
     r["workers_needed"] = {
-        name: {"ours": math.ceil(t / r["ours_img_s"]), "baseline": math.ceil(t / r["baseline_img_s"])}
+        name: {k: math.ceil(t / r[f"{k}_img_cpu_s"]) for k in ("ours", "baseline")}
         for name, t in TARGETS.items()
     }
     if workers > 0:
-        r[f"ours_{workers}_workers_img_s"] = _loader_rate(ours, batch, workers)
-        r[f"baseline_{workers}_workers_img_s"] = _loader_rate(base, batch, workers)
+        r[f"ours_{workers}_workers_img_s"] = _loader_rate(ours, batch, workers)[0]
+        r[f"baseline_{workers}_workers_img_s"] = _loader_rate(base, batch, workers)[0]
     return {k: _round(v) for k, v in r.items()}
 
 
@@ -195,9 +200,10 @@ def rows(r: dict) -> list[str]:
         src = "x".join(map(str, m["source_px"]))
         lines.append(
             f"| {time.strftime('%Y-%m-%d')}, {r['cpus']} CPU cores, 1 thread | {name}: {m['images']} JPEGs of "
-            f"{src} px @ {r['image_size']} px, batch {r['batch']} | {m['baseline_img_s']} "
-            f"({m['baseline_runs_img_s'][0]}, {m['baseline_runs_img_s'][1]}) | {m['ours_img_s']} | "
-            f"{m['ratio']}x | decode {m['baseline_decode_ms']} / {m['ours_decode_ms']} ms, "
+            f"{src} px @ {r['image_size']} px, batch {r['batch']} | {m['baseline_img_cpu_s']} / "
+            f"{m['ours_img_cpu_s']} (**{m['ratio_cpu']}x**) | {m['baseline_img_s']} "
+            f"({m['baseline_runs_img_s'][0]}, {m['baseline_runs_img_s'][1]}) / {m['ours_img_s']} "
+            f"({m['ratio']}x) | decode {m['baseline_decode_ms']} / {m['ours_decode_ms']} ms, "
             f"transform {m['baseline_transform_ms']} / {m['ours_transform_ms']} ms | "
             f"{w['rtx3090']['baseline']} / {w['rtx3090']['ours']} | "
             f"{w['h100_assumed']['baseline']} / {w['h100_assumed']['ours']} |")

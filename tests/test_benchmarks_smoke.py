@@ -17,13 +17,14 @@ def test_train_loader_benchmark_runs(capsys):
                            "--real-images", "0"])
     m = r["generated"]
     assert r["real"] is None and m["images"] == 6 and m["source_px"] == [160, 160]
-    for key in ("ours_img_s", "baseline_img_s", "ratio", "ours_decode_ms", "baseline_decode_ms",
+    for key in ("ours_img_s", "baseline_img_s", "ratio", "ours_img_cpu_s", "baseline_img_cpu_s", "ratio_cpu",
+                "ours_decode_ms", "baseline_decode_ms",
                 "ours_transform_ms", "baseline_transform_ms"):
         assert m[key] > 0, key
     assert math.isclose(m["ratio"], m["ours_img_s"] / m["baseline_img_s"], rel_tol=0.02)
-    for target, need in m["workers_needed"].items():  # ceil(target / rate), from unrounded rates
+    for target, need in m["workers_needed"].items():  # ceil(target / CPU rate), from unrounded rates
         for side in ("ours", "baseline"):
-            expected = math.ceil(train_loader.TARGETS[target] / m[f"{side}_img_s"])
+            expected = math.ceil(train_loader.TARGETS[target] / m[f"{side}_img_cpu_s"])
             assert need[side] >= 1 and abs(need[side] - expected) <= 1, (target, side)
     out = capsys.readouterr().out
     assert out.count("\n| ") == 1 and "generated: 6 JPEGs of 160x160 px @ 48 px" in out
@@ -37,7 +38,8 @@ def test_ingest_decode_benchmark_runs(capsys):
     assert small["draft_decode_px"] == [600, 600] and small["stored_px"] == [512, 512]
     for m in (big, small):
         for key in ("plain_decode_ms", "ours_decode_ms", "plain_step_ms", "ours_step_ms",
-                    "ours_ingest_img_s", "plain_ingest_img_s", "decode_ratio", "step_ratio", "ingest_ratio"):
+                    "ours_ingest_img_s", "plain_ingest_img_s", "ours_ingest_img_cpu_s", "plain_ingest_img_cpu_s",
+                    "decode_ratio", "step_ratio", "ingest_ratio", "ingest_ratio_cpu"):
             assert m[key] > 0, key
     out = capsys.readouterr().out
     assert out.count("\n| ") == 2
