@@ -2,17 +2,31 @@
 the model's pure forward speed on in-memory tensors (the limit), from one run.
 
     .venv/bin/python -m benchmarks.tag_throughput --backbone efficientnet_b0 --image-size 224 --images 256
+    .venv/bin/python -m benchmarks.tag_throughput --backbone efficientnet_b4 --image-size 380 --images 256
 
 - baseline: one JPEG file per product opened with PIL, timm's eval transform, fp32,
   default memory format, batch 32, no loader workers;
 - ours: the lake's image shards read in order through `ProductImages` + `create_loader`
-  (workers when the job is big enough), channels_last, `TagConfig.precision` (auto:
-  bf16 where the hardware has it);
-- limit: the same model, memory format and precision on a batch already in memory.
+  (workers when the job is big enough), scored by the runtime `TagConfig.runtime` chooses
+  (`--runtime`, default auto: ONNX Runtime fp32 on CPUs without native bf16, else torch
+  with channels_last and `TagConfig.precision`; tagger/runtime.py);
+- limit: the forward pass of that runtime on a batch already in memory (an ONNX Runtime
+  session, or the torch model with the same memory format and precision);
+- also measured: our loader with the torch path (`torch_path`) and torch's own limit
+  (`torch_limit`), so the runtime's share of the gain is visible.
+
+Agreement: ours against the torch fp32 path on the same images, in the same order: the
+largest absolute score difference, and the share of equal thresholded decisions at 0.5
+and at per-output thresholds drawn between the 20th and 80th percentile of each output's
+scores (seed 0). Weights are random (speed does not depend on them); the head is redrawn
+so that each output's logits have std 3 on the images, a trained model's spread (timm's
+random head puts every score within 1e-4 of 0.5, where any comparison is trivially tight).
+Said in the output.
 
 Images: the shared real catalog when present (../shared/datasets/...), else a generated
-one. Weights are random (speed does not depend on them). Run it alone: this machine's
-timings are ruined by a second busy process (OpenMP threads spin on shared cores).
+one. Run it alone: this machine's timings are ruined by a second busy process (OpenMP
+threads spin on shared cores). The ONNX export (seconds, cached per weights) is done
+before timing, like every other warm-up.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -36,6 +51,7 @@ from tagger.data import ProductImages, create_transforms  # noqa: E402
 from tagger.ingest import ingest_catalog, read_products  # noqa: E402
 from tagger.model import create_model, data_config, resolve_precision  # noqa: E402
 from tagger.predict import create_loader, predict_scores  # noqa: E402
+from tagger.runtime import RUNTIMES, onnx_session, predict, resolve_runtime  # noqa: E402
 from tagger.storage import open_storage  # noqa: E402
 
 SHARED = ROOT.parent / "shared/datasets/fashion-product-images-small"
@@ -65,7 +81,33 @@ def _rate(fn, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precision: str) -> dict:
+def agreement(ref: np.ndarray, ours: np.ndarray, seed: int = 0) -> dict:
+    """How far our scores are from the fp32 reference and how often thresholded decisions
+    agree: at 0.5, and at per-output thresholds between the 20th and 80th percentile."""
+    rng = np.random.default_rng(seed)
+    cuts = np.array([np.quantile(ref[:, k], rng.uniform(0.2, 0.8)) for k in range(ref.shape[1])])
+    diff = np.abs(ours - ref)
+    return dict(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+                agree_at_0_5=float(((ref >= 0.5) == (ours >= 0.5)).mean()),
+                agree_at_percentile_thresholds=float(((ref >= cuts) == (ours >= cuts)).mean()),
+                reference_score_std=float(ref.std()))
+
+
+@torch.no_grad()
+def _spread_head(model: torch.nn.Module, images: torch.Tensor, logit_std: float = 3.0) -> None:
+    """Redraw the random head so each output's logits on these images have mean 0 and std
+    `logit_std`, like a trained model's. timm's random-init head gives every score within
+    1e-4 of 0.5, where any score comparison would be trivially tight."""
+    f = model.forward_head(model.forward_features(images), pre_logits=True)
+    head = model.get_classifier()
+    w = torch.randn(head.out_features, f.shape[1], generator=torch.Generator().manual_seed(0))
+    w /= ((f @ w.T).std(0) / logit_std)[:, None]
+    head.weight.copy_(w)
+    head.bias.copy_(-(f @ w.T).mean(0))
+
+
+def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precision: str,
+        runtime: str = "auto") -> dict:
     import timm.data
 
     with tempfile.TemporaryDirectory(prefix="bench-tag-") as tmp:
@@ -76,10 +118,12 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
         model = create_model(backbone, 64).eval()
         device = torch.device("cpu")
         prec = resolve_precision(device, precision)
+        chosen = resolve_runtime(runtime, device, precision)
 
         # baseline: PIL per file + timm's eval transform, fp32, NCHW, batch 32
         cfg = timm.data.resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
         tf = timm.data.create_transform(**cfg)
+        _spread_head(model, torch.stack([tf(Image.open(f).convert("RGB")) for f in files[:32]]))
 
         @torch.inference_mode()
         def baseline():
@@ -90,18 +134,39 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
         d = data_config(model, image_size)
         ds = ProductImages(lake, [p["image_shard"] for p in products], [p["image_hash"] for p in products],
                            create_transforms(image_size, d["mean"], d["std"], train=False))
+        out: dict[str, np.ndarray] = {}
 
         def ours():
-            predict_scores(model, create_loader(ds, batch, workers), device, precision=prec, desc="ours")
+            out["ours"] = predict(model, create_loader(ds, batch, workers), device, runtime=runtime,
+                                  precision=precision, desc="ours")
 
-        x = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+        def torch_path():
+            out["torch"] = predict_scores(model, create_loader(ds, batch, workers), device,
+                                          precision=prec, desc="torch")
+
+        x = torch.randn(batch, 3, image_size, image_size)
+        xc = x.contiguous(memory_format=torch.channels_last)
 
         @torch.inference_mode()
-        def limit():
+        def torch_limit():
             m = model.to(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
                 for _ in range(0, len(files), batch):
-                    torch.sigmoid(m(x))
+                    torch.sigmoid(m(xc))
+
+        export_s = None
+        if chosen == "onnx":
+            t0 = time.perf_counter()
+            session = onnx_session(model, (3, image_size, image_size))  # export (or cache) + session
+            export_s = round(time.perf_counter() - t0, 1)
+            xn = x.numpy()
+            session.run(None, {"images": xn})  # warm-up
+
+            def limit():
+                for _ in range(0, len(files), batch):
+                    torch.sigmoid(torch.from_numpy(session.run(None, {"images": xn})[0]))
+        else:
+            limit = torch_limit
 
         baseline()  # warm-up (allocator, oneDNN primitives) for every path, then measure
         rates = {"baseline": _rate(baseline, len(files))}
@@ -109,12 +174,20 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
         rates["ours"] = _rate(ours, len(products))
         rates["limit"] = _rate(limit, len(files))
         model.to(memory_format=torch.contiguous_format)
+        rates["torch_path"] = _rate(torch_path, len(products))
+        rates["torch_limit"] = _rate(torch_limit, len(files))
+        model.to(memory_format=torch.contiguous_format)
         rates["baseline_again"] = _rate(baseline, len(files))  # drift check within the run
+        ref = out["torch"] if prec == "fp32" else predict_scores(
+            model, create_loader(ds, batch, workers), device, precision="fp32", desc="fp32")
     base = (rates["baseline"] + rates["baseline_again"]) / 2
     return dict(backbone=backbone, image_size=image_size, images=len(files), batch=batch,
-                workers=workers, precision=prec, threads=torch.get_num_threads(),
+                workers=workers, runtime=chosen, precision="fp32" if chosen == "onnx" else prec,
+                threads=torch.get_num_threads(), onnx_export_s=export_s,
                 **{k: round(v, 1) for k, v in rates.items()},
-                speedup=round(rates["ours"] / base, 2), of_limit=round(rates["ours"] / rates["limit"], 2))
+                speedup=round(rates["ours"] / base, 2), of_limit=round(rates["ours"] / rates["limit"], 2),
+                vs_torch_fp32={k: round(v, 7) for k, v in agreement(ref, out["ours"]).items()},
+                weights="random init, head redrawn so logits have std 3 per output")
 
 
 def main() -> None:
@@ -125,12 +198,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="ours: auto (what TagConfig.runtime=auto picks here), torch or onnx")
     a = p.parse_args()
-    r = run(a.backbone, a.image_size, a.images, a.batch, a.workers, a.precision)
+    r = run(a.backbone, a.image_size, a.images, a.batch, a.workers, a.precision, a.runtime)
     print(json.dumps(r, indent=2))
+    runtime = "ONNX Runtime" if r["runtime"] == "onnx" else "torch"
+    v = r["vs_torch_fp32"]
     print(f"| {time.strftime('%Y-%m-%d')}, {platform.machine()}, {r['threads']} threads | {r['backbone']} "
-          f"@ {r['image_size']} px, {r['images']} images, {r['precision']} | {r['baseline']} | "
+          f"@ {r['image_size']} px, {r['images']} images, {r['precision']} {runtime} | {r['baseline']} | "
           f"{r['ours']} | {r['speedup']}x | {r['limit']} | {r['of_limit']} |")
+    print(f"vs torch fp32 on the same images ({r['weights']}): max |score diff| {v['max_abs_diff']:.1e}, "
+          f"decisions agree {v['agree_at_0_5']:.2%} at 0.5 and {v['agree_at_percentile_thresholds']:.2%} "
+          f"at per-output percentile thresholds; torch path {r['torch_path']} img/s, torch limit "
+          f"{r['torch_limit']} img/s")
 
 
 if __name__ == "__main__":
