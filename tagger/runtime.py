@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -49,6 +50,7 @@ EXPORT_FORMAT = 1  # bump when the export changes (opset, names, axes): old file
 INPUT, OUTPUT = "images", "logits"
 KEEP_EXPORTS = 8
 REQUIRED = ("onnxruntime", "onnxscript", "onnx")  # runtime; torch's exporter needs the other two
+_EXPORT_LOCK = threading.Lock()
 
 
 class RuntimeUnavailable(ValueError):
@@ -151,10 +153,15 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], directory: Path 
     directory.mkdir(parents=True, exist_ok=True)
     key = export_key(model, input_shape)
     path = directory / f"{key}.onnx"
-    if path.exists():
-        os.utime(path)  # recently used: pruning keeps it
-        log.debug("ONNX export %s reused", path)
-        return path
+    with _EXPORT_LOCK:  # torch.export is not thread-safe (Prefect runs tasks in threads)
+        if path.exists():
+            os.utime(path)  # recently used: pruning keeps it
+            log.debug("ONNX export %s reused", path)
+            return path
+        return _export(model, input_shape, directory, key, path)
+
+
+def _export(model, input_shape, directory: Path, key: str, path: Path) -> Path:
     missing = [p for p in ("onnxscript", "onnx") if p in missing_packages()]
     if missing:
         raise RuntimeUnavailable(f"Exporting to ONNX needs {', '.join(missing)}: pip install {' '.join(missing)}")
