@@ -65,6 +65,9 @@ _TAG_COLUMNS = (
     ("score", pa.float32(), True, "Model score in [0, 1]; null for curated labels."),
     ("source", pa.string(), False, "model: predicted; curated: the catalog's own label."),
     ("image_hash", pa.string(), False, "Image the tag was computed from."),
+    ("needs_review", pa.bool_(), False,
+     "True: the score is below the value's auto-publish threshold (models trained with a "
+     "precision target): route the tag to a person. False for auto-published and curated tags."),
     ("model_version", pa.string(), False, "Model version that ran (also for curated rows)."),
     ("run_id", pa.string(), False, "Tag run that produced the row."),
     ("tagged_at", UTC_TS, False, "When the row was produced."),

@@ -18,7 +18,7 @@ def publish_model(card: dict) -> None:
     md = render_card_markdown(card) + f"\nStored at `{where}/models/{card['version']}/`.\n"
     create_markdown_artifact(md, key="model-report", description=f"Model {card['version']}")
     rows = [dict(attribute=a, accuracy=_f(m.get("accuracy")), coverage=_f(m.get("coverage")),
-                 macro_f1=_f(m.get("macro_f1")), known=m.get("known"))
+                 top1=_f(m.get("top1_accuracy")), macro_f1=_f(m.get("macro_f1")), known=m.get("known"))
             for a, m in card["metrics"]["per_attribute"].items()]
     create_table_artifact(rows, key="model-metrics",
                           description=f"Per-attribute validation metrics of model {card['version']}")

@@ -38,7 +38,9 @@ def cmd_train(args) -> int:
         TrainConfig, args.config, backbone=args.backbone, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=args.weights,
         pretrained=args.pretrained, workers=args.workers, device=args.device,
-        resume=args.resume or None, seed=args.seed,
+        resume=args.resume or None, seed=args.seed, pos_weight=args.pos_weight, loss=args.loss,
+        ema_decay=args.ema_decay, min_precision=args.min_precision, calibrate=args.calibrate,
+        thresholds=args.thresholds,
     )
     version = train_model(args.lake, config)
     if version:  # rank 0 of a distributed run
@@ -132,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    t.add_argument("--pos-weight", choices=["linear", "sqrt", "none"], help="BCE pos_weight (default linear)")
+    t.add_argument("--loss", choices=["bce", "focal", "asl"], help="default bce")
+    t.add_argument("--ema-decay", type=float, help="EMA of the weights (default 0.9998; 0 turns it off)")
+    t.add_argument("--thresholds", choices=["max_f1", "fixed"], help="default max_f1; fixed: 0.5")
+    t.add_argument("--min-precision", type=float,
+                   help="precision target: auto-publish threshold per value, needs_review below it")
+    t.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="temperature scaling on the validation split (default on)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("tag", help="tag new and changed products, write tag tables")

@@ -77,6 +77,31 @@ class TrainConfig(_Config):
     pos_weight_max: float = Field(
         50.0, ge=1, le=1e4, description="Clip of pos_weight (and 1/clip from below)."
     )
+    loss: Literal["bce", "focal", "asl"] = Field(
+        "bce", description="bce; focal (down-weights easy entries); asl (asymmetric: "
+        "down-weights easy negatives). All masked and pos_weighted (tagger/losses.py)."
+    )
+    ema_decay: float | None = Field(
+        0.9998, ge=0.9, lt=1,
+        description="Keep an exponential moving average of the weights (ramped up from 0 "
+        "over the first steps); the EMA or the raw weights, whichever has the higher "
+        "validation mAP, is registered. Empty or 0: no EMA.",
+    )
+    thresholds: Literal["max_f1", "fixed"] = Field(
+        "max_f1", description="Decision threshold per value: the one with the best F1 on the "
+        "validation split, or `fixed_threshold` for all."
+    )
+    fixed_threshold: float = Field(0.5, gt=0, lt=1, description="Threshold of `thresholds: fixed`.")
+    min_precision: float | None = Field(
+        None, gt=0, le=1,
+        description="Precision target, e.g. 0.9: tags of a value whose score reaches the "
+        "lowest threshold with this precision on the validation split are auto-published; "
+        "tags between the decision threshold and it are marked needs_review in the tag tables.",
+    )
+    calibrate: bool = Field(
+        True, description="Fit one temperature per attribute on the validation split so "
+        "scores are calibrated probabilities (reports ECE before and after)."
+    )
     pretrained: bool = Field(
         True, description="Start from the backbone's pretrained weights (timm / Hugging Face hub)."
     )
@@ -93,10 +118,15 @@ class TrainConfig(_Config):
     resume: bool = Field(False, description="Continue from the last epoch checkpoint of this run.")
     log_every: int = Field(50, ge=1, description="Log throughput and ETA every N steps.")
 
-    @field_validator("weights")
+    @field_validator("weights", "ema_decay", "min_precision", mode="before")
     @classmethod
-    def _empty_is_none(cls, v: str | None) -> str | None:
-        return v or None
+    def _empty_is_none(cls, v):
+        return None if v == "" else v
+
+    @field_validator("ema_decay", mode="before")
+    @classmethod
+    def _zero_is_no_ema(cls, v):
+        return None if v == 0 else v
 
 
 class TagConfig(_Config):

@@ -19,23 +19,52 @@ from tagger import plots
 from tagger.config import TagConfig
 from tagger.data import ProductImages, create_transforms
 from tagger.ingest import ingest_catalog, read_products
-from tagger.metrics import compute_metrics
+from tagger.calibration import apply_temperature, expected_calibration_error, temperature_vector
+from tagger.metrics import compute_metrics, compute_review_metrics
 from tagger.model import resolve_device
 from tagger.predict import create_loader, predict_scores
 from tagger.registry import load_model
 from tagger.report import render_metrics_markdown
 from tagger.storage import Storage, open_storage
 from tagger.taxonomy import encode_labels, single_slices
-from tagger.thresholds import compute_decisions
+from tagger.thresholds import compute_decisions, review_flags
 
 log = logging.getLogger(__name__)
 
 
-def compute_evaluation(taxonomy: Taxonomy, targets, mask, scores, thresholds) -> tuple[np.ndarray, dict]:
-    """(decisions, metrics) with single attributes decoded as one choice."""
+def compute_evaluation(taxonomy: Taxonomy, targets, mask, scores, thresholds,
+                       auto_thresholds=None, min_precision: float | None = None) -> tuple[np.ndarray, dict]:
+    """(decisions, metrics) with single attributes decoded as one choice; with auto-publish
+    thresholds, metrics["review"] says how the decisions split into auto and review."""
     singles = single_slices(taxonomy)
     decisions = compute_decisions(scores, thresholds, list(singles.values()))
-    return decisions, compute_metrics(targets, mask, scores, decisions, taxonomy.outputs, singles)
+    metrics = compute_metrics(targets, mask, scores, decisions, taxonomy.outputs, singles)
+    if auto_thresholds is not None:
+        review = review_flags(scores, decisions, auto_thresholds)
+        metrics["review"] = {"min_precision": min_precision, **compute_review_metrics(
+            np.asarray(targets) > 0.5, np.asarray(mask, dtype=bool), decisions, review)}
+    return decisions, metrics
+
+
+def calibration_metrics(logits, scores, targets, mask, temperatures: dict) -> dict:
+    """ECE of the uncalibrated scores (sigmoid of the logits) and of the scores used."""
+    return {"temperature": temperatures or None,
+            "ece_before": expected_calibration_error(apply_temperature(logits), targets, mask),
+            "ece_after": expected_calibration_error(scores, targets, mask)}
+
+
+def auto_threshold_vector(taxonomy: Taxonomy, card: dict) -> np.ndarray | None:
+    """The card's auto-publish thresholds as float32 [K] (+inf: never auto), or None."""
+    auto = card.get("auto_thresholds")
+    if not auto:
+        return None
+    return np.array([np.inf if auto[a][v] is None else auto[a][v] for a, v in taxonomy.outputs],
+                    dtype=np.float32)
+
+
+def card_temperatures(taxonomy: Taxonomy, card: dict) -> np.ndarray:
+    """float32 [K] temperature per output from the card (1.0 for cards without one)."""
+    return temperature_vector(card.get("temperature"), taxonomy.slices, taxonomy.num_outputs)
 
 
 def _pr_curves(taxonomy, targets, mask, scores, metrics, n: int = 4):
@@ -62,7 +91,7 @@ def _single_choices(taxonomy, targets, mask, decisions, attr) -> tuple[list[str]
 
 def write_evaluation_report(storage: Storage, prefix: str, title: str, intro: str,
                             taxonomy: Taxonomy, thresholds: dict, targets, mask, scores,
-                            decisions, metrics: dict) -> str:
+                            decisions, metrics: dict, *, auto_thresholds: dict | None = None) -> str:
     """report.md, metrics.json and PNG plots under `prefix`; returns the report's URI."""
     images: dict[str, str] = {}
 
@@ -79,7 +108,8 @@ def write_evaluation_report(storage: Storage, prefix: str, title: str, intro: st
         if true:
             put(f"confusion_{attr}.png", plots.plot_confusion(attr, true, pred), f"Confusion: {attr}")
     kinds = {a.name: a.kind for a in taxonomy.attributes}
-    md = render_metrics_markdown(title, intro, metrics, thresholds, kinds, images=images)
+    md = render_metrics_markdown(title, intro, metrics, thresholds, kinds, images=images,
+                                 auto_thresholds=auto_thresholds)
     storage.write_bytes(f"{prefix}/report.md", md.encode())
     storage.write_bytes(f"{prefix}/metrics.json", json.dumps(metrics, indent=2).encode())
     log.info("wrote evaluation report %s", storage.url(f"{prefix}/report.md"))
@@ -122,10 +152,13 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     ds = ProductImages(eval_lake, [p["image_shard"] for p in products],
                        [p["image_hash"] for p in products], transform)
     device = resolve_device(config.device)
-    scores = predict_scores(model, create_loader(ds, config.batch_size, config.workers, device=device),
-                            device, precision=config.precision, desc="evaluate")
+    logits = predict_scores(model, create_loader(ds, config.batch_size, config.workers, device=device),
+                            device, precision=config.precision, desc="evaluate", logits=True)
+    scores = apply_temperature(logits, card_temperatures(tax, card))
     thresholds = np.array([card["thresholds"][a][v] for a, v in tax.outputs], dtype=np.float32)
-    decisions, metrics = compute_evaluation(tax, targets, mask, scores, thresholds)
+    decisions, metrics = compute_evaluation(tax, targets, mask, scores, thresholds,
+                                            auto_threshold_vector(tax, card), card.get("min_precision"))
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, card.get("temperature"))
     metrics["split"] = f"catalog {catalog} ({len(products)} labelled products, never trained on)"
     intro = (f"Model **{card['version']}** ({card['backbone']}, {card['image_size']} px) on "
              f"`{catalog}`: {len(products)} labelled products, {ingested.rejected} rows rejected "
@@ -133,12 +166,15 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     report = write_evaluation_report(
         storage, f"models/{card['version']}/evaluations/{name}", f"Evaluation {name}", intro,
         tax, card["thresholds"], targets, mask, scores, decisions, metrics,
+        auto_thresholds=card.get("auto_thresholds"),
     )
     summary = {k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP", "hamming_loss")}
     summary.update(
         model_version=card["version"], products=len(products), rejected=ingested.rejected,
         report=report,
-        per_attribute={a: {k: v for k, v in am.items() if k in ("accuracy", "macro_f1", "known")}
+        per_attribute={a: {k: v for k, v in am.items()
+                           if k in ("accuracy", "coverage", "top1_accuracy", "macro_f1", "known")}
                        for a, am in metrics["per_attribute"].items()},
+        calibration=metrics["calibration"], review=metrics.get("review"),
     )
     return summary

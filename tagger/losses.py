@@ -70,3 +70,44 @@ def masked_bce_with_logits(
     )
     per_entry = torch.where(known, per_entry, torch.zeros_like(per_entry))
     return per_entry.sum() / known.sum().clamp(min=1)
+
+
+def masked_multilabel_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
+    *,
+    kind: Literal["bce", "focal", "asl"] = "bce",
+    gamma: float = 2.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+) -> torch.Tensor:
+    """Masked multi-label loss over known entries: 'bce' (masked_bce_with_logits),
+    'focal' (Lin et al. 2017: BCE scaled by (1 - p_t)^gamma, so easy entries count less) or
+    'asl' (asymmetric loss, Ridnik et al. 2021: negatives scaled by p_m^gamma_neg with the
+    probability shifted down by `clip`, positives unscaled; suits many easy negatives).
+    pos_weight multiplies the positive term in all three. focal with gamma=0 and asl with
+    gamma_neg=0, clip=0 are exactly BCE."""
+    if kind == "bce":
+        return masked_bce_with_logits(logits, targets, mask, pos_weight)
+    if kind not in ("focal", "asl"):
+        raise ValueError(f"unknown loss: {kind!r} (bce, focal, asl)")
+    known = mask.to(torch.bool)
+    logits = logits.float()
+    y = torch.where(known, targets.float(), torch.zeros_like(logits))
+    p = torch.sigmoid(logits)
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    pw = 1.0 if pos_weight is None else pos_weight.to(device=logits.device, dtype=torch.float32)
+    if kind == "focal":
+        pos = -pw * (1 - p).pow(gamma) * log_p
+        neg = -p.pow(gamma) * log_not_p
+    else:
+        p_m = (p - clip).clamp(min=0) if clip > 0 else p
+        # log(1 - p_m): with the shift, 1 - p_m >= 1 - p, so never below log(1 - p).
+        log_not_pm = torch.log1p(-p_m.clamp(max=1 - 1e-6)) if clip > 0 else log_not_p
+        pos = -pw * log_p
+        neg = -p_m.pow(gamma_neg) * log_not_pm
+    per_entry = y * pos + (1 - y) * neg
+    per_entry = torch.where(known, per_entry, torch.zeros_like(per_entry))
+    return per_entry.sum() / known.sum().clamp(min=1)

@@ -49,16 +49,22 @@ def compute_value_metrics(y_true: np.ndarray, decided: np.ndarray, score: np.nda
 
 
 def compute_single_accuracy(
-    positive: np.ndarray, known: np.ndarray, decisions: np.ndarray
+    positive: np.ndarray, known: np.ndarray, decisions: np.ndarray, scores: np.ndarray | None = None
 ) -> dict:
     """Accuracy and coverage of one single attribute (arrays are its slice).
 
     Evaluated on rows whose slice is fully known with exactly one true value;
-    a row without a decision counts as wrong.
+    a row without a decision counts as wrong. With scores, also ``top1_accuracy``: the
+    highest-scoring value always answers (how a softmax classifier is usually scored, so
+    the figure to compare with published single-label results).
     """
     rows = known.all(axis=1) & (positive.sum(axis=1) == 1)
     if not rows.any():
-        return {"accuracy": None, "coverage": None}
+        return {"accuracy": None, "coverage": None, **({"top1_accuracy": None} if scores is not None else {})}
+    extra = {}
+    if scores is not None:
+        extra["top1_accuracy"] = float(accuracy_score(positive[rows].argmax(axis=1),
+                                                      np.asarray(scores)[rows].argmax(axis=1)))
     true_idx = positive[rows].argmax(axis=1)
     decided = decisions[rows]
     has_decision = decided.any(axis=1)
@@ -67,6 +73,7 @@ def compute_single_accuracy(
     return {
         "accuracy": float(accuracy_score(true_idx, pred_idx)),
         "coverage": float(has_decision.mean()),
+        **extra,
     }
 
 
@@ -93,6 +100,23 @@ def compute_pooled_metrics(positive: np.ndarray, known: np.ndarray, decisions: n
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "support": support,
     }
+
+
+def compute_review_metrics(positive: np.ndarray, known: np.ndarray, decisions: np.ndarray,
+                           review: np.ndarray) -> dict:
+    """How the decisions on known entries split into auto-published and needs-review tags,
+    and the precision of each part (None where a part is empty)."""
+    decided = np.asarray(decisions, dtype=bool) & known
+    flagged = decided & np.asarray(review, dtype=bool)
+    auto = decided & ~flagged
+    n = int(decided.sum())
+
+    def precision(part):
+        return float(positive[part].mean()) if part.any() else None
+
+    return {"decisions": n, "auto_share": float(auto.sum() / n) if n else None,
+            "auto_precision": precision(auto), "review_share": float(flagged.sum() / n) if n else None,
+            "review_precision": precision(flagged)}
 
 
 def compute_metrics(
@@ -140,7 +164,8 @@ def compute_metrics(
         }
         if attribute in single_slices:
             sl = single_slices[attribute]
-            entry.update(compute_single_accuracy(positive[:, sl], known[:, sl], decisions[:, sl]))
+            entry.update(compute_single_accuracy(positive[:, sl], known[:, sl], decisions[:, sl],
+                                                 scores[:, sl]))
         per_attribute[attribute] = entry
 
     return {

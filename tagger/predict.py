@@ -55,8 +55,10 @@ def predict_scores(
     amp: bool = True,
     precision: str | None = None,
     desc: str = "predict",
+    logits: bool = False,
 ) -> np.ndarray:
-    """float32 [N, K] sigmoid scores, rows in dataset order (the loader must not shuffle).
+    """float32 [N, K] sigmoid scores (raw logits with `logits`), rows in dataset order (the
+    loader must not shuffle).
 
     `precision` ('auto', 'fp32', 'bf16', 'fp16') overrides `amp`; see model.resolve_precision."""
     if precision is not None:
@@ -72,8 +74,8 @@ def predict_scores(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp, precision):
-            logits = model(x)
-        scores = torch.sigmoid(logits.float()).cpu().numpy()
+            raw = model(x).float()
+        scores = (raw if logits else torch.sigmoid(raw)).cpu().numpy()
         if out is None:
             out = np.empty((n, scores.shape[1]), dtype=np.float32)
         out[done:done + len(scores)] = scores

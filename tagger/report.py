@@ -9,7 +9,7 @@ def _f(x) -> str:
 
 def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: dict,
                             kinds: dict[str, str], *, images: dict[str, str] | None = None,
-                            worst: int = 10) -> str:
+                            worst: int = 10, auto_thresholds: dict | None = None) -> str:
     """Overall figures, a table per attribute, the weakest values; `images` maps a caption
     to a relative PNG path to embed."""
     m = metrics
@@ -19,22 +19,42 @@ def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: d
         f"| {_f(m['micro_f1'])} | {_f(m['macro_f1'])} | {_f(m['mAP'])} | {_f(m['hamming_loss'])} |",
         "", f"_{m.get('split', '')}_" if m.get("split") else "",
         "## Per attribute", "",
-        "| attribute | kind | accuracy | coverage | macro-F1 | products with a label |",
-        "|---|---|---|---|---|---|",
+        "Single attributes: *accuracy* counts abstentions (no value passed its threshold) as "
+        "wrong; *top-1* always takes the highest-scoring value, as single-label classifiers "
+        "are usually scored.", "",
+        "| attribute | kind | accuracy | coverage | top-1 | macro-F1 | products with a label |",
+        "|---|---|---|---|---|---|---|",
     ]
     for attr, am in m["per_attribute"].items():
         lines.append(f"| {attr} | {kinds.get(attr, '')} | {_f(am.get('accuracy'))} | "
-                     f"{_f(am.get('coverage'))} | {_f(am.get('macro_f1'))} | {am.get('known', '-')} |")
+                     f"{_f(am.get('coverage'))} | {_f(am.get('top1_accuracy'))} | "
+                     f"{_f(am.get('macro_f1'))} | {am.get('known', '-')} |")
+    if m.get("calibration"):
+        c = m["calibration"]
+        temps = ", ".join(f"{a} {t:.2f}" for a, t in (c.get("temperature") or {}).items())
+        lines += ["", "## Calibration", "",
+                  f"Expected calibration error (15 bins, all known entries): "
+                  f"**{_f(c['ece_before'])}** uncalibrated, **{_f(c['ece_after'])}** with "
+                  f"temperature scaling" + (f" (T per attribute: {temps})." if temps else " (off).")]
+    if m.get("review"):
+        r = m["review"]
+        lines += ["", f"## Auto-publish and review (precision target {_f(r.get('min_precision'))})", "",
+                  "| decisions | auto-published | their precision | needs review | their precision |",
+                  "|---|---|---|---|---|",
+                  f"| {r['decisions']} | {_f(r['auto_share'])} | {_f(r['auto_precision'])} | "
+                  f"{_f(r['review_share'])} | {_f(r['review_precision'])} |"]
     values = [(attr, v, vm) for attr, vals in m["per_value"].items() for v, vm in vals.items()
               if vm["support"]]
     values.sort(key=lambda t: (t[2]["f1"], -t[2]["support"]))
     lines += ["", f"## Weakest {min(worst, len(values))} values (F1)", "",
-              "| attribute | value | precision | recall | F1 | AP | support | threshold |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| attribute | value | precision | recall | F1 | AP | support | threshold | auto-publish from |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for attr, v, vm in values[:worst]:
         thr = thresholds.get(attr, {}).get(v)
+        auto = (auto_thresholds or {}).get(attr, {}).get(v)
+        auto_cell = ("never" if auto is None else _f(auto)) if auto_thresholds else "-"
         lines.append(f"| {attr} | {v} | {_f(vm['precision'])} | {_f(vm['recall'])} | {_f(vm['f1'])} "
-                     f"| {_f(vm['ap'])} | {vm['support']} | {_f(thr)} |")
+                     f"| {_f(vm['ap'])} | {vm['support']} | {_f(thr)} | {auto_cell} |")
     for caption, path in (images or {}).items():
         lines += ["", f"## {caption}", "", f"![{caption}]({path})"]
     return "\n".join(lines) + "\n"
@@ -53,4 +73,5 @@ def card_summary(card: dict) -> str:
 def render_card_markdown(card: dict, *, images: dict[str, str] | None = None) -> str:
     kinds = {a["name"]: a["kind"] for a in card["taxonomy"]["attributes"]}
     return render_metrics_markdown(f"Model {card['version']}", card_summary(card), card["metrics"],
-                                   card["thresholds"], kinds, images=images)
+                                   card["thresholds"], kinds, images=images,
+                                   auto_thresholds=card.get("auto_thresholds"))

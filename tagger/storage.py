@@ -309,9 +309,15 @@ def write_table(storage: Storage, path: str, table: pa.Table) -> None:
     log.info("wrote %d rows to %s", table.num_rows, storage.url(path))
 
 
-def read_table(storage: Storage, path: str, schema: pa.Schema | None = None) -> pa.Table:
-    """Read one Parquet file; cast to `schema` when given (column order and types)."""
+def read_table(storage: Storage, path: str, schema: pa.Schema | None = None,
+               defaults: dict | None = None) -> pa.Table:
+    """Read one Parquet file; cast to `schema` when given (column order and types).
+    `defaults`: values for columns that files written by older versions lack."""
     table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+    for name, value in (defaults or {}).items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows,
+                                                       type=schema.field(name).type))
     return table.select(schema.names).cast(schema) if schema is not None else table
 
 
@@ -321,5 +327,6 @@ def read_tables(storage: Storage, prefix: str, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def read_table_or_empty(storage: Storage, path: str, schema: pa.Schema) -> pa.Table:
-    return read_table(storage, path, schema) if storage.exists(path) else schema.empty_table()
+def read_table_or_empty(storage: Storage, path: str, schema: pa.Schema,
+                        defaults: dict | None = None) -> pa.Table:
+    return read_table(storage, path, schema, defaults) if storage.exists(path) else schema.empty_table()

@@ -27,13 +27,15 @@ from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig
 from tagger.data import ProductImages, create_transforms, order_by_shard
 from tagger.ingest import read_products
+from tagger.calibration import apply_temperature
+from tagger.evaluate import auto_threshold_vector, card_temperatures
 from tagger.model import resolve_device
 from tagger.predict import create_loader, predict_scores
 from tagger.lock import locked
 from tagger.registry import load_model, read_card
 from tagger.storage import Storage, open_storage, read_table_or_empty, write_table
 from tagger.taxonomy import applicable_mask, encode_labels, single_slices
-from tagger.thresholds import compute_decisions
+from tagger.thresholds import compute_decisions, review_flags
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,14 @@ def select_products(products: list[dict], state: dict[str, dict], model_version:
     return out
 
 
+ROW_COLUMNS = TAG_HISTORY.names[:TAG_HISTORY.names.index("needs_review") + 1]  # from scoring
+
+
 def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarray,
-                     thresholds: np.ndarray) -> dict[str, list]:
-    """Column lists of tag rows: curated values where the catalog labels an attribute,
-    else the model's decisions for attributes that apply to the product's category."""
+                     thresholds: np.ndarray, auto_thresholds: np.ndarray | None = None) -> dict[str, list]:
+    """Column lists (ROW_COLUMNS) of tag rows: curated values where the catalog labels an
+    attribute, else the model's decisions for attributes that apply to the product's
+    category; a decision below its auto-publish threshold needs review."""
     categories = [p["category"] for p in products]
     targets, curated = encode_labels(taxonomy, [dict(p["labels"]) for p in products], categories)
     decisions = compute_decisions(scores, thresholds, list(single_slices(taxonomy).values()))
@@ -93,6 +99,7 @@ def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarra
     rows, cols = np.nonzero(emitted)
     outputs = taxonomy.outputs
     from_model = predicted[rows, cols]
+    review = review_flags(scores, predicted, auto_thresholds)[rows, cols]
     return dict(
         product_id=[products[r]["product_id"] for r in rows],
         attribute=[outputs[c][0] for c in cols],
@@ -100,6 +107,7 @@ def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarra
         score=[float(scores[r, c]) if m else None for r, c, m in zip(rows, cols, from_model)],
         source=["model" if m else "curated" for m in from_model],
         image_hash=[products[r]["image_hash"] for r in rows],
+        needs_review=review.tolist(),
     )
 
 
@@ -143,22 +151,24 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     model, card = load_model(storage, model_version)
     taxonomy = Taxonomy.model_validate(card["taxonomy"])
     thresholds = _thresholds_vector(taxonomy, card)
+    auto_thresholds, temperature = auto_threshold_vector(taxonomy, card), card_temperatures(taxonomy, card)
     wanted = set(product_ids)
     products = products if products is not None else read_products(storage).to_pylist()
     todo = [p for p in products if p["product_id"] in wanted]
     device = resolve_device(config.device)
     dcfg = card["data_config"]
     transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
-    rows: dict[str, list] = {k: [] for k in TAG_HISTORY.names[:6]}
+    rows: dict[str, list] = {k: [] for k in ROW_COLUMNS}
     for start in range(0, len(todo), config.chunk_size):
         chunk = todo[start:start + config.chunk_size]
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                            transform)
         loader = create_loader(ds, config.batch_size, config.workers, device=device)
-        scores = predict_scores(model, loader, device, precision=config.precision,
-                                desc=f"tag {start + len(chunk)}/{len(todo)}")
-        for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds).items():
+        logits = predict_scores(model, loader, device, precision=config.precision,
+                                desc=f"tag {start + len(chunk)}/{len(todo)}", logits=True)
+        scores = apply_temperature(logits, temperature)
+        for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds, auto_thresholds).items():
             rows[k].extend(v)
     return rows
 
@@ -218,7 +228,7 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, produ
 
     tagged_ids = pa.array([p["product_id"] for p in tagged], pa.string())
     current_ids = pa.array([p["product_id"] for p in products], pa.string())
-    previous = read_table_or_empty(storage, LATEST_PATH, TAG_LATEST)
+    previous = read_latest(storage)
     keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], tagged_ids)),
                    pc.is_in(previous["product_id"], current_ids))
     latest = pa.concat_tables([previous.filter(keep), new.cast(TAG_LATEST)])
@@ -261,7 +271,7 @@ def compute_tag_changes(previous: pa.Table, latest: pa.Table) -> dict:
 
 
 def _as_table(chunks, model_version, run_id, now, meta) -> pa.Table:
-    cols = {k: [v for c in chunks for v in c[k]] for k in (chunks[0] if chunks else TAG_HISTORY.names[:6])}
+    cols = {k: [v for c in chunks for v in c[k]] for k in ROW_COLUMNS}
     n = len(cols["product_id"])
     cols.update(model_version=[model_version] * n, run_id=[run_id] * n, tagged_at=[now] * n)
     table = pa.table({name: cols[name] for name in TAG_HISTORY.names}, schema=TAG_HISTORY)
@@ -290,5 +300,6 @@ def _write_state(storage, state, tagged, products, model_version, run_id) -> Non
 
 
 def read_latest(storage: Storage) -> pa.Table:
-    return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST)
+    # Tables written before needs_review existed: every tag was published.
+    return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST, defaults={"needs_review": False})
 

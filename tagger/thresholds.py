@@ -61,6 +61,51 @@ def tune_thresholds(
     return out
 
 
+def precision_thresholds(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    min_precision: float,
+    *,
+    min_positives: int = 5,
+) -> np.ndarray:
+    """Auto-publish threshold per output: the lowest cut whose precision over the output's
+    known entries is >= min_precision, counting only cuts that accept at least
+    `min_positives` true positives (a precision measured on two tags means nothing).
+    Placed halfway to the next lower score, like tune_thresholds. Where no cut reaches the
+    target the threshold is +inf: that value is never auto-published, every tag of it
+    goes to review. Returns float32 [K].
+    """
+    scores = np.asarray(scores)
+    positive = np.asarray(targets) > 0.5
+    known = np.asarray(mask, dtype=bool)
+    out = np.full(scores.shape[1], np.inf, dtype=np.float32)
+    for k in range(scores.shape[1]):
+        rows = known[:, k]
+        y, s = positive[rows, k], scores[rows, k]
+        if y.sum() < min_positives:
+            continue
+        precision, _, cuts = precision_recall_curve(y, s)
+        # Cut i accepts scores >= cuts[i]; its true positives, counted from the top.
+        order = np.sort(s[y])
+        true_pos = len(order) - np.searchsorted(order, cuts, side="left")
+        ok = np.flatnonzero((precision[:-1] >= min_precision) & (true_pos >= min_positives))
+        if ok.size == 0:
+            continue
+        best = float(cuts[ok[0]])
+        lower = s[s < best]
+        out[k] = _float32_at_most((best + lower.max()) / 2 if lower.size else best)
+    return out
+
+
+def review_flags(scores: np.ndarray, decisions: np.ndarray, auto_thresholds: np.ndarray | None) -> np.ndarray:
+    """True where a decision was made below its value's auto-publish threshold: a tag a
+    person should confirm. All False without auto-publish thresholds."""
+    if auto_thresholds is None:
+        return np.zeros_like(np.asarray(decisions, dtype=bool))
+    return np.asarray(decisions, dtype=bool) & (np.asarray(scores) < np.asarray(auto_thresholds)[None, :])
+
+
 def compute_decisions(
     scores: np.ndarray,
     thresholds: np.ndarray,

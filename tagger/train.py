@@ -33,15 +33,16 @@ from tagger.backbones import get_backbone
 from tagger.config import TrainConfig
 from tagger.data import ProductImages, create_transforms
 from tagger.ingest import read_lake_taxonomy, read_products
-from tagger.losses import compute_pos_weight, masked_bce_with_logits
-from tagger.evaluate import compute_evaluation, write_evaluation_report
+from tagger.losses import compute_pos_weight, masked_multilabel_loss
+from tagger.evaluate import calibration_metrics, compute_evaluation, write_evaluation_report
 from tagger.model import autocast, create_model, data_config, resolve_device, unwrap
 from tagger.predict import create_loader, predict_scores
 from tagger.registry import new_version, register_model
 from tagger.report import card_summary
 from tagger.storage import Storage, open_storage
+from tagger.calibration import apply_temperature, fit_temperatures, temperature_vector
 from tagger.taxonomy import encode_labels
-from tagger.thresholds import tune_thresholds
+from tagger.thresholds import precision_thresholds, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,19 @@ def create_scheduler(optimizer, steps_per_epoch: int, config: TrainConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, pos_weight, device, epoch, config) -> float:
+def create_ema(model: nn.Module, config: TrainConfig):
+    """timm's ModelEmaV3 of the weights, its decay ramped up from 0 (1 - (1 + step)^-2/3,
+    capped at ema_decay), so short runs average over their last ~100 steps and long ones
+    over ~1/(1 - ema_decay); None without ema_decay."""
+    if config.ema_decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, pos_weight, device, epoch, config,
+                    ema=None) -> float:
     """One pass over the training loader; returns the mean loss. Logs img/s and ETA."""
     model.train()
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
@@ -124,12 +137,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, pos_weight, dev
         y, m = y.to(device, non_blocking=True), m.to(device, non_blocking=True)
         with autocast(device, config.amp):
             logits = model(x)
-        loss = masked_bce_with_logits(logits.float(), y, m, pos_weight)
+        loss = masked_multilabel_loss(logits.float(), y, m, pos_weight, kind=config.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss * _share_of_known_labels(m)).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model), step=scheduler.last_epoch)
         total_loss += loss.item() * len(x)
         seen += len(x)
         if (step + 1) % config.log_every == 0 or step + 1 == steps:
@@ -166,8 +181,9 @@ def _checkpoint_key(config: TrainConfig, snapshot: str) -> str:
     return hashlib.sha256(json.dumps([stable, snapshot], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(storage, key, model, optimizer, scheduler, scaler, epoch, history):
+def _save_checkpoint(storage, key, model, optimizer, scheduler, scaler, epoch, history, ema=None):
     state = dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                 ema=ema.state_dict() if ema is not None else {},
                  scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch,
                  history=json.dumps(history))
     with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
@@ -241,6 +257,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
+    ema = create_ema(model, config)
     key, start_epoch, history = _checkpoint_key(config, data.snapshot), 0, []
     if config.resume:
         ckpt = _load_checkpoint(storage, key)
@@ -251,6 +268,8 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None and ckpt.get("ema"):
+                ema.load_state_dict(ckpt["ema"])
             start_epoch, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
             log.info("resumed from epoch %d of checkpoint %s", start_epoch, key)
 
@@ -261,15 +280,15 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         loss = train_one_epoch(train_net, train_loader, optimizer, scheduler, scaler, pos_weight,
-                               device, epoch, config)
+                               device, epoch, config, ema)
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 5),
                         "seconds": round(time.perf_counter() - t0, 1)})
         if rank == 0:
-            _save_checkpoint(storage, key, model, optimizer, scheduler, scaler, epoch, history)
+            _save_checkpoint(storage, key, model, optimizer, scheduler, scaler, epoch, history, ema)
 
     version = None
     if rank == 0:
-        version = _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight_np, dcfg,
+        version = _evaluate_and_register(storage, model, ema, val_ds, data, val_idx, pos_weight_np, dcfg,
                                          config, device, history, len(train_idx), world,
                                          time.perf_counter() - t_start)
         storage.delete_prefix(f"{CHECKPOINTS}/{key}")
@@ -279,15 +298,62 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     return version
 
 
-def _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight, dcfg, config, device,
+def _validation_logits(model, ema, loader, device, config) -> tuple[nn.Module, np.ndarray, dict]:
+    """Validation logits of the raw weights, or of their EMA when its mAP is higher."""
+    from sklearn.metrics import average_precision_score
+
+    def run(net, desc):
+        return predict_scores(net, loader, device, channels_last=config.channels_last,
+                              amp=config.amp, desc=desc, logits=True)
+
+    logits = run(model, "validate")
+    if ema is None:
+        return model, logits, {}
+    ema_logits = run(ema.module, "validate EMA")
+    targets, mask = loader.dataset.targets, loader.dataset.mask
+
+    def mean_ap(z):
+        aps = [average_precision_score(targets[mask[:, k], k], z[mask[:, k], k])
+               for k in range(z.shape[1]) if 0 < targets[mask[:, k], k].sum() < mask[:, k].sum()]
+        return float(np.mean(aps)) if aps else 0.0
+
+    raw_ap, ema_ap = mean_ap(logits), mean_ap(ema_logits)
+    chosen = "ema" if ema_ap > raw_ap else "raw"
+    log.info("validation mAP: raw weights %.4f, EMA %.4f; registering %s", raw_ap, ema_ap, chosen)
+    info = dict(decay=config.ema_decay, val_mAP_raw=round(raw_ap, 5), val_mAP_ema=round(ema_ap, 5),
+                registered=chosen)
+    return (ema.module, ema_logits, info) if chosen == "ema" else (model, logits, info)
+
+
+def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.ndarray, np.ndarray | None]:
+    """(decision thresholds, auto-publish thresholds or None) per output.
+
+    With min_precision, a value's tags are emitted from min(decision, auto-publish)
+    threshold: where the precision target is met below the max-F1 cut, there is no review
+    band; otherwise tags between the two are marked needs_review."""
+    if config.thresholds == "fixed":
+        thresholds = np.full(scores.shape[1], config.fixed_threshold, dtype=np.float32)
+    else:
+        thresholds = tune_thresholds(scores, targets, mask)
+    if config.min_precision is None:
+        return thresholds, None
+    auto = precision_thresholds(scores, targets, mask, config.min_precision)
+    return np.minimum(thresholds, auto), auto
+
+
+def _evaluate_and_register(storage, model, ema, val_ds, data, val_idx, pos_weight, dcfg, config, device,
                            history, n_train, world, seconds) -> str:
     taxonomy = data.taxonomy
     loader = create_loader(val_ds, config.batch_size, config.workers, device=device)
-    scores = predict_scores(model, loader, device, channels_last=config.channels_last,
-                            amp=config.amp, desc="validate")
+    model, logits, ema_info = _validation_logits(model, ema, loader, device, config)
     targets, mask = data.targets[val_idx], data.mask[val_idx]
-    thresholds = tune_thresholds(scores, targets, mask)
-    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, thresholds)
+    temperatures = fit_temperatures(logits, targets, mask, taxonomy.slices) if config.calibrate else {}
+    scores = apply_temperature(logits, temperature_vector(temperatures, taxonomy.slices,
+                                                          taxonomy.num_outputs))
+    thresholds, auto = choose_thresholds(config, scores, targets, mask)
+    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, thresholds, auto,
+                                            config.min_precision)
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     by_attr = lambda arr: {a: {v: round(float(arr[i]), 6) for i, (aa, v) in enumerate(taxonomy.outputs)
                                if aa == a} for a in taxonomy.slices}
@@ -301,6 +367,10 @@ def _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight, dc
         data_config=dcfg,
         taxonomy=taxonomy.to_dict(),
         thresholds=by_attr(thresholds),
+        auto_thresholds=_auto_by_attr(taxonomy, auto),
+        min_precision=config.min_precision,
+        temperature=temperatures,
+        ema=ema_info,
         pos_weight=by_attr(pos_weight),
         metrics=metrics,
         config=config.model_dump(mode="json"),
@@ -311,9 +381,20 @@ def _evaluate_and_register(storage, model, val_ds, data, val_idx, pos_weight, dc
                       torch=torch.__version__, timm=timm.__version__),
     )
     write_evaluation_report(storage, f"models/{version}", f"Model {version}", card_summary(card),
-                            taxonomy, card["thresholds"], targets, mask, scores, decisions, metrics)
+                            taxonomy, card["thresholds"], targets, mask, scores, decisions, metrics,
+                            auto_thresholds=card["auto_thresholds"])
     register_model(storage, model, card)
     log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",
              version, metrics["micro_f1"] or 0, metrics["macro_f1"] or 0, metrics["mAP"] or 0,
              len(val_idx))
     return version
+
+
+def _auto_by_attr(taxonomy: Taxonomy, auto: np.ndarray | None) -> dict | None:
+    """Auto-publish thresholds for the card: None where a value never reaches the target."""
+    if auto is None:
+        return None
+    out: dict[str, dict] = {}
+    for (attribute, value), t in zip(taxonomy.outputs, auto):
+        out.setdefault(attribute, {})[value] = round(float(t), 6) if np.isfinite(t) else None
+    return out

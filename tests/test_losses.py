@@ -90,3 +90,53 @@ def test_masked_bce_under_autocast_is_float32():
     assert loss.dtype == torch.float32
     # bf16 logits here are exact (0, 2, -1), so the value matches closely.
     assert loss.item() == pytest.approx(HAND_LOSS, rel=1e-5)
+
+
+def _random_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, 5, generator=g) * 3
+    targets = (torch.rand(8, 5, generator=g) > 0.7).float()
+    mask = torch.rand(8, 5, generator=g) > 0.2
+    return logits, targets, mask
+
+
+@pytest.mark.parametrize("kind,kwargs", [("focal", dict(gamma=0.0)), ("asl", dict(gamma_neg=0.0, clip=0.0))])
+def test_focal_and_asl_reduce_to_bce(kind, kwargs):
+    from tagger.losses import masked_multilabel_loss
+
+    logits, targets, mask = _random_batch()
+    pw = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.0])
+    expected = masked_bce_with_logits(logits, targets, mask, pw)
+    got = masked_multilabel_loss(logits, targets, mask, pw, kind=kind, **kwargs)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_focal_and_asl_discount_easy_entries():
+    from tagger.losses import masked_multilabel_loss
+
+    easy_neg = torch.tensor([[-4.0]])
+    hard_neg = torch.tensor([[2.0]])
+    zero, known = torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.bool)
+    for kind in ("focal", "asl"):
+        ratio_easy = (masked_multilabel_loss(easy_neg, zero, known, kind=kind)
+                      / masked_bce_with_logits(easy_neg, zero, known)).item()
+        ratio_hard = (masked_multilabel_loss(hard_neg, zero, known, kind=kind)
+                      / masked_bce_with_logits(hard_neg, zero, known)).item()
+        assert ratio_easy < 0.01 and ratio_hard > ratio_easy * 10, kind
+    # asl's clip: a negative scored below it costs nothing at all.
+    assert masked_multilabel_loss(torch.tensor([[-4.0]]), zero, known, kind="asl").item() == 0.0
+
+
+@pytest.mark.parametrize("kind", ["focal", "asl"])
+def test_new_losses_ignore_unknown_entries_and_stay_finite(kind):
+    from tagger.losses import masked_multilabel_loss
+
+    logits, targets, mask = _random_batch(1)
+    logits = (logits * 30).requires_grad_()  # saturated sigmoids
+    garbage = torch.where(mask, targets, torch.full_like(targets, float("nan")))
+    loss = masked_multilabel_loss(logits, garbage, mask, kind=kind)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert (logits.grad[~mask] == 0).all()
+    with pytest.raises(ValueError, match="unknown loss"):
+        masked_multilabel_loss(logits, targets, mask, kind="hinge")

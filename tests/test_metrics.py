@@ -109,3 +109,26 @@ def test_nothing_known_gives_none():
 def test_single_slice_must_match_outputs():
     with pytest.raises(ValueError):
         compute_metrics(T, M, S, D, OUTPUTS, {"color": slice(0, 4)})
+
+
+def test_top1_accuracy_always_answers_while_accuracy_counts_abstentions():
+    from tagger.metrics import compute_single_accuracy
+
+    positive = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
+    known = np.ones_like(positive)
+    scores = np.array([[0.4, 0.3, 0.1], [0.2, 0.3, 0.1], [0.6, 0.1, 0.2], [0.9, 0.0, 0.0]])
+    decisions = np.array([[0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=bool)  # row 0 abstains
+    m = compute_single_accuracy(positive, known, decisions, scores)
+    assert m == {"accuracy": 0.5, "coverage": 0.75, "top1_accuracy": 0.75}
+
+
+def test_review_metrics_split_decisions_and_their_precision():
+    from tagger.metrics import compute_review_metrics
+
+    positive = np.array([[1, 0], [0, 1], [1, 1]], dtype=bool)
+    known = np.array([[1, 1], [1, 1], [1, 0]], dtype=bool)
+    decisions = np.array([[1, 1], [1, 1], [1, 1]], dtype=bool)  # (2,1) is unknown: not counted
+    review = np.array([[0, 1], [1, 0], [0, 1]], dtype=bool)
+    m = compute_review_metrics(positive, known, decisions, review)
+    assert m == {"decisions": 5, "auto_share": 0.6, "auto_precision": 1.0,
+                 "review_share": 0.4, "review_precision": 0.0}

@@ -78,3 +78,36 @@ def test_without_slices_every_output_is_independent():
 def test_single_slice_equal_scores_take_first_value():
     d = compute_decisions(np.array([[0.2, 0.7, 0.7]]), np.array([0.1, 0.5, 0.5]), [slice(0, 3)])
     np.testing.assert_array_equal(d, [[False, True, False]])
+
+
+def test_precision_threshold_is_the_lowest_cut_meeting_the_target():
+    from tagger.thresholds import precision_thresholds
+
+    # Scores from high to low: 6 positives, then a negative, 2 positives, 3 negatives.
+    s = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4], dtype=np.float32)
+    y = np.array([1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 0])
+    m = np.ones_like(y, dtype=bool)
+    # Accepting down to 0.55: 8 of 9 right (0.889); down to 0.5: 8 of 10 (0.8).
+    t = precision_thresholds(s[:, None], y[:, None], m[:, None], 0.85)[0]
+    assert 0.5 < t <= 0.55
+    t = precision_thresholds(s[:, None], y[:, None], m[:, None], 0.8)[0]
+    assert 0.45 < t <= 0.5
+    # A target no cut reaches with 5 true positives: never auto-publish.
+    # (alternating labels: only cuts with 1-2 true positives are that precise).
+    alternating = (np.arange(12) % 2 == 0).astype(int)
+    assert np.isinf(precision_thresholds(s[:, None], alternating[:, None], m[:, None], 0.9)[0])
+    assert np.isfinite(precision_thresholds(s[:, None], alternating[:, None], m[:, None], 0.5)[0])
+    # Too few known positives to measure a precision.
+    few = np.zeros_like(y)
+    few[:3] = 1
+    assert np.isinf(precision_thresholds(s[:, None], few[:, None], m[:, None], 0.5)[0])
+
+
+def test_review_flags_mark_decisions_below_auto_publish():
+    from tagger.thresholds import review_flags
+
+    scores = np.array([[0.9, 0.6], [0.5, 0.99]])
+    decisions = np.array([[True, True], [False, True]])
+    flags = review_flags(scores, decisions, np.array([0.8, np.inf], dtype=np.float32))
+    assert flags.tolist() == [[False, True], [False, True]]
+    assert not review_flags(scores, decisions, None).any()
