@@ -13,11 +13,12 @@ image shards vs the original JPEG files opened with PIL, from one run.
 Both go through a `DataLoader` (batch 32, shuffled, labels as in training) with
 `num_workers=0`: the main process does a worker's whole job, so images per CPU second of
 the process is one worker's throughput on a core of its own (robust to other jobs on the
-machine; images per wall second are printed too). torch and OpenCV are held to one thread each. `--workers N` adds a run with N
-worker processes (forkserver, as `tagger.predict.create_loader` starts them).
+machine; images per wall second are printed too). torch and OpenCV are held to one thread
+each. `--workers N` adds a run with N worker processes (forkserver, as
+`tagger.predict.create_loader` starts them; wall clock only).
 
-From the per-worker (CPU) rate: the loader workers needed to feed EfficientNet-B4 training at
-380 px, ceil(target / rate), for timm's published ~240 img/s on an RTX 3090 (AMP,
+From the per-worker (CPU) rate: the loader workers needed to feed EfficientNet-B4 training
+at 380 px, ceil(target / rate), for timm's published ~240 img/s on an RTX 3090 (AMP,
 channels_last) and for an assumed 1000 img/s on a current datacenter GPU (H100 class:
 "several times" a 3090; not measured here). The per-image decode and transform costs are
 measured separately too (CPU ms), the two paths alternating image by image.
