@@ -18,6 +18,15 @@ log = logging.getLogger(__name__)
 MIN_BATCHES_FOR_WORKERS = 20
 
 
+def _init_worker(_worker_id: int) -> None:
+    """One OpenCV thread per loader worker: torch already runs workers single-threaded, but
+    OpenCV (albumentations' resizes) would start a pool of all cores in every worker, and
+    N workers x all cores oversubscribe a GPU box's CPUs."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, sampler=None,
                   drop_last=False, device: torch.device | None = None, seed: int = 0,
                   persistent: bool = False) -> DataLoader:
@@ -40,6 +49,7 @@ def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, samp
         persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         multiprocessing_context="forkserver" if workers > 0 else None,
+        worker_init_fn=_init_worker if workers > 0 else None,
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),
     )

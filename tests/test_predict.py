@@ -41,3 +41,24 @@ def test_bf16_scores_match_fp32_and_decisions_agree(trained_lake):
     # model is measured in benchmarks/, not here.)
     assert np.all(np.abs(fp32 - thresholds)[flipped] <= diff[flipped])
     assert flipped.mean() < 0.05
+
+
+class _CvThreads(torch.utils.data.Dataset):
+    """Reports the OpenCV thread count of the process that loads each item."""
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        import cv2
+
+        return torch.tensor([cv2.getNumThreads(), torch.utils.data.get_worker_info() is not None])
+
+
+def test_loader_workers_run_opencv_single_threaded():
+    from tagger.predict import create_loader
+
+    loader = create_loader(_CvThreads(), batch_size=1, workers=1)
+    seen = torch.cat(list(loader))
+    assert seen[:, 1].all(), "items were not loaded by a worker"
+    assert (seen[:, 0] == 1).all()
