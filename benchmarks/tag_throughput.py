@@ -51,7 +51,7 @@ from tagger.data import ProductImages, create_transforms  # noqa: E402
 from tagger.ingest import ingest_catalog, read_products  # noqa: E402
 from tagger.model import create_model, data_config, resolve_precision  # noqa: E402
 from tagger.predict import create_loader, predict_scores  # noqa: E402
-from tagger.runtime import RUNTIMES, onnx_session, predict, resolve_runtime  # noqa: E402
+from tagger.runtime import RUNTIMES, onnx_session, predict_with_runtime, resolve_runtime  # noqa: E402
 from tagger.storage import open_storage  # noqa: E402
 
 SHARED = ROOT.parent / "shared/datasets/fashion-product-images-small"
@@ -137,8 +137,8 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
         out: dict[str, np.ndarray] = {}
 
         def ours():
-            out["ours"] = predict(model, create_loader(ds, batch, workers), device, runtime=runtime,
-                                  precision=precision, desc="ours")
+            out["ours"] = predict_with_runtime(model, create_loader(ds, batch, workers), device,
+                                               runtime=runtime, precision=precision, desc="ours")
 
         def torch_path():
             out["torch"] = predict_scores(model, create_loader(ds, batch, workers), device,

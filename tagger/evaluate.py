@@ -22,9 +22,10 @@ from tagger.ingest import ingest_catalog, read_products
 from tagger.calibration import apply_temperature, expected_calibration_error, temperature_vector
 from tagger.metrics import compute_metrics, compute_review_metrics
 from tagger.model import resolve_device
-from tagger.predict import create_loader, predict_scores
+from tagger.predict import create_loader
 from tagger.registry import load_model
 from tagger.report import render_metrics_markdown
+from tagger.runtime import predict_with_runtime
 from tagger.storage import Storage, open_storage
 from tagger.taxonomy import encode_labels, single_slices
 from tagger.thresholds import compute_decisions, review_flags
@@ -152,8 +153,9 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     ds = ProductImages(eval_lake, [p["image_shard"] for p in products],
                        [p["image_hash"] for p in products], transform)
     device = resolve_device(config.device)
-    logits = predict_scores(model, create_loader(ds, config.batch_size, config.workers, device=device),
-                            device, precision=config.precision, desc="evaluate", logits=True)
+    logits = predict_with_runtime(model, create_loader(ds, config.batch_size, config.workers, device=device),
+                                  device, runtime=config.runtime, precision=config.precision,
+                                  desc="evaluate", logits=True)
     scores = apply_temperature(logits, card_temperatures(tax, card))
     thresholds = np.array([card["thresholds"][a][v] for a, v in tax.outputs], dtype=np.float32)
     decisions, metrics = compute_evaluation(tax, targets, mask, scores, thresholds,

@@ -257,8 +257,9 @@ def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc:
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def predict(model: nn.Module, loader, device: torch.device, *, runtime: str = "auto",
-            precision: str | None = "auto", desc: str = "predict", logits: bool = False) -> np.ndarray:
+def predict_with_runtime(model: nn.Module, loader, device: torch.device, *, runtime: str = "auto",
+                         precision: str | None = "auto", desc: str = "predict",
+                         logits: bool = False) -> np.ndarray:
     """Scores (or logits) with the runtime `runtime` resolves to: predict_scores_onnx or
     tagger.predict.predict_scores. Under auto, a model the exporter cannot handle is scored
     with torch (warning); a forced 'onnx' raises."""

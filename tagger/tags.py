@@ -30,7 +30,8 @@ from tagger.ingest import read_products
 from tagger.calibration import apply_temperature
 from tagger.evaluate import auto_threshold_vector, card_temperatures
 from tagger.model import resolve_device
-from tagger.predict import create_loader, predict_scores
+from tagger.predict import create_loader
+from tagger.runtime import predict_with_runtime
 from tagger.lock import locked
 from tagger.registry import load_model, read_card
 from tagger.storage import Storage, open_storage, read_table_or_empty, write_table
@@ -165,8 +166,9 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
         ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                            transform)
         loader = create_loader(ds, config.batch_size, config.workers, device=device)
-        logits = predict_scores(model, loader, device, precision=config.precision,
-                                desc=f"tag {start + len(chunk)}/{len(todo)}", logits=True)
+        logits = predict_with_runtime(model, loader, device, runtime=config.runtime,
+                                      precision=config.precision,
+                                      desc=f"tag {start + len(chunk)}/{len(todo)}", logits=True)
         scores = apply_temperature(logits, temperature)
         for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds, auto_thresholds).items():
             rows[k].extend(v)

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tagger import runtime
 from tagger.model import cpu_has_native_bf16, create_model
 from tagger.predict import predict_scores
-from tagger.runtime import (ExportError, RuntimeUnavailable, export_onnx, onnx_session, predict,
-                            predict_scores_onnx, resolve_runtime)
+from tagger.runtime import (ExportError, RuntimeUnavailable, export_onnx, onnx_session,
+                            predict_scores_onnx, predict_with_runtime, resolve_runtime)
 
 # The stated tolerance: ONNX Runtime and torch fp32 compute the same graph with different
 # kernels (fused conv + activation, other summation orders), so scores differ by float32
@@ -100,7 +100,7 @@ def test_forced_runtimes(model, onnx_cache, monkeypatch):
     exports = _count_exports(monkeypatch)
     loader = _loader(n=8)
     assert resolve_runtime("torch", CPU) == "torch"
-    forced = predict(model, loader, CPU, runtime="torch", precision="fp32")
+    forced = predict_with_runtime(model, loader, CPU, runtime="torch", precision="fp32")
     assert np.array_equal(forced, predict_scores(model, loader, CPU, precision="fp32"))
     assert not exports and not list(onnx_cache.glob("*.onnx"))  # torch means no export
     assert resolve_runtime("onnx", CPU) == "onnx"
@@ -116,10 +116,10 @@ def test_missing_onnxruntime_is_a_clear_error_when_forced_and_torch_under_auto(m
     with pytest.raises(RuntimeUnavailable, match="needs onnxruntime.*pip install onnxruntime"):
         resolve_runtime("onnx", CPU)
     with pytest.raises(RuntimeUnavailable, match="pip install onnxruntime"):
-        predict(model, _loader(n=4), CPU, runtime="onnx")
+        predict_with_runtime(model, _loader(n=4), CPU, runtime="onnx")
     assert resolve_runtime("auto", CPU) == "torch"
     loader = _loader(n=4)
-    assert np.array_equal(predict(model, loader, CPU, runtime="auto"),
+    assert np.array_equal(predict_with_runtime(model, loader, CPU, runtime="auto"),
                           predict_scores(model, loader, CPU, precision="auto"))
 
 
@@ -154,7 +154,38 @@ def test_auto_falls_back_to_torch_when_the_export_fails(model, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, "export", broken)
     loader = _loader(n=4)
-    assert np.array_equal(predict(model, loader, CPU, runtime="auto", precision="fp32"),
+    assert np.array_equal(predict_with_runtime(model, loader, CPU, runtime="auto", precision="fp32"),
                           predict_scores(model, loader, CPU, precision="fp32"))
     with pytest.raises(ExportError, match="frobnicate"):
-        predict(model, loader, CPU, runtime="onnx")
+        predict_with_runtime(model, loader, CPU, runtime="onnx")
+
+
+def test_tag_config_runtime_field():
+    from pydantic import ValidationError
+
+    from tagger.config import TagConfig
+
+    assert TagConfig().runtime == "auto" and TagConfig(runtime="onnx").runtime == "onnx"
+    with pytest.raises(ValidationError):
+        TagConfig(runtime="tensorrt")
+
+
+@pytest.mark.slow
+def test_tag_rows_with_onnx_runtime_match_torch(trained_lake, monkeypatch):
+    """score_products through TagConfig.runtime: the same tag rows, scores within SCORE_TOL."""
+    from tagger.config import TagConfig
+    from tagger.tags import plan_tagging, score_products
+
+    lake, version = trained_lake
+    ids = plan_tagging(str(lake), model_version=version, full=True).product_ids
+    rows = {rt: score_products(str(lake), version, ids, TagConfig(runtime=rt, precision="fp32", workers=0))
+            for rt in ("torch", "onnx")}
+    fixed = [c for c in rows["torch"] if c != "score"]
+    assert len(rows["torch"]["product_id"]) > 0
+    assert {c: rows["onnx"][c] for c in fixed} == {c: rows["torch"][c] for c in fixed}
+    model_scores = [(a, b) for a, b in zip(rows["onnx"]["score"], rows["torch"]["score"]) if a is not None]
+    assert model_scores and max(abs(a - b) for a, b in model_scores) < SCORE_TOL
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(RuntimeUnavailable, match="pip install onnxruntime"):
+        score_products(str(lake), version, ids, TagConfig(runtime="onnx", workers=0))
