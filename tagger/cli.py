@@ -53,7 +53,7 @@ def cmd_tag(args) -> int:
     from tagger.tags import tag_catalog
 
     config = load_config(TagConfig, args.config, batch_size=args.batch_size, workers=args.workers,
-                         device=args.device)
+                         device=args.device, runtime=args.runtime)
     result = tag_catalog(args.lake, model_version=args.model, full=args.full, run_id=args.run_id,
                          run_date=args.run_date, config=config)
     _print_json(result.to_dict())
@@ -65,7 +65,7 @@ def cmd_evaluate(args) -> int:
     from tagger.evaluate import evaluate_model
 
     config = load_config(TagConfig, None, batch_size=args.batch_size, workers=args.workers,
-                         device=args.device)
+                         device=args.device, runtime=args.runtime)
     _print_json(evaluate_model(args.lake, args.catalog, model_version=args.model,
                                taxonomy=args.taxonomy, name=args.name, config=config))
     return 0
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--workers", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
+                   help="inference runtime (default auto: ONNX Runtime on CPUs without native bf16)")
     g.add_argument("--run-id", help="re-using a run id replaces that run's output")
     g.add_argument("--run-date", type=date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
     g.set_defaults(func=cmd_tag)
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int)
     e.add_argument("--workers", type=int)
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--runtime", choices=["auto", "torch", "onnx"],
+                   help="inference runtime (default auto: ONNX Runtime on CPUs without native bf16)")
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser("convert-weights",

@@ -189,3 +189,17 @@ def test_tag_rows_with_onnx_runtime_match_torch(trained_lake, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(RuntimeUnavailable, match="pip install onnxruntime"):
         score_products(str(lake), version, ids, TagConfig(runtime="onnx", workers=0))
+
+
+def test_cli_runtime_flag(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import tagger.tags
+    from tagger.cli import main
+
+    seen = []
+    monkeypatch.setattr(tagger.tags, "tag_catalog",
+                        lambda lake, **kw: seen.append(kw["config"]) or SimpleNamespace(to_dict=dict))
+    assert main(["tag", "--lake", str(tmp_path), "--runtime", "torch"]) == 0
+    assert main(["tag", "--lake", str(tmp_path)]) == 0
+    assert [c.runtime for c in seen] == ["torch", "auto"]
