@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
     import timm.data
 
     with tempfile.TemporaryDirectory(prefix="bench-tag-") as tmp:
+        os.environ["TAGGER_ONNX_CACHE"] = str(Path(tmp) / "onnx")  # a random model: no reuse
         catalog, taxonomy, files = _catalog(Path(tmp), n)
         lake = str(Path(tmp) / "lake")
         ingest_catalog(str(catalog), taxonomy, lake)
