@@ -2,7 +2,7 @@
 
 Where inference runs in fp32 on a CPU (no native bf16), ONNX Runtime runs our EfficientNets
 about twice as fast as eager PyTorch (issue 6: efficientnet_b0 at 224 px, ~150 vs ~71 img/s
-on 2 threads): it fuses conv + activation and picks better CPU kernels. `runtime='auto'`
+on 2 threads; its graph optimisations and CPU kernels). `runtime='auto'`
 (TagConfig.runtime) takes it there; CUDA and CPUs with native bf16 (AMX/AVX512-BF16) keep
 torch, whose bf16 autocast is the fast path on that hardware.
 
@@ -11,7 +11,7 @@ weights, the architecture, the input shape and the torch/timm versions, so a ret
 or another image size is a new file and nothing can go stale. The cache is local to the
 machine (`$TAGGER_ONNX_CACHE`, default `~/.cache/product-tagger/onnx`), not the lake:
 scoring only reads the lake (tag-sharded workers may hold read-only credentials), and an
-export takes seconds. Files are written atomically (temp file + rename); the most recently
+export takes seconds to a minute (efficientnet_b4) once per machine and model. Files are written atomically (temp file + rename); the most recently
 used KEEP_EXPORTS stay.
 
 The exporter is torch's default, torch.export-based one (`dynamo=True`; needs `onnxscript`
