@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,11 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# ONNX exports of the tests' throwaway models go to a folder of this session (removed at
+# exit, and inherited by the CLI and flow subprocesses), never to the user's cache.
+_ONNX_CACHE = tempfile.mkdtemp(prefix="tagger-test-onnx-")
+os.environ["TAGGER_ONNX_CACHE"] = _ONNX_CACHE
+atexit.register(shutil.rmtree, _ONNX_CACHE, ignore_errors=True)
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
