@@ -12,21 +12,27 @@ latest readable, and the re-run (same run id) replaces its own history file.
 
 from __future__ import annotations
 
+import io
 import logging
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from catalog_schemas.tables import TAG_HISTORY, TAG_LATEST
+from catalog_schemas.tables import PRODUCTS, TAG_HISTORY, TAG_LATEST
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig
 from tagger.data import ProductImages, create_transforms, order_by_shard
-from tagger.ingest import read_products
+from tagger.ingest import PRODUCTS_PATH, read_products
 from tagger.calibration import apply_temperature
 from tagger.evaluate import auto_threshold_vector, card_temperatures
 from tagger.model import resolve_device
@@ -34,7 +40,7 @@ from tagger.predict import create_loader
 from tagger.runtime import predict_with_runtime
 from tagger.lock import locked
 from tagger.registry import load_model, read_card
-from tagger.storage import Storage, open_storage, read_table_or_empty, write_table
+from tagger.storage import PARQUET_OPTIONS, Storage, open_storage, read_table_or_empty, write_table
 from tagger.taxonomy import applicable_mask, encode_labels, single_slices
 from tagger.thresholds import compute_decisions, review_flags
 
@@ -44,6 +50,7 @@ HISTORY_PREFIX = "tags/history"
 LATEST_PATH = "tags/latest/tags.parquet"
 STATE_PATH = "tags/state/tagged.parquet"
 TAG_ORDER = [("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")]
+LATEST_BATCH_ROWS = 16_384  # rows of the latest table held at once while merging; its row groups
 STATE = pa.schema([
     ("product_id", pa.string()), ("image_hash", pa.string()),
     ("product_updated_at", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()),
@@ -73,15 +80,30 @@ class TagResult:
         return asdict(self)
 
 
-def select_products(products: list[dict], state: dict[str, dict], model_version: str, full: bool) -> list[int]:
-    """Indices of products to tag: new, changed image or labels, or a different model."""
-    out = []
-    for i, p in enumerate(products):
-        s = state.get(p["product_id"])
-        if (full or s is None or s["model_version"] != model_version
-                or s["image_hash"] != p["image_hash"] or s["product_updated_at"] != p["updated_at"]):
-            out.append(i)
-    return out
+# The products columns a tag run uses. Products stay an Arrow table (a few hundred bytes per
+# product, no Python objects); only a scoring chunk becomes rows (TagConfig.chunk_size).
+PRODUCT_COLUMNS = ["product_id", "category", "image_hash", "image_shard", "labels", "updated_at"]
+
+
+def read_tag_products(storage: Storage) -> pa.Table:
+    """The products table, only PRODUCT_COLUMNS (catalog order: by product id)."""
+    if not storage.exists(PRODUCTS_PATH):
+        read_products(storage)  # raises the error that says how to ingest
+    table = pq.read_table(io.BytesIO(storage.read_bytes(PRODUCTS_PATH)), columns=PRODUCT_COLUMNS)
+    return table.cast(pa.schema([PRODUCTS.field(c) for c in PRODUCT_COLUMNS]))
+
+
+def select_products(products: pa.Table, state: pa.Table, model_version: str, full: bool) -> np.ndarray:
+    """Indices of products to tag: new, changed image or labels, or a different model
+    (Arrow compute on the tables; `state` has the STATE columns)."""
+    if full or state.num_rows == 0:
+        return np.arange(products.num_rows)
+    at = pc.index_in(products["product_id"], value_set=state["product_id"])
+    s = state.select(["image_hash", "product_updated_at", "model_version"]).take(at)  # null: new
+    same = pc.and_(pc.and_(pc.equal(s["model_version"], model_version),
+                           pc.equal(s["image_hash"], products["image_hash"])),
+                   pc.equal(s["product_updated_at"], products["updated_at"]))
+    return np.flatnonzero(~pc.fill_null(same, False).to_numpy(zero_copy_only=False))
 
 
 ROW_COLUMNS = TAG_HISTORY.names[:TAG_HISTORY.names.index("needs_review") + 1]  # from scoring
@@ -130,21 +152,21 @@ class TagPlan:
 
 
 def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False,
-                 products: list[dict] | None = None) -> TagPlan:
+                 products: pa.Table | None = None) -> TagPlan:
     """The products that are new or changed since they were tagged (all with `full` or a
     different model), for the given model version (default: the newest). `products`: the
-    products table as rows, when the caller has read it already."""
+    products table (read_tag_products), when the caller has read it already."""
     storage = open_storage(lake)
     version = read_card(storage, model_version)["version"]
-    products = products if products is not None else read_products(storage).to_pylist()
-    state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
+    products = products if products is not None else read_tag_products(storage)
+    state = read_table_or_empty(storage, STATE_PATH, STATE)
     todo = select_products(products, state, version, full)
-    log.info("plan: %d of %d products to tag with model %s", len(todo), len(products), version)
-    return TagPlan(version, [products[i]["product_id"] for i in todo], len(products))
+    log.info("plan: %d of %d products to tag with model %s", len(todo), products.num_rows, version)
+    return TagPlan(version, products["product_id"].take(todo).to_pylist(), products.num_rows)
 
 
 def score_products(lake: str, model_version: str, product_ids: list[str],
-                   config: TagConfig | None = None, products: list[dict] | None = None) -> dict[str, list]:
+                   config: TagConfig | None = None, products: pa.Table | None = None) -> dict[str, list]:
     """Tag rows (compute_tag_rows columns) for these products. Reads only: one shard of a
     run, in any process or machine that can read the lake."""
     config = config or TagConfig()
@@ -153,22 +175,21 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     taxonomy = Taxonomy.model_validate(card["taxonomy"])
     thresholds = _thresholds_vector(taxonomy, card)
     auto_thresholds, temperature = auto_threshold_vector(taxonomy, card), card_temperatures(taxonomy, card)
-    wanted = set(product_ids)
-    products = products if products is not None else read_products(storage).to_pylist()
-    todo = [p for p in products if p["product_id"] in wanted]
+    products = products if products is not None else read_tag_products(storage)
+    todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
     device = resolve_device(config.device)
     dcfg = card["data_config"]
     transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
     rows: dict[str, list] = {k: [] for k in ROW_COLUMNS}
-    for start in range(0, len(todo), config.chunk_size):
-        chunk = todo[start:start + config.chunk_size]
+    for start in range(0, todo.num_rows, config.chunk_size):
+        chunk = todo.slice(start, config.chunk_size).to_pylist()  # rows of one chunk only
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         ds = ProductImages(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                            transform)
         loader = create_loader(ds, config.batch_size, config.workers, device=device)
         logits = predict_with_runtime(model, loader, device, runtime=config.runtime,
                                       precision=config.precision,
-                                      desc=f"tag {start + len(chunk)}/{len(todo)}", logits=True)
+                                      desc=f"tag {start + len(chunk)}/{todo.num_rows}", logits=True)
         scores = apply_temperature(logits, temperature)
         for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds, auto_thresholds).items():
             rows[k].extend(v)
@@ -189,7 +210,7 @@ def tag_catalog(
     t0 = time.perf_counter()
     storage = open_storage(lake)
     version = read_card(storage, model_version)["version"]  # a missing model is the first error
-    products = read_products(storage).to_pylist()  # read once, for all three steps
+    products = read_tag_products(storage)  # read once, for all three steps
     plan = plan_tagging(lake, model_version=version, full=full, products=products)
     rows = score_products(lake, plan.model_version, plan.product_ids, config, products)
     return _write_tags(lake, plan, [rows], full=full, run_id=run_id, run_date=run_date,
@@ -213,14 +234,15 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, produ
     run_id = run_id or f"tag-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     version = plan.model_version
     result = TagResult(run_id, run_date.isoformat(), version, storage.uri)
-    products = products if products is not None else read_products(storage).to_pylist()
-    state = {s["product_id"]: s for s in read_table_or_empty(storage, STATE_PATH, STATE).to_pylist()}
-    planned = set(plan.product_ids)
-    tagged = [p for p in products if p["product_id"] in planned]
-    result.products, result.tagged = len(products), len(tagged)
-    result.skipped = len(products) - len(tagged)
-    log.info("tag %s with model %s: %d of %d products tagged", run_id, version, len(tagged),
-             len(products))
+    products = products if products is not None else read_tag_products(storage)
+    state = read_table_or_empty(storage, STATE_PATH, STATE)
+    current_ids = products["product_id"]
+    tagged = products.filter(pc.is_in(current_ids, value_set=pa.array(plan.product_ids, pa.string())))
+    tagged_ids = tagged["product_id"]
+    result.products, result.tagged = products.num_rows, tagged.num_rows
+    result.skipped = products.num_rows - tagged.num_rows
+    log.info("tag %s with model %s: %d of %d products tagged", run_id, version, tagged.num_rows,
+             products.num_rows)
 
     meta = {"run_id": run_id, "model_version": version, "config": config.model_dump_json()}
     new = _as_table(chunks, version, run_id, now, meta)
@@ -228,22 +250,21 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, produ
     if new.num_rows or full:  # a night with nothing to tag leaves no empty file behind
         result.history_path = _write_history(storage, new, run_id, run_date)
 
-    tagged_ids = pa.array([p["product_id"] for p in tagged], pa.string())
-    current_ids = pa.array([p["product_id"] for p in products], pa.string())
-    previous = read_latest(storage)
-    keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], tagged_ids)),
-                   pc.is_in(previous["product_id"], current_ids))
-    latest = pa.concat_tables([previous.filter(keep), new.cast(TAG_LATEST)])
-    latest = latest.sort_by(TAG_ORDER)
-    if tagged or latest.num_rows != previous.num_rows:
-        write_table(storage, LATEST_PATH, latest.replace_schema_metadata({**TAG_LATEST.metadata, **meta}))
-    result.removed = len({*previous["product_id"].to_pylist()} - {*current_ids.to_pylist()})
-    result.latest_rows, result.latest_path = latest.num_rows, storage.url(LATEST_PATH)
-    for a in latest["attribute"].to_pylist():
-        result.tags_per_attribute[a] = result.tags_per_attribute.get(a, 0) + 1
-    result.changes = compute_tag_changes(previous, latest)
+    fresh = new.cast(TAG_LATEST).combine_chunks()
+    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
+        local = Path(tmp) / "latest.parquet"
+        merged = _merge_latest(storage, fresh, tagged_ids, current_ids, local, meta)
+        if tagged.num_rows or merged.rows != merged.previous_rows:
+            storage.upload(local, LATEST_PATH)
+            log.info("wrote %d rows to %s", merged.rows, storage.url(LATEST_PATH))
+    result.removed = merged.removed
+    result.latest_rows, result.latest_path = merged.rows, storage.url(LATEST_PATH)
+    result.tags_per_attribute = merged.tags_per_attribute
+    # Only tagged and removed products can change (the others' rows are copied as they
+    # were), and their rows in the new latest table are exactly the new rows.
+    result.changes = compute_tag_changes(merged.previous_affected, fresh)
 
-    if tagged or result.removed:
+    if tagged.num_rows or result.removed:
         _write_state(storage, state, tagged, products, version, run_id)
     result.seconds = round(time.perf_counter() - t0, 3)
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run_id,
@@ -251,24 +272,138 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, produ
     return result
 
 
+@dataclass
+class _Merged:
+    rows: int = 0
+    previous_rows: int = 0
+    removed: int = 0
+    tags_per_attribute: dict[str, int] = field(default_factory=dict)
+    previous_affected: pa.Table | None = None  # previous rows of re-tagged and removed products
+
+
+@contextmanager
+def _previous_latest(storage: Storage) -> Iterator[pq.ParquetFile | None]:
+    """The previous latest table as an open Parquet file (None before the first run)."""
+    if not storage.exists(LATEST_PATH):
+        yield None
+        return
+    with storage.local_copy(LATEST_PATH) as local, pq.ParquetFile(local) as f:
+        yield f
+
+
+def _batches(f: pq.ParquetFile | None) -> Iterator[pa.Table]:
+    """The previous latest table in batches of LATEST_BATCH_ROWS rows, as TAG_LATEST tables."""
+    for batch in f.iter_batches(batch_size=LATEST_BATCH_ROWS) if f is not None else ():
+        t = pa.Table.from_batches([batch])
+        if "needs_review" not in t.column_names:  # written before needs_review: all published
+            t = t.append_column("needs_review", pa.repeat(pa.scalar(False), t.num_rows))
+        yield t.select(TAG_LATEST.names).cast(TAG_LATEST)
+
+
+def _bisect(ids: pa.Array, x: str, lo: int = 0, right: bool = True) -> int:
+    """bisect.bisect_right (bisect_left with right=False) over a sorted Arrow string array."""
+    hi = len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = ids[mid].as_py()
+        if x < v or (not right and x == v):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _sorted_unique(values: pa.ChunkedArray) -> pa.Array:
+    u = pc.unique(values)
+    return u.take(pc.sort_indices(u))
+
+
+def _member(pid: pa.ChunkedArray, sorted_set: pa.Array) -> pa.ChunkedArray:
+    """pid in sorted_set, looking only at the slice of the set within pid's range when pid
+    is sorted (the latest table is): O(batch + slice) per batch, not O(set)."""
+    if len(pid) and pc.all(pc.less_equal(pid[:-1], pid[1:])).as_py() is not False:
+        lo = _bisect(sorted_set, pid[0].as_py(), right=False)
+        sorted_set = sorted_set.slice(lo, _bisect(sorted_set, pid[-1].as_py(), lo) - lo)
+    return pc.is_in(pid, value_set=sorted_set)
+
+
+def _merge_latest(storage: Storage, fresh: pa.Table, tagged_ids, current_ids, out: Path,
+                  meta: dict) -> _Merged:
+    """Write the new latest table to `out`: the previous one without the re-tagged products
+    and those gone from the catalog, plus `fresh` (the run's rows, sorted by TAG_ORDER).
+
+    Streams: the previous table is read LATEST_BATCH_ROWS rows at a time and merged in
+    product id order with the fresh rows (both sorted), so what is held is a batch, the
+    run's own rows and the previous table's product id column, not the whole table."""
+    with _previous_latest(storage) as previous:
+        return _merge(previous, fresh, tagged_ids, current_ids, out, meta)
+
+
+def _merge(previous: pq.ParquetFile | None, fresh, tagged_ids, current_ids, out, meta) -> _Merged:
+    merged = _Merged()
+    previous_ids = (previous.read(columns=["product_id"])["product_id"] if previous is not None
+                    else pa.chunked_array([], pa.string()))
+    gone_ids = _sorted_unique(previous_ids.filter(pc.invert(pc.is_in(previous_ids, value_set=current_ids))))
+    merged.removed = len(gone_ids)
+    tagged_ids = tagged_ids if isinstance(tagged_ids, pa.ChunkedArray) else pa.chunked_array([tagged_ids])
+    drop_ids = _sorted_unique(pa.chunked_array([gone_ids, *tagged_ids.chunks], pa.string()))
+    del previous_ids
+    ids = fresh["product_id"].combine_chunks()
+    done, dropped = 0, []
+    schema = TAG_LATEST.with_metadata({**TAG_LATEST.metadata, **meta})
+    with pq.ParquetWriter(out, schema, **PARQUET_OPTIONS) as writer:
+        def emit(part: pa.Table) -> None:
+            if part.num_rows:
+                writer.write_table(part.replace_schema_metadata(schema.metadata),
+                                   row_group_size=LATEST_BATCH_ROWS)
+                merged.rows += part.num_rows
+                for vc in pc.value_counts(part["attribute"]).to_pylist():
+                    a = vc["values"]
+                    merged.tags_per_attribute[a] = merged.tags_per_attribute.get(a, 0) + vc["counts"]
+
+        for batch in _batches(previous):
+            merged.previous_rows += batch.num_rows
+            drop = _member(batch["product_id"], drop_ids)
+            dropped.append(batch.filter(drop))
+            kept = batch.filter(pc.invert(drop))
+            # fresh rows up to this batch's last product (ids never overlap with kept rows)
+            upto = _bisect(ids, batch["product_id"][-1].as_py(), done) if batch.num_rows else done
+            if upto > done:
+                kept = pa.concat_tables([kept, fresh.slice(done, upto - done)]).sort_by(TAG_ORDER)
+            done = upto
+            emit(kept)
+        emit(fresh.slice(done))
+    merged.previous_affected = pa.concat_tables(dropped) if dropped else TAG_LATEST.empty_table()
+    return merged
+
+
 def compute_tag_changes(previous: pa.Table, latest: pa.Table) -> dict:
     """What changed between two tag snapshots. A tag is (product_id, attribute, value);
     `changed` counts (product, attribute) pairs whose values differ on both sides (e.g.
     colour red -> blue), `products_changed` the products with any added or removed tag.
-    Scores are not compared: a tag that stays is no change."""
-    def tags(t: pa.Table) -> set[tuple[str, str, str]]:
-        return set(zip(*(t[c].to_pylist() for c in ("product_id", "attribute", "value"))))
+    Scores are not compared: a tag that stays is no change. Arrow joins, no Python rows."""
+    keys = ["product_id", "attribute", "value"]
+
+    def tags(t: pa.Table) -> pa.Table:
+        t = pa.table({k: t[k].cast(pa.string()) for k in keys})
+        return t.group_by(keys, use_threads=False).aggregate([])  # distinct tags
 
     old, new = tags(previous), tags(latest)
-    added, removed = new - old, old - new
+    added = new.join(old, keys, join_type="left anti", use_threads=False)
+    removed = old.join(new, keys, join_type="left anti", use_threads=False)
+    pairs = ["product_id", "attribute"]
+    changed = added.select(pairs).group_by(pairs, use_threads=False).aggregate([]).join(
+        removed.select(pairs).group_by(pairs, use_threads=False).aggregate([]), pairs,
+        join_type="inner", use_threads=False)
+    products = pa.concat_arrays([added["product_id"].combine_chunks(),
+                                 removed["product_id"].combine_chunks()])
     per_attribute: dict[str, dict[str, int]] = {}
-    for kind, rows in (("added", added), ("removed", removed)):
-        for _, attribute, _ in rows:
-            counts = per_attribute.setdefault(attribute, {"added": 0, "removed": 0})
-            counts[kind] += 1
-    changed = {(p, a) for p, a, _ in added} & {(p, a) for p, a, _ in removed}
-    return dict(added=len(added), removed=len(removed), changed=len(changed),
-                products_changed=len({p for p, _, _ in added | removed}),
+    for kind, t in (("added", added), ("removed", removed)):
+        for vc in pc.value_counts(t["attribute"]).to_pylist():
+            counts = per_attribute.setdefault(vc["values"], {"added": 0, "removed": 0})
+            counts[kind] += vc["counts"]
+    return dict(added=added.num_rows, removed=removed.num_rows, changed=changed.num_rows,
+                products_changed=pc.count_distinct(products).as_py(),
                 per_attribute=dict(sorted(per_attribute.items())))
 
 
@@ -291,14 +426,19 @@ def _write_history(storage: Storage, table: pa.Table, run_id: str, run_date: dat
     return storage.url(path)
 
 
-def _write_state(storage, state, tagged, products, model_version, run_id) -> None:
-    for p in tagged:
-        state[p["product_id"]] = dict(product_id=p["product_id"], image_hash=p["image_hash"],
-                                      product_updated_at=p["updated_at"],
-                                      model_version=model_version, run_id=run_id)
-    current = {p["product_id"] for p in products}
-    rows = [state[k] for k in sorted(state) if k in current]
-    write_table(storage, STATE_PATH, pa.Table.from_pylist(rows, schema=STATE))
+def _write_state(storage, state: pa.Table, tagged: pa.Table, products: pa.Table, model_version,
+                 run_id) -> None:
+    """What each current product was last tagged from: the tagged products' rows replace
+    theirs, products gone from the catalog drop out (Arrow, sorted by product id)."""
+    ids = state["product_id"]
+    keep = pc.and_(pc.invert(pc.is_in(ids, value_set=tagged["product_id"])),
+                   pc.is_in(ids, value_set=products["product_id"]))
+    n = tagged.num_rows
+    new = pa.table([tagged["product_id"], tagged["image_hash"], tagged["updated_at"],
+                    pa.repeat(pa.scalar(model_version, pa.string()), n),
+                    pa.repeat(pa.scalar(run_id, pa.string()), n)], schema=STATE)
+    rows = pa.concat_tables([state.filter(keep), new]).sort_by("product_id")
+    write_table(storage, STATE_PATH, rows)
 
 
 def read_latest(storage: Storage) -> pa.Table:

@@ -1,0 +1,110 @@
+"""The streamed merge of the latest tag table equals filter + concat + sort of the whole
+tables, whatever the batch boundaries; the Arrow plan selects what the row-wise rule did."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import tagger.tags as tags
+from catalog_schemas.tables import TAG_LATEST
+from tagger.storage import open_storage, read_table, write_table
+
+NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
+ATTRS = [("colour", ["red", "blue"]), ("pattern", ["solid", "dotted"]), ("features", ["logo", "zip"])]
+
+
+def _rows(pids: list[str], run_id: str, rng: random.Random) -> pa.Table:
+    rows = []
+    for pid in pids:
+        for attribute, values in ATTRS:
+            for value in values:
+                if rng.random() < 0.6:
+                    rows.append(dict(product_id=pid, attribute=attribute, value=value, score=0.7,
+                                     source="model", image_hash="h" + pid, needs_review=False,
+                                     model_version="m1", run_id=run_id, tagged_at=NOW))
+    return pa.Table.from_pylist(rows, schema=TAG_LATEST).sort_by(tags.TAG_ORDER)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 7, 1000])
+def test_streamed_merge_equals_whole_table_merge(tmp_path, monkeypatch, batch_rows):
+    monkeypatch.setattr(tags, "LATEST_BATCH_ROWS", batch_rows)
+    rng = random.Random(batch_rows)
+    storage = open_storage(tmp_path / "lake")
+    before = [f"P{i:03d}" for i in range(1, 40)]
+    write_table(storage, tags.LATEST_PATH, _rows(before, "night1", rng))
+    removed = {"P001", "P017", "P039"}
+    retagged = ["P002", "P018", "P038"]
+    new = ["P000", "P0175", "P050", "P051"]  # before the first, between two, after the last
+    current = sorted(set(before) - removed | set(new))
+    fresh = _rows(sorted(retagged + new), "night2", rng)
+    tagged_ids = pa.chunked_array([pa.array(sorted(retagged + new))])
+    current_ids = pa.chunked_array([pa.array(current)])
+
+    out = tmp_path / "merged.parquet"
+    merged = tags._merge_latest(storage, fresh, tagged_ids, current_ids, out, {"run_id": "night2"})
+
+    previous = read_table(storage, tags.LATEST_PATH, TAG_LATEST)
+    keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], value_set=tagged_ids)),
+                   pc.is_in(previous["product_id"], value_set=current_ids))
+    expected = pa.concat_tables([previous.filter(keep), fresh]).sort_by(tags.TAG_ORDER)
+    import pyarrow.parquet as pq
+
+    got = pq.read_table(out).cast(TAG_LATEST)
+    assert got.equals(expected)
+    assert (merged.rows, merged.previous_rows, merged.removed) == (
+        expected.num_rows, previous.num_rows, len(removed))
+    counts = expected.group_by("attribute").aggregate([("value", "count")]).to_pylist()
+    assert merged.tags_per_attribute == {c["attribute"]: c["value_count"] for c in counts}
+    affected = set(retagged) | removed
+    assert set(merged.previous_affected["product_id"].to_pylist()) == affected & set(
+        previous["product_id"].to_pylist())
+
+
+def test_unsorted_previous_table_loses_no_row(tmp_path, monkeypatch):
+    """A latest table not in TAG_ORDER (not written by us) still merges to the right rows."""
+    monkeypatch.setattr(tags, "LATEST_BATCH_ROWS", 5)
+    rng = random.Random(0)
+    storage = open_storage(tmp_path / "lake")
+    previous = _rows([f"P{i:03d}" for i in range(30)], "night1", rng)
+    shuffled = previous.take(pa.array(rng.sample(range(previous.num_rows), previous.num_rows)))
+    write_table(storage, tags.LATEST_PATH, shuffled)
+    fresh = _rows(["P003", "P100"], "night2", rng)
+    current = pa.chunked_array([pa.array([f"P{i:03d}" for i in range(1, 30)] + ["P100"])])
+    tags._merge_latest(storage, fresh, pa.chunked_array([pa.array(["P003", "P100"])]), current,
+                       tmp_path / "m.parquet", {})
+    import pyarrow.parquet as pq
+
+    got = pq.read_table(tmp_path / "m.parquet").cast(TAG_LATEST).sort_by(tags.TAG_ORDER)
+    keep = pc.invert(pc.is_in(previous["product_id"], value_set=pa.array(["P000", "P003"])))
+    assert got.equals(pa.concat_tables([previous.filter(keep), fresh]).sort_by(tags.TAG_ORDER))
+
+
+def test_arrow_selection_matches_the_row_rule():
+    rng = np.random.default_rng(0)
+    n = 200
+    ids = [f"P{i:04d}" for i in range(n)]
+    hashes = [f"h{int(rng.integers(5))}" for _ in range(n)]
+    ts = [datetime(2026, 1, 1 + int(rng.integers(3)), tzinfo=timezone.utc) for _ in range(n)]
+    products = pa.table({"product_id": ids, "image_hash": hashes,
+                         "updated_at": pa.array(ts, pa.timestamp("us", tz="UTC"))})
+    state_rows = []
+    for i in rng.choice(n, size=150, replace=False):
+        state_rows.append(dict(
+            product_id=ids[i],
+            image_hash=hashes[i] if rng.random() < 0.9 else "other",
+            product_updated_at=ts[i] if rng.random() < 0.9 else datetime(2025, 1, 1, tzinfo=timezone.utc),
+            model_version="m1" if rng.random() < 0.9 else "m0", run_id="r"))
+    state = pa.Table.from_pylist(sorted(state_rows, key=lambda r: r["product_id"]), schema=tags.STATE)
+    by_id = {s["product_id"]: s for s in state_rows}
+    expected = [i for i in range(n) if (s := by_id.get(ids[i])) is None or s["model_version"] != "m1"
+                or s["image_hash"] != hashes[i] or s["product_updated_at"] != ts[i]]
+    assert 50 < len(expected) < n
+    assert tags.select_products(products, state, "m1", full=False).tolist() == expected
+    assert tags.select_products(products, state, "m1", full=True).tolist() == list(range(n))
+    assert tags.select_products(products, tags.STATE.empty_table(), "m1", False).tolist() == list(range(n))
