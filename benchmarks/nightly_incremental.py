@@ -175,7 +175,7 @@ def _export_once(model, card: dict, config) -> str:
 
 
 def child(lake: str, mode: str, chunk_size: int, batch_size: int, latest_batch_rows: int,
-          runtime: str = "auto") -> dict:
+          runtime: str = "auto", gc_freeze: bool = False) -> dict:
     """One tag run (full or incremental) in this process; its seconds, counts and peak RSS."""
     import torch  # noqa: F401  (imported before the baseline is taken)
 
@@ -190,12 +190,16 @@ def child(lake: str, mode: str, chunk_size: int, batch_size: int, latest_batch_r
     tagger.tags.LATEST_BATCH_ROWS = latest_batch_rows
     model, card = load_model(open_storage(lake))  # code paths and allocator warm before the baseline
     used = _export_once(model, card, config)  # once per model version and machine: not a night's cost
+    if gc_freeze:  # what is imported and loaded so far is never scanned by the cyclic GC again
+        import gc
+
+        gc.freeze()
     reset = _reset_peak()
     before = _rss_mb("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     result = tag_catalog(lake, full=mode == "full", run_id=f"bench-{mode}", config=config)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    out = dict(mode=mode, runtime=used, seconds=round(seconds, 3), cpu_seconds=round(cpu_seconds, 3),
+    out = dict(mode=mode, runtime=used, gc_freeze=gc_freeze, seconds=round(seconds, 3), cpu_seconds=round(cpu_seconds, 3),
                products=result.products,
                tagged=result.tagged, history_rows=result.history_rows,
                latest_rows=result.latest_rows, rss_before_mb=round(before or 0, 1))
@@ -247,7 +251,7 @@ def _run_child(lake: str, mode: str, knobs: dict, trace: bool = False) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.nightly_incremental", "--child", mode, "--lake", lake,
            "--chunk-size", str(knobs["chunk_size"]), "--batch-size", str(knobs["batch_size"]),
            "--latest-batch-rows", str(knobs["latest_batch_rows"]), "--runtime", knobs["runtime"]] + (
-               ["--trace-sites"] if trace else [])
+               ["--trace-sites"] if trace else []) + (["--gc-freeze"] if knobs["gc_freeze"] else [])
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TQDM_DISABLE": "1"},
                           capture_output=True, text=True)
     if proc.returncode:
@@ -297,9 +301,9 @@ def run_size(tmp: Path, n: int, *, pool: int, image_size: int, knobs: dict, trac
 
 def run(sizes: list[int], *, pool: int = 200, image_size: int = 48, chunk_size: int = 500,
         batch_size: int = 64, latest_batch_rows: int = 2048, runtime: str = "auto",
-        trace: bool = False) -> dict:
+        gc_freeze: bool = False, trace: bool = False) -> dict:
     knobs = dict(chunk_size=chunk_size, batch_size=batch_size, latest_batch_rows=latest_batch_rows,
-                 runtime=runtime)
+                 runtime=runtime, gc_freeze=gc_freeze)
     with tempfile.TemporaryDirectory(prefix="bench-nightly-") as tmp:
         results = [run_size(Path(tmp), n, pool=pool, image_size=image_size, knobs=knobs, trace=trace)
                    for n in sorted(sizes)]
@@ -326,7 +330,7 @@ def _markdown(r: dict) -> list[str]:
         rows.append(
             f"| {time.strftime('%Y-%m-%d')}, {r['cpus']} CPU cores | "
             f"{s['products']:,} products ({s['distinct_images']} distinct images), {s['changed']} changed, "
-            f"{i['runtime']} | "
+            f"{i['runtime']}{', gc.freeze()' if i['gc_freeze'] else ''} | "
             f"{f['seconds']:.2f} s ({f['cpu_seconds']:.2f} CPU s), {f['tagged']:,} tagged | "
             f"{i['seconds']:.2f} s ({i['cpu_seconds']:.2f} CPU s), {i['tagged']:,} tagged | "
             f"**{100 * s['tag_ratio']:.1f}%** ({100 * s['tag_ratio_cpu']:.1f}% CPU) | "
@@ -345,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--latest-batch-rows", type=int, default=2048,
                    help="tagger.tags.LATEST_BATCH_ROWS: latest-table rows merged at once")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="TagConfig.runtime")
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="gc.freeze() in each tag process after imports and the model load")
     p.add_argument("--trace", action="store_true", help="also trace Python allocations (extra runs)")
     p.add_argument("--child", choices=["full", "incremental"], help=argparse.SUPPRESS)
     p.add_argument("--lake", help=argparse.SUPPRESS)
@@ -354,12 +360,13 @@ def main(argv: list[str] | None = None) -> dict:
         if a.trace_sites:
             r = _traced_peak_sites(a.lake, a.child, a.chunk_size, a.batch_size, a.latest_batch_rows)
         else:
-            r = child(a.lake, a.child, a.chunk_size, a.batch_size, a.latest_batch_rows, a.runtime)
+            r = child(a.lake, a.child, a.chunk_size, a.batch_size, a.latest_batch_rows, a.runtime,
+                      a.gc_freeze)
         print(json.dumps(r))
         return r
     r = run(a.products, pool=a.pool, image_size=a.image_size, chunk_size=a.chunk_size,
             batch_size=a.batch_size, latest_batch_rows=a.latest_batch_rows, runtime=a.runtime,
-            trace=a.trace)
+            gc_freeze=a.gc_freeze, trace=a.trace)
     print(json.dumps(r, indent=2))
     for line in _markdown(r):
         print(line)
