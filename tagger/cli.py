@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -52,6 +53,11 @@ def cmd_tag(args) -> int:
     from tagger.config import TagConfig, load_config
     from tagger.tags import tag_catalog
 
+    # Everything imported so far (torch, timm, onnx, pyarrow: millions of objects) lives as
+    # long as the process; freezing it keeps the cyclic GC from walking it again in every
+    # full collection, a fixed ~0.2-0.8 s per run that dominates a small incremental night
+    # (benchmarks/README.md, nightly_incremental.py --gc-freeze).
+    gc.freeze()
     config = load_config(TagConfig, args.config, batch_size=args.batch_size, workers=args.workers,
                          device=args.device, runtime=args.runtime)
     result = tag_catalog(args.lake, model_version=args.model, full=args.full, run_id=args.run_id,

@@ -1,3 +1,4 @@
+import gc
 import json
 
 import pytest
@@ -31,7 +32,10 @@ def test_cli_ingest_train_tag(catalog, tmp_path, capsys):
                  "--epochs", "1", "--no-pretrained", "--workers", "0"]) == 0
     version = capsys.readouterr().out.strip()
     assert (tmp_path / "lake" / "models" / version / "card.json").exists()
+    gc.unfreeze()
     assert main(["tag", "--lake", lake, "--run-date", "2026-02-03"]) == 0
+    assert gc.get_freeze_count() > 0  # the tag command froze what it had imported
+    gc.unfreeze()  # this is pytest's process
     tagged = json.loads(capsys.readouterr().out)
     assert tagged["model_version"] == version and tagged["tagged"] == 60
     assert (tmp_path / "lake" / "tags/history/run_date=2026-02-03").is_dir()
