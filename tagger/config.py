@@ -140,8 +140,8 @@ class TagConfig(_Config):
     runtime: Literal["auto", "torch", "onnx"] = Field(
         "auto",
         description="Inference runtime. auto: ONNX Runtime where inference would run in fp32 "
-        "on the CPU (CPUs without native bf16, or precision fp32) and onnxruntime is installed; "
-        "torch otherwise (CUDA, bf16 on CPUs with AMX/AVX512-BF16). onnx: CPU and fp32 only.",
+        "on the CPU (precision auto or fp32) and onnxruntime is installed; "
+        "torch otherwise (CUDA, an explicit bf16/fp16 precision). onnx: CPU and fp32 only.",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
     workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images.")
