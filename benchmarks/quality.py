@@ -17,8 +17,8 @@ One run trains two models on the same split, backbone, size, epochs and seed:
 and prints one table of test figures next to published results on this dataset.
 
 `--screen` compares loss options on the validation split of a subset of the training
-export (the test export is not even ingested): the way to choose the defaults here
-(not yet run at full scale; see benchmarks/README.md).
+export (the test export is not even ingested): how the loss default here was
+chosen (benchmarks/README.md).
 """
 
 from __future__ import annotations
