@@ -80,8 +80,8 @@ def missing_packages() -> list[str]:
 def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto") -> str:
     """'torch' or 'onnx'. auto: ONNX Runtime on the CPU when precision is auto or fp32 and
     its packages are installed (faster than torch bf16 even on CPUs with native bf16, and
-    exact: see the module docstring); torch otherwise (CUDA, an explicit bf16/fp16). A forced 'onnx' that cannot run
-    here raises RuntimeUnavailable saying why."""
+    exact: see the module docstring); torch otherwise (CUDA, an explicit bf16/fp16). A
+    forced 'onnx' that cannot run here raises RuntimeUnavailable saying why."""
     if runtime not in RUNTIMES:
         raise ValueError(f"Unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}.")
     if runtime == "torch":

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tagger import runtime
-from tagger.model import cpu_has_native_bf16, create_model
+from tagger.model import create_model
 from tagger.predict import predict_scores
 from tagger.runtime import (ExportError, RuntimeUnavailable, export_onnx, onnx_session,
                             predict_scores_onnx, predict_with_runtime, resolve_runtime)
