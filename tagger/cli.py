@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
-                   help="inference runtime (default auto: ONNX Runtime on CPUs without native bf16)")
+                   help="inference runtime (default auto: ONNX Runtime fp32 on the CPU, torch on CUDA)")
     g.add_argument("--run-id", help="re-using a run id replaces that run's output")
     g.add_argument("--run-date", type=date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
     g.set_defaults(func=cmd_tag)
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int)
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--runtime", choices=["auto", "torch", "onnx"],
-                   help="inference runtime (default auto: ONNX Runtime on CPUs without native bf16)")
+                   help="inference runtime (default auto: ONNX Runtime fp32 on the CPU, torch on CUDA)")
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser("convert-weights",
