@@ -23,6 +23,11 @@ so that each output's logits have std 3 on the images, a trained model's spread 
 random head puts every score within 1e-4 of 0.5, where any comparison is trivially tight).
 Said in the output.
 
+Timing: every path runs once to warm up (allocator, oneDNN primitives, ONNX Runtime's
+first runs, our shard cache), then `--repeats` interleaved rounds of all paths; rates are
+the medians, and the speed-up and the fraction of the limit are medians of the per-round
+ratios (a slow spell of this shared machine hits all paths of a round alike).
+
 Images: the shared real catalog when present (../shared/datasets/...), else a generated
 one. Run it alone: this machine's timings are ruined by a second busy process (OpenMP
 threads spin on shared cores). The ONNX export (seconds, cached per weights) is done
@@ -48,7 +53,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
-from tagger.data import ProductImages, create_transforms  # noqa: E402
+from tagger.data import BatchNormalize, ProductImages, create_transforms  # noqa: E402
 from tagger.ingest import ingest_catalog, read_products  # noqa: E402
 from tagger.model import create_model, data_config, resolve_precision  # noqa: E402
 from tagger.predict import create_loader, predict_scores  # noqa: E402
@@ -108,7 +113,7 @@ def _spread_head(model: torch.nn.Module, images: torch.Tensor, logit_std: float 
 
 
 def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precision: str,
-        runtime: str = "auto") -> dict:
+        runtime: str = "auto", repeats: int = 3) -> dict:
     import timm.data
 
     with tempfile.TemporaryDirectory(prefix="bench-tag-") as tmp:
@@ -135,16 +140,18 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
 
         d = data_config(model, image_size)
         ds = ProductImages(lake, [p["image_shard"] for p in products], [p["image_hash"] for p in products],
-                           create_transforms(image_size, d["mean"], d["std"], train=False))
+                           create_transforms(image_size, train=False))
+        norm = BatchNormalize.from_config(d, reuse=True)
         out: dict[str, np.ndarray] = {}
 
         def ours():
             out["ours"] = predict_with_runtime(model, create_loader(ds, batch, workers), device,
-                                               runtime=runtime, precision=precision, desc="ours")
+                                               runtime=runtime, precision=precision, desc="ours",
+                                               normalize=norm)
 
         def torch_path():
             out["torch"] = predict_scores(model, create_loader(ds, batch, workers), device,
-                                          precision=prec, desc="torch")
+                                          precision=prec, desc="torch", normalize=norm)
 
         x = torch.randn(batch, 3, image_size, image_size)
         xc = x.contiguous(memory_format=torch.channels_last)
@@ -170,24 +177,31 @@ def run(backbone: str, image_size: int, n: int, batch: int, workers: int, precis
         else:
             limit = torch_limit
 
-        baseline()  # warm-up (allocator, oneDNN primitives) for every path, then measure
-        rates = {"baseline": _rate(baseline, len(files))}
-        model.to(memory_format=torch.contiguous_format)
-        rates["ours"] = _rate(ours, len(products))
-        rates["limit"] = _rate(limit, len(files))
-        model.to(memory_format=torch.contiguous_format)
-        rates["torch_path"] = _rate(torch_path, len(products))
-        rates["torch_limit"] = _rate(torch_limit, len(files))
-        model.to(memory_format=torch.contiguous_format)
-        rates["baseline_again"] = _rate(baseline, len(files))  # drift check within the run
+        paths = {"baseline": (baseline, len(files)), "ours": (ours, len(products)),
+                 "limit": (limit, len(files)), "torch_path": (torch_path, len(products)),
+                 "torch_limit": (torch_limit, len(files))}
+        for fn, _ in paths.values():  # warm-up: allocator, oneDNN primitives, our shard cache
+            model.to(memory_format=torch.contiguous_format)
+            fn()
+        runs: dict[str, list[float]] = {k: [] for k in paths}
+        for _ in range(repeats):  # interleaved rounds: a slow spell of the machine hits all paths
+            for name, (fn, n_images) in paths.items():
+                model.to(memory_format=torch.contiguous_format)
+                runs[name].append(_rate(fn, n_images))
         ref = out["torch"] if prec == "fp32" else predict_scores(
-            model, create_loader(ds, batch, workers), device, precision="fp32", desc="fp32")
-    base = (rates["baseline"] + rates["baseline_again"]) / 2
+            model, create_loader(ds, batch, workers), device, precision="fp32", desc="fp32",
+            normalize=norm)
+    rates = {k: float(np.median(v)) for k, v in runs.items()}
+    paired = {  # per-round ratios, then their median: robust to drift between rounds
+        "speedup": np.median([o / b for o, b in zip(runs["ours"], runs["baseline"])]),
+        "of_limit": np.median([o / m for o, m in zip(runs["ours"], runs["limit"])]),
+    }
     return dict(backbone=backbone, image_size=image_size, images=len(files), batch=batch,
                 workers=workers, runtime=chosen, precision="fp32" if chosen == "onnx" else prec,
-                threads=torch.get_num_threads(), onnx_export_s=export_s,
+                threads=torch.get_num_threads(), onnx_export_s=export_s, repeats=repeats,
                 **{k: round(v, 1) for k, v in rates.items()},
-                speedup=round(rates["ours"] / base, 2), of_limit=round(rates["ours"] / rates["limit"], 2),
+                rounds={k: [round(r, 1) for r in v] for k, v in runs.items()},
+                speedup=round(float(paired["speedup"]), 2), of_limit=round(float(paired["of_limit"]), 2),
                 vs_torch_fp32={k: round(v, 7) for k, v in agreement(ref, out["ours"]).items()},
                 weights="random init, head redrawn so logits have std 3 per output")
 
@@ -202,8 +216,10 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="ours: auto (what TagConfig.runtime=auto picks here), torch or onnx")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved rounds of all paths after a warm-up of each; medians reported")
     a = p.parse_args()
-    r = run(a.backbone, a.image_size, a.images, a.batch, a.workers, a.precision, a.runtime)
+    r = run(a.backbone, a.image_size, a.images, a.batch, a.workers, a.precision, a.runtime, a.repeats)
     print(json.dumps(r, indent=2))
     runtime = "ONNX Runtime" if r["runtime"] == "onnx" else "torch"
     v = r["vs_torch_fp32"]

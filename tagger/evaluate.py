@@ -17,7 +17,7 @@ import numpy as np
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger import plots
 from tagger.config import TagConfig
-from tagger.data import ProductImages, create_transforms
+from tagger.data import BatchNormalize, ProductImages, create_transforms
 from tagger.ingest import ingest_catalog, read_products
 from tagger.calibration import apply_temperature, expected_calibration_error, temperature_vector
 from tagger.metrics import compute_metrics, compute_review_metrics
@@ -149,13 +149,14 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     targets, mask = targets[known], mask[known]
 
     dcfg = card["data_config"]
-    transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
+    transform = create_transforms(dcfg["image_size"], train=False)
+    normalize = BatchNormalize.from_config(dcfg, reuse=True)
     ds = ProductImages(eval_lake, [p["image_shard"] for p in products],
                        [p["image_hash"] for p in products], transform)
     device = resolve_device(config.device)
     logits = predict_with_runtime(model, create_loader(ds, config.batch_size, config.workers, device=device),
                                   device, runtime=config.runtime, precision=config.precision,
-                                  desc="evaluate", logits=True)
+                                  desc="evaluate", logits=True, normalize=normalize)
     scores = apply_temperature(logits, card_temperatures(tax, card))
     thresholds = np.array([card["thresholds"][a][v] for a, v in tax.outputs], dtype=np.float32)
     decisions, metrics = compute_evaluation(tax, targets, mask, scores, thresholds,

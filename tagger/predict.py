@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tagger.data import BatchNormalize
 from tagger.model import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,19 @@ def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, samp
     )
 
 
+def model_input(x: torch.Tensor, normalize: BatchNormalize | None, device: torch.device, *,
+                channels_last: bool = False) -> torch.Tensor:
+    """A loader batch as float model input on `device` (see BatchNormalize)."""
+    if normalize is None:
+        if not x.is_floating_point():
+            raise TypeError(f"a {x.dtype} image batch needs normalize= (tagger.data.BatchNormalize)")
+        normalize = _AS_IS
+    return normalize(x, device, channels_last=channels_last)
+
+
+_AS_IS = BatchNormalize([0.0], [1.0])  # passes float batches through (to the device, in the format)
+
+
 @torch.inference_mode()
 def predict_scores(
     model: nn.Module,
@@ -66,11 +80,13 @@ def predict_scores(
     precision: str | None = None,
     desc: str = "predict",
     logits: bool = False,
+    normalize: BatchNormalize | None = None,
 ) -> np.ndarray:
     """float32 [N, K] sigmoid scores (raw logits with `logits`), rows in dataset order (the
     loader must not shuffle).
 
-    `precision` ('auto', 'fp32', 'bf16', 'fp16') overrides `amp`; see model.resolve_precision."""
+    `precision` ('auto', 'fp32', 'bf16', 'fp16') overrides `amp`; see model.resolve_precision.
+    uint8 batches (tagger.data.create_transforms) need `normalize`; float ones are used as they are."""
     if precision is not None:
         precision = resolve_precision(device, precision)
     model.eval().to(device)
@@ -80,9 +96,7 @@ def predict_scores(
     out: np.ndarray | None = None
     t0, done = time.perf_counter(), 0
     for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
-        x = batch[0].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = model_input(batch[0], normalize, device, channels_last=channels_last)
         with autocast(device, amp, precision):
             raw = model(x).float()
         scores = (raw if logits else torch.sigmoid(raw)).cpu().numpy()

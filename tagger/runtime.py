@@ -234,20 +234,25 @@ def onnx_session(model: nn.Module, input_shape: tuple[int, ...], *, threads: int
 
 
 def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc: str = "predict",
-                        threads: int | None = None, directory: Path | None = None) -> np.ndarray:
+                        threads: int | None = None, directory: Path | None = None,
+                        normalize=None) -> np.ndarray:
     """tagger.predict.predict_scores on ONNX Runtime (fp32, CPU): float32 [N, K] sigmoid
     scores (raw logits with `logits`), rows in dataset order (the loader must not shuffle).
+    uint8 batches need `normalize` (a BatchNormalize; its buffer is reused batch to batch).
     Export or session problems raise before the first batch is scored."""
+    from tagger.predict import model_input
+
     n = len(loader.dataset)
     out: np.ndarray | None = None
     session = None
     t0, done = time.perf_counter(), 0
+    cpu = torch.device("cpu")
     for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
         x = batch[0]
+        x = model_input(x if isinstance(x, torch.Tensor) else torch.as_tensor(x), normalize, cpu)
         if session is None:
             session = onnx_session(model, tuple(x.shape[1:]), threads=threads, directory=directory)
-        x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        raw = session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        raw = session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
         scores = raw if logits else torch.sigmoid(torch.from_numpy(raw)).numpy()  # as predict_scores
         if out is None:
             out = np.empty((n, scores.shape[1]), dtype=np.float32)
@@ -261,7 +266,7 @@ def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc:
 
 def predict_with_runtime(model: nn.Module, loader, device: torch.device, *, runtime: str = "auto",
                          precision: str | None = "auto", desc: str = "predict",
-                         logits: bool = False) -> np.ndarray:
+                         logits: bool = False, normalize=None) -> np.ndarray:
     """Scores (or logits) with the runtime `runtime` resolves to: predict_scores_onnx or
     tagger.predict.predict_scores. Under auto, a model the exporter cannot handle is scored
     with torch (warning); a forced 'onnx' raises."""
@@ -269,9 +274,10 @@ def predict_with_runtime(model: nn.Module, loader, device: torch.device, *, runt
 
     if resolve_runtime(runtime, device, precision or "auto") == "onnx":
         try:
-            return predict_scores_onnx(model, loader, logits=logits, desc=desc)
+            return predict_scores_onnx(model, loader, logits=logits, desc=desc, normalize=normalize)
         except ExportError as e:
             if runtime == "onnx":
                 raise
             log.warning("%s; scoring with torch instead", e)
-    return predict_scores(model, loader, device, precision=precision, desc=desc, logits=logits)
+    return predict_scores(model, loader, device, precision=precision, desc=desc, logits=logits,
+                          normalize=normalize)

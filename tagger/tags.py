@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from catalog_schemas.tables import PRODUCTS, TAG_HISTORY, TAG_LATEST
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig
-from tagger.data import ProductImages, create_transforms, order_by_shard
+from tagger.data import BatchNormalize, ProductImages, create_transforms, order_by_shard
 from tagger.ingest import PRODUCTS_PATH, read_products
 from tagger.calibration import apply_temperature
 from tagger.evaluate import auto_threshold_vector, card_temperatures
@@ -179,7 +179,8 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
     device = resolve_device(config.device)
     dcfg = card["data_config"]
-    transform = create_transforms(dcfg["image_size"], dcfg["mean"], dcfg["std"], train=False)
+    transform = create_transforms(dcfg["image_size"], train=False)
+    normalize = BatchNormalize.from_config(dcfg, reuse=True)
     rows: dict[str, list] = {k: [] for k in ROW_COLUMNS}
     for start in range(0, todo.num_rows, config.chunk_size):
         chunk = todo.slice(start, config.chunk_size).to_pylist()  # rows of one chunk only
@@ -189,7 +190,8 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
         loader = create_loader(ds, config.batch_size, config.workers, device=device)
         logits = predict_with_runtime(model, loader, device, runtime=config.runtime,
                                       precision=config.precision,
-                                      desc=f"tag {start + len(chunk)}/{todo.num_rows}", logits=True)
+                                      desc=f"tag {start + len(chunk)}/{todo.num_rows}", logits=True,
+                                      normalize=normalize)
         scores = apply_temperature(logits, temperature)
         for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds, auto_thresholds).items():
             rows[k].extend(v)

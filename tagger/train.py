@@ -31,12 +31,12 @@ from tqdm.auto import tqdm
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.backbones import get_backbone
 from tagger.config import TrainConfig
-from tagger.data import ProductImages, create_transforms
+from tagger.data import BatchNormalize, ProductImages, create_transforms
 from tagger.ingest import read_lake_taxonomy, read_products
 from tagger.losses import compute_pos_weight, masked_multilabel_loss
 from tagger.evaluate import calibration_metrics, compute_evaluation, write_evaluation_report
 from tagger.model import autocast, create_model, data_config, resolve_device, unwrap
-from tagger.predict import create_loader, predict_scores
+from tagger.predict import create_loader, model_input, predict_scores
 from tagger.registry import new_version, register_model
 from tagger.report import card_summary
 from tagger.storage import Storage, open_storage
@@ -124,16 +124,15 @@ def create_ema(model: nn.Module, config: TrainConfig):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, pos_weight, device, epoch, config,
-                    ema=None) -> float:
-    """One pass over the training loader; returns the mean loss. Logs img/s and ETA."""
+                    ema=None, normalize: BatchNormalize | None = None) -> float:
+    """One pass over the training loader; returns the mean loss. Logs img/s and ETA.
+    uint8 batches are normalised on the device by `normalize`."""
     model.train()
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
     steps = len(loader)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=None, leave=False)
     for step, (x, y, m) in enumerate(bar):
-        x = x.to(device, non_blocking=True)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = model_input(x, normalize, device, channels_last=config.channels_last)
         y, m = y.to(device, non_blocking=True), m.to(device, non_blocking=True)
         with autocast(device, config.amp):
             logits = model(x)
@@ -240,7 +239,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def subset(idx, train):
-        tf = create_transforms(config.image_size, dcfg["mean"], dcfg["std"], train=train)
+        tf = create_transforms(config.image_size, train=train)
         return ProductImages(lake, [data.shards[i] for i in idx], [data.hashes[i] for i in idx], tf,
                              data.targets[idx], data.mask[idx])
 
@@ -280,7 +279,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         loss = train_one_epoch(train_net, train_loader, optimizer, scheduler, scaler, pos_weight,
-                               device, epoch, config, ema)
+                               device, epoch, config, ema, BatchNormalize.from_config(dcfg))
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 5),
                         "seconds": round(time.perf_counter() - t0, 1)})
         if rank == 0:
@@ -298,13 +297,13 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     return version
 
 
-def _validation_logits(model, ema, loader, device, config) -> tuple[nn.Module, np.ndarray, dict]:
+def _validation_logits(model, ema, loader, device, config, normalize) -> tuple[nn.Module, np.ndarray, dict]:
     """Validation logits of the raw weights, or of their EMA when its mAP is higher."""
     from sklearn.metrics import average_precision_score
 
     def run(net, desc):
         return predict_scores(net, loader, device, channels_last=config.channels_last,
-                              amp=config.amp, desc=desc, logits=True)
+                              amp=config.amp, desc=desc, logits=True, normalize=normalize)
 
     logits = run(model, "validate")
     if ema is None:
@@ -345,7 +344,8 @@ def _evaluate_and_register(storage, model, ema, val_ds, data, val_idx, pos_weigh
                            history, n_train, world, seconds) -> str:
     taxonomy = data.taxonomy
     loader = create_loader(val_ds, config.batch_size, config.workers, device=device)
-    model, logits, ema_info = _validation_logits(model, ema, loader, device, config)
+    model, logits, ema_info = _validation_logits(model, ema, loader, device, config,
+                                                 BatchNormalize.from_config(dcfg, reuse=True))
     targets, mask = data.targets[val_idx], data.mask[val_idx]
     temperatures = fit_temperatures(logits, targets, mask, taxonomy.slices) if config.calibrate else {}
     scores = apply_temperature(logits, temperature_vector(temperatures, taxonomy.slices,

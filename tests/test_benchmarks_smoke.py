@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks import ingest_decode, train_loader
+from benchmarks import ingest_decode, tag_throughput, train_loader
 
 
 def test_train_loader_benchmark_runs(capsys):
@@ -59,3 +59,14 @@ def test_plain_path_matches_ours_in_size():
         buf.getvalue(), max_side=512)
     assert ours[1:] == plain[1:] == (512, 341)
     assert Image.open(io.BytesIO(plain[0])).mode == "RGB"
+
+
+def test_tag_throughput_benchmark_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAGGER_ONNX_CACHE", str(tmp_path / "onnx"))
+    r = tag_throughput.run("test_efficientnet", 48, 12, 4, 0, "auto", "auto", repeats=2)
+    assert r["images"] == 12 and r["repeats"] == 2
+    for key in ("baseline", "ours", "limit", "torch_path", "torch_limit"):
+        assert r[key] > 0 and len(r["rounds"][key]) == 2, key
+    assert r["speedup"] > 0 and r["of_limit"] > 0
+    agree = r["vs_torch_fp32"]  # ours is ONNX Runtime or torch fp32: the same scores up to rounding
+    assert agree["max_abs_diff"] < 1e-3 and agree["agree_at_0_5"] >= 0.99

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tagger import predict
-from tagger.data import ProductImages, ShardCache, create_transforms, order_by_shard
+from tagger.data import BatchNormalize, ProductImages, ShardCache, create_transforms, order_by_shard
 from tagger.ingest import ingest_catalog, read_products
 from tagger.storage import open_storage
 from tests.conftest import DEMO_TAXONOMY
@@ -20,25 +20,57 @@ def lake(catalog, tmp_path):
 
 def _dataset(lake, train=False):
     products = read_products(open_storage(lake)).to_pylist()
-    tf = create_transforms(40, [0.5] * 3, [0.25] * 3, train=train)
+    tf = create_transforms(40, train=train)
     return ProductImages(str(lake), [p["image_shard"] for p in products],
                          [p["image_hash"] for p in products], tf)
 
 
 def test_eval_transform_fits_the_whole_product_and_pads_white():
     image = np.zeros((20, 80, 3), dtype=np.uint8)  # a wide black product
-    tf = create_transforms(40, [0.5] * 3, [0.25] * 3, train=False)
+    tf = create_transforms(40, train=False)
     x = tf(image=image)["image"]
-    assert x.shape == (3, 40, 40) and x.dtype == torch.float32
-    # fitted to 40x10, padded with white: (1 - 0.5) / 0.25 = 2; black: (0 - 0.5) / 0.25 = -2
-    assert x[:, 0, 0].tolist() == pytest.approx([2.0] * 3, abs=0.02)
-    assert x[:, 20, 0].tolist() == pytest.approx([-2.0] * 3, abs=0.02)
-    assert x[:, 20, 39].tolist() == pytest.approx([-2.0] * 3, abs=0.02)
+    assert x.shape == (40, 40, 3) and x.dtype == np.uint8
+    # fitted to 40x10, padded with white above and below
+    assert x[0, 0].tolist() == [255] * 3 and x[39, 39].tolist() == [255] * 3
+    assert x[20, 0].tolist() == [0] * 3 and x[20, 39].tolist() == [0] * 3
+
+
+def test_batch_normalize_matches_per_image_normalisation():
+    """One batch op gives what albumentations' Normalize + ToTensorV2 gave per image."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    images = np.random.default_rng(0).integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
+    per_image = A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()])
+    want = torch.stack([per_image(image=im)["image"] for im in images])
+    for reuse in (False, True):
+        for channels_last in (False, True):
+            got = BatchNormalize(mean, std, reuse=reuse)(torch.from_numpy(images),
+                                                         channels_last=channels_last)
+            assert got.dtype == torch.float32 and got.shape == (5, 3, 12, 10)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            assert got.is_contiguous(memory_format=fmt)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_batch_normalize_reuses_its_buffer_and_takes_smaller_batches():
+    norm = BatchNormalize([0.5] * 3, [0.25] * 3, reuse=True)
+    full = torch.full((4, 2, 2, 3), 255, dtype=torch.uint8)
+    a = norm(full)
+    assert torch.all(a == 2.0)  # (1 - 0.5) / 0.25
+    b = norm(torch.zeros((3, 2, 2, 3), dtype=torch.uint8))  # the last, smaller batch
+    assert b.shape == (3, 3, 2, 2) and torch.all(b == -2.0)
+    assert b.data_ptr() == a.data_ptr()  # same memory: the caller is done with a batch first
+    with pytest.raises(TypeError, match="uint8"):
+        norm(torch.zeros((2, 3, 4, 4), dtype=torch.uint8))  # NCHW is not what the loader gives
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(norm(x), x)  # float batches are model input already
 
 
 def test_dataset_items(lake):
     x, i = _dataset(lake)[3]
-    assert x.shape == (3, 40, 40) and i == 3
+    assert x.shape == (40, 40, 3) and x.dtype == torch.uint8 and i == 3
 
 
 def test_worker_processes_load_the_same_batches(lake, monkeypatch):

@@ -59,7 +59,7 @@ import torch
 import tagger.train as T
 from tagger.config import TrainConfig
 make = T.create_transforms
-T.create_transforms = lambda size, mean, std, train: make(size, mean, std, train=False)
+T.create_transforms = lambda size, train: make(size, train=False)
 torch.nn.modules.batchnorm._BatchNorm.train = lambda self, mode=True: torch.nn.Module.train(self, False)
 version = T.train_model(sys.argv[1], TrainConfig.model_validate_json(sys.argv[2]))
 if version:

@@ -20,7 +20,7 @@ def test_precision_resolution():
 @pytest.mark.slow
 def test_bf16_scores_match_fp32_and_decisions_agree(trained_lake):
     """bf16 autocast (fast on CPUs with AMX and on GPUs) gives fp32's tags up to its rounding."""
-    from tagger.data import ProductImages, create_transforms
+    from tagger.data import BatchNormalize, ProductImages, create_transforms
     from tagger.ingest import read_products
 
     lake, version = trained_lake
@@ -28,10 +28,11 @@ def test_bf16_scores_match_fp32_and_decisions_agree(trained_lake):
     products = read_products(open_storage(lake)).to_pylist()
     d = card["data_config"]
     ds = ProductImages(str(lake), [p["image_shard"] for p in products], [p["image_hash"] for p in products],
-                       create_transforms(d["image_size"], d["mean"], d["std"], train=False))
+                       create_transforms(d["image_size"], train=False))
     cpu = torch.device("cpu")
-    fp32 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="fp32")
-    bf16 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="bf16")
+    norm = BatchNormalize.from_config(d, reuse=True)
+    fp32 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="fp32", normalize=norm)
+    bf16 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="bf16", normalize=norm)
     diff = np.abs(fp32 - bf16)
     assert diff.max() < 0.03  # bf16 keeps 8 bits of mantissa
     thresholds = np.array([v for vals in card["thresholds"].values() for v in vals.values()])
