@@ -184,3 +184,25 @@ def test_flaky_fetch_keeps_the_previous_row(catalog, tmp_path, monkeypatch):
                                      "unknown_label": 1}
     after = {p["product_id"]: p for p in read_products(open_storage(lake)).to_pylist()}
     assert after["P00007"] == before["P00007"] and result.removed == 0 and len(after) == 60
+
+
+def test_image_paths_resolve_like_realpath(tmp_path):
+    """ImageSource caches each folder's realpath; the answer is still os.path.realpath's, and
+    a catalog reached through a symlinked folder names images inside it."""
+    from tagger.ingest import ImageSource
+    from tagger.taxonomy import LabelError
+
+    real = tmp_path / "real"
+    (real / "images" / "sub").mkdir(parents=True)
+    (real / "images" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "outside.jpg").write_bytes(b"x")
+    os.symlink(real, tmp_path / "link")  # the catalog's folder, through a link
+    os.symlink(real / "images", real / "alias")  # a folder link inside the catalog
+    os.symlink(tmp_path / "outside.jpg", real / "images" / "out.jpg")  # a file link out of it
+    source = ImageSource(str(tmp_path / "link" / "catalog.csv"))
+    for ref in ["images/a.jpg", "alias/a.jpg", "images/sub/../a.jpg", "alias/sub/../a.jpg", "./images/a.jpg"]:
+        assert source.resolve(ref) == os.path.realpath(tmp_path / "link" / ref) == str(real / "images/a.jpg"), ref
+    for ref in ["images/out.jpg", "../outside.jpg", "images/../../outside.jpg", str(tmp_path / "outside.jpg")]:
+        with pytest.raises(LabelError) as e:
+            source.resolve(ref)
+        assert e.value.reason == "image_outside_root", ref
