@@ -206,3 +206,18 @@ def test_image_paths_resolve_like_realpath(tmp_path):
         with pytest.raises(LabelError) as e:
             source.resolve(ref)
         assert e.value.reason == "image_outside_root", ref
+
+
+def test_source_versions_keep_row_order(monkeypatch):
+    """Local stats go to the pool in batches, S3 HEADs one by one: answers stay in row order."""
+    from tagger import ingest
+
+    monkeypatch.setattr(ingest, "STAT_BATCH", 7)
+
+    class Source:
+        def version(self, uri):
+            return None if uri.endswith("missing") else f"v-{uri}"
+
+    uris = [f"s3://b/{i}" if i % 5 == 0 else f"/img/{i}" for i in range(60)] + ["/img/missing"]
+    got = ingest._source_versions(Source(), uris, workers=4)
+    assert got == [f"v-{u}" for u in uris[:-1]] + [None]
