@@ -58,15 +58,14 @@ def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, samp
 
 def model_input(x: torch.Tensor, normalize: BatchNormalize | None, device: torch.device, *,
                 channels_last: bool = False) -> torch.Tensor:
-    """A loader batch as float model input on `device` (see BatchNormalize)."""
-    if normalize is None:
-        if not x.is_floating_point():
-            raise TypeError(f"a {x.dtype} image batch needs normalize= (tagger.data.BatchNormalize)")
-        normalize = _AS_IS
-    return normalize(x, device, channels_last=channels_last)
-
-
-_AS_IS = BatchNormalize([0.0], [1.0])  # passes float batches through (to the device, in the format)
+    """A loader batch as float model input on `device` (see BatchNormalize); float batches
+    without `normalize` are taken as model input already."""
+    if normalize is not None:
+        return normalize(x, device, channels_last=channels_last)
+    if not x.is_floating_point():
+        raise TypeError(f"a {x.dtype} image batch needs normalize= (tagger.data.BatchNormalize)")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device, non_blocking=True).contiguous(memory_format=fmt)
 
 
 @torch.inference_mode()

@@ -275,11 +275,12 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     train_net = DistributedDataParallel(model) if world > 1 else model
     if config.compile:
         train_net = torch.compile(train_net)
+    normalize = BatchNormalize.from_config(dcfg)  # uint8 batches -> model input, on the device
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         loss = train_one_epoch(train_net, train_loader, optimizer, scheduler, scaler, pos_weight,
-                               device, epoch, config, ema, BatchNormalize.from_config(dcfg))
+                               device, epoch, config, ema, normalize)
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 5),
                         "seconds": round(time.perf_counter() - t0, 1)})
         if rank == 0:

@@ -63,3 +63,19 @@ def test_loader_workers_run_opencv_single_threaded():
     seen = torch.cat(list(loader))
     assert seen[:, 1].all(), "items were not loaded by a worker"
     assert (seen[:, 0] == 1).all()
+
+
+def test_model_input_normalises_uint8_and_passes_float_through():
+    from tagger.data import BatchNormalize
+    from tagger.predict import model_input
+
+    cpu = torch.device("cpu")
+    images = torch.full((2, 4, 4, 3), 255, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="normalize="):
+        model_input(images, None, cpu)  # raw pixels would reach the model
+    x = model_input(images, BatchNormalize([0.5] * 3, [0.25] * 3), cpu, channels_last=True)
+    assert x.shape == (2, 3, 4, 4) and torch.all(x == 2.0)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    f = torch.randn(2, 3, 4, 4)
+    y = model_input(f, None, cpu, channels_last=True)
+    assert torch.equal(y, f) and y.is_contiguous(memory_format=torch.channels_last)
