@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tagger.model import unwrap
+from tagger.predict import model_input, predict_scores
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,6 @@ def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc:
     scores (raw logits with `logits`), rows in dataset order (the loader must not shuffle).
     uint8 batches need `normalize` (a BatchNormalize; its buffer is reused batch to batch).
     Export or session problems raise before the first batch is scored."""
-    from tagger.predict import model_input
-
     n = len(loader.dataset)
     out: np.ndarray | None = None
     session = None
@@ -270,8 +269,6 @@ def predict_with_runtime(model: nn.Module, loader, device: torch.device, *, runt
     """Scores (or logits) with the runtime `runtime` resolves to: predict_scores_onnx or
     tagger.predict.predict_scores. Under auto, a model the exporter cannot handle is scored
     with torch (warning); a forced 'onnx' raises."""
-    from tagger.predict import predict_scores
-
     if resolve_runtime(runtime, device, precision or "auto") == "onnx":
         try:
             return predict_scores_onnx(model, loader, logits=logits, desc=desc, normalize=normalize)
