@@ -32,6 +32,10 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 PARQUET_OPTIONS = dict(compression="zstd", write_statistics=True)
+# Rows per row group of the tables write_table writes: a reader that streams a table (a tag
+# run reads products and state in batches) decodes one row group at a time, so this bounds
+# its memory whatever the catalog size; BI engines read such groups in parallel.
+ROW_GROUP_ROWS = 16_384
 
 
 class StorageError(RuntimeError):
@@ -304,7 +308,7 @@ def write_table(storage: Storage, path: str, table: pa.Table) -> None:
     """Write one Parquet file atomically and log its row count and URI."""
     with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         local = Path(tmp) / "part.parquet"
-        pq.write_table(table, local, **PARQUET_OPTIONS)
+        pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
         storage.upload(local, path)
     log.info("wrote %d rows to %s", table.num_rows, storage.url(path))
 

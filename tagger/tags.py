@@ -40,7 +40,7 @@ from tagger.predict import create_loader
 from tagger.runtime import predict_with_runtime
 from tagger.lock import locked
 from tagger.registry import load_model, read_card
-from tagger.storage import PARQUET_OPTIONS, Storage, open_storage, read_table_or_empty, write_table
+from tagger.storage import PARQUET_OPTIONS, ROW_GROUP_ROWS, Storage, open_storage, read_table_or_empty, write_table
 from tagger.taxonomy import applicable_mask, encode_labels, single_slices
 from tagger.thresholds import compute_decisions, review_flags
 
@@ -80,9 +80,11 @@ class TagResult:
         return asdict(self)
 
 
-# The products columns a tag run uses. Products stay an Arrow table (a few hundred bytes per
-# product, no Python objects); only a scoring chunk becomes rows (TagConfig.chunk_size).
+# The products columns a tag run uses. A run streams the products table (scan_products) and
+# keeps only the rows it tags as an Arrow table; only a scoring chunk becomes Python rows
+# (TagConfig.chunk_size).
 PRODUCT_COLUMNS = ["product_id", "category", "image_hash", "image_shard", "labels", "updated_at"]
+PRODUCT_SCHEMA = pa.schema([PRODUCTS.field(c) for c in PRODUCT_COLUMNS])
 
 
 def read_tag_products(storage: Storage) -> pa.Table:
@@ -90,7 +92,7 @@ def read_tag_products(storage: Storage) -> pa.Table:
     if not storage.exists(PRODUCTS_PATH):
         read_products(storage)  # raises the error that says how to ingest
     table = pq.read_table(io.BytesIO(storage.read_bytes(PRODUCTS_PATH)), columns=PRODUCT_COLUMNS)
-    return table.cast(pa.schema([PRODUCTS.field(c) for c in PRODUCT_COLUMNS]))
+    return table.cast(PRODUCT_SCHEMA)
 
 
 def select_products(products: pa.Table, state: pa.Table, model_version: str, full: bool) -> np.ndarray:
@@ -151,31 +153,122 @@ class TagPlan:
     products: int
 
 
-def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False,
-                 products: pa.Table | None = None) -> TagPlan:
+def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False) -> TagPlan:
     """The products that are new or changed since they were tagged (all with `full` or a
-    different model), for the given model version (default: the newest). `products`: the
-    products table (read_tag_products), when the caller has read it already."""
+    different model), for the given model version (default: the newest)."""
     storage = open_storage(lake)
     version = read_card(storage, model_version)["version"]
-    products = products if products is not None else read_tag_products(storage)
-    state = read_table_or_empty(storage, STATE_PATH, STATE)
-    todo = select_products(products, state, version, full)
-    log.info("plan: %d of %d products to tag with model %s", len(todo), products.num_rows, version)
-    return TagPlan(version, products["product_id"].take(todo).to_pylist(), products.num_rows)
+    scan = scan_products(storage, version, full=full)
+    return TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
+
+
+SCAN_BATCH_ROWS = 16_384  # products and state rows a tag run reads at once (row groups: ROW_GROUP_ROWS)
+
+
+class _Unsorted(Exception):
+    """A table that should be sorted by product id is not (not written by us)."""
+
+
+@dataclass
+class _Scan:
+    todo: pa.Table  # PRODUCT_COLUMNS of the products to tag, catalog order
+    ids: pa.Array  # every current product id, sorted
+    products: int
+
+
+def scan_products(storage: Storage, version: str, *, full: bool = False,
+                  wanted: list[str] | None = None) -> _Scan:
+    """One pass over the products table, and the state table in step with it (both sorted
+    by product id), keeping only the products to tag (select_products, or those in `wanted`)
+    and the product ids: what a run holds grows with the products it tags, not with the
+    catalog (issue 6). Tables not sorted by product id are read whole instead."""
+    if not storage.exists(PRODUCTS_PATH):
+        read_products(storage)  # raises the error that says how to ingest
+    wanted_ids = None if wanted is None else pa.array(wanted, pa.string())
+    try:
+        with _parquet(storage, PRODUCTS_PATH) as pf, _parquet(storage, STATE_PATH) as sf:
+            state = _Upto(_sorted_batches(sf, STATE))
+            parts, ids, n = [], [], 0
+            for batch in _sorted_batches(pf, PRODUCT_SCHEMA):
+                n += batch.num_rows
+                ids.append(batch["product_id"].combine_chunks())
+                if wanted_ids is not None:
+                    parts.append(batch.filter(pc.is_in(batch["product_id"], value_set=wanted_ids)))
+                else:
+                    seen = STATE.empty_table() if full else state.upto(batch["product_id"][-1].as_py())
+                    parts.append(batch.take(select_products(batch, seen, version, full)))
+            todo = pa.concat_tables(parts) if parts else PRODUCT_SCHEMA.empty_table()
+            all_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    except _Unsorted:
+        products = read_tag_products(storage)
+        if wanted_ids is not None:
+            todo = products.filter(pc.is_in(products["product_id"], value_set=wanted_ids))
+        else:
+            state = read_table_or_empty(storage, STATE_PATH, STATE)
+            todo = products.take(select_products(products, state, version, full))
+        all_ids, n = _sorted_unique(products["product_id"]), products.num_rows
+    log.info("plan: %d of %d products to tag with model %s", todo.num_rows, n, version)
+    return _Scan(todo, all_ids, n)
+
+
+@contextmanager
+def _parquet(storage: Storage, path: str) -> Iterator[pq.ParquetFile | None]:
+    """A lake table as an open Parquet file (None when it does not exist yet)."""
+    if not storage.exists(path):
+        yield None
+        return
+    with storage.local_copy(path) as local, pq.ParquetFile(local) as f:
+        yield f
+
+
+def _sorted_batches(f: pq.ParquetFile | None, schema: pa.Schema) -> Iterator[pa.Table]:
+    """`schema`'s columns of f in batches of SCAN_BATCH_ROWS rows; _Unsorted when the rows
+    are not in product id order."""
+    last = None
+    for batch in f.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=schema.names) if f is not None else ():
+        if not batch.num_rows:
+            continue
+        t = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+        ids = t["product_id"]
+        if (last is not None and ids[0].as_py() < last) or (
+                len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py()):
+            raise _Unsorted
+        last = ids[-1].as_py()
+        yield t
+
+
+class _Upto:
+    """Rows of sorted batches handed out in product id order: upto(pid) gives the rows not
+    handed out yet whose product id is <= pid."""
+
+    def __init__(self, batches: Iterator[pa.Table]):
+        self._batches, self._buf, self._more = batches, STATE.empty_table(), True
+
+    def upto(self, pid: str) -> pa.Table:
+        while self._more and (not self._buf.num_rows or self._buf["product_id"][-1].as_py() <= pid):
+            batch = next(self._batches, None)
+            if batch is None:
+                self._more = False
+            else:
+                self._buf = pa.concat_tables([self._buf, batch])
+        k = _bisect(self._buf["product_id"], pid)
+        out, self._buf = self._buf.slice(0, k), self._buf.slice(k)
+        return out
 
 
 def score_products(lake: str, model_version: str, product_ids: list[str],
                    config: TagConfig | None = None, products: pa.Table | None = None) -> dict[str, list]:
     """Tag rows (compute_tag_rows columns) for these products. Reads only: one shard of a
-    run, in any process or machine that can read the lake."""
+    run, in any process or machine that can read the lake. `products`: their rows
+    (PRODUCT_COLUMNS), when the caller has them."""
     config = config or TagConfig()
     storage = open_storage(lake)
     model, card = load_model(storage, model_version)
     taxonomy = Taxonomy.model_validate(card["taxonomy"])
     thresholds = _thresholds_vector(taxonomy, card)
     auto_thresholds, temperature = auto_threshold_vector(taxonomy, card), card_temperatures(taxonomy, card)
-    products = products if products is not None else read_tag_products(storage)
+    if products is None:
+        products = scan_products(storage, model_version, wanted=product_ids).todo
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
     device = resolve_device(config.device)
     dcfg = card["data_config"]
@@ -212,11 +305,11 @@ def tag_catalog(
     t0 = time.perf_counter()
     storage = open_storage(lake)
     version = read_card(storage, model_version)["version"]  # a missing model is the first error
-    products = read_tag_products(storage)  # read once, for all three steps
-    plan = plan_tagging(lake, model_version=version, full=full, products=products)
-    rows = score_products(lake, plan.model_version, plan.product_ids, config, products)
+    scan = scan_products(storage, version, full=full)  # read once, for all three steps
+    plan = TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
+    rows = score_products(lake, plan.model_version, plan.product_ids, config, scan.todo)
     return _write_tags(lake, plan, [rows], full=full, run_id=run_id, run_date=run_date,
-                       config=config, t0=t0, products=products)
+                       config=config, t0=t0, scan=scan)
 
 
 @locked("tags")
@@ -225,10 +318,10 @@ def write_tags(lake: str, plan: TagPlan, rows: list[dict[str, list]], *, full: b
                config: TagConfig | None = None) -> TagResult:
     """Commit the tag rows of a planned run (from one or many score_products shards)."""
     return _write_tags(lake, plan, rows, full=full, run_id=run_id, run_date=run_date,
-                       config=config, t0=time.perf_counter(), products=None)
+                       config=config, t0=time.perf_counter(), scan=None)
 
 
-def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, products) -> TagResult:
+def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, scan) -> TagResult:
     config = config or TagConfig()
     storage = open_storage(lake)
     now = datetime.now(timezone.utc)
@@ -236,15 +329,13 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, produ
     run_id = run_id or f"tag-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     version = plan.model_version
     result = TagResult(run_id, run_date.isoformat(), version, storage.uri)
-    products = products if products is not None else read_tag_products(storage)
-    state = read_table_or_empty(storage, STATE_PATH, STATE)
-    current_ids = products["product_id"]
-    tagged = products.filter(pc.is_in(current_ids, value_set=pa.array(plan.product_ids, pa.string())))
+    scan = scan if scan is not None else scan_products(storage, version, wanted=plan.product_ids)
+    current_ids, tagged = scan.ids, scan.todo
     tagged_ids = tagged["product_id"]
-    result.products, result.tagged = products.num_rows, tagged.num_rows
-    result.skipped = products.num_rows - tagged.num_rows
+    result.products, result.tagged = scan.products, tagged.num_rows
+    result.skipped = scan.products - tagged.num_rows
     log.info("tag %s with model %s: %d of %d products tagged", run_id, version, tagged.num_rows,
-             products.num_rows)
+             scan.products)
 
     meta = {"run_id": run_id, "model_version": version, "config": config.model_dump_json()}
     new = _as_table(chunks, version, run_id, now, meta)
@@ -267,7 +358,7 @@ def _write_tags(lake, plan, chunks, *, full, run_id, run_date, config, t0, produ
     result.changes = compute_tag_changes(merged.previous_affected, fresh)
 
     if tagged.num_rows or result.removed:
-        _write_state(storage, state, tagged, products, version, run_id)
+        _write_state(storage, tagged, current_ids, version, run_id)
     result.seconds = round(time.perf_counter() - t0, 3)
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)
@@ -281,16 +372,6 @@ class _Merged:
     removed: int = 0
     tags_per_attribute: dict[str, int] = field(default_factory=dict)
     previous_affected: pa.Table | None = None  # previous rows of re-tagged and removed products
-
-
-@contextmanager
-def _previous_latest(storage: Storage) -> Iterator[pq.ParquetFile | None]:
-    """The previous latest table as an open Parquet file (None before the first run)."""
-    if not storage.exists(LATEST_PATH):
-        yield None
-        return
-    with storage.local_copy(LATEST_PATH) as local, pq.ParquetFile(local) as f:
-        yield f
 
 
 def _batches(f: pq.ParquetFile | None) -> Iterator[pa.Table]:
@@ -335,23 +416,20 @@ def _merge_latest(storage: Storage, fresh: pa.Table, tagged_ids, current_ids, ou
     and those gone from the catalog, plus `fresh` (the run's rows, sorted by TAG_ORDER).
 
     Streams: the previous table is read LATEST_BATCH_ROWS rows at a time and merged in
-    product id order with the fresh rows (both sorted), so what is held is a batch, the
-    run's own rows and the previous table's product id column, not the whole table."""
-    with _previous_latest(storage) as previous:
+    product id order with the fresh rows (both sorted), so what is held is a batch and the
+    run's own rows, not the whole table. `current_ids`: every product id of the catalog,
+    sorted (scan_products' ids)."""
+    with _parquet(storage, LATEST_PATH) as previous:
         return _merge(previous, fresh, tagged_ids, current_ids, out, meta)
 
 
 def _merge(previous: pq.ParquetFile | None, fresh, tagged_ids, current_ids, out, meta) -> _Merged:
     merged = _Merged()
-    previous_ids = (previous.read(columns=["product_id"])["product_id"] if previous is not None
-                    else pa.chunked_array([], pa.string()))
-    gone_ids = _sorted_unique(previous_ids.filter(pc.invert(pc.is_in(previous_ids, value_set=current_ids))))
-    merged.removed = len(gone_ids)
+    current = current_ids.combine_chunks() if isinstance(current_ids, pa.ChunkedArray) else current_ids
     tagged_ids = tagged_ids if isinstance(tagged_ids, pa.ChunkedArray) else pa.chunked_array([tagged_ids])
-    drop_ids = _sorted_unique(pa.chunked_array([gone_ids, *tagged_ids.chunks], pa.string()))
-    del previous_ids
+    retagged = _sorted_unique(tagged_ids)
     ids = fresh["product_id"].combine_chunks()
-    done, dropped = 0, []
+    done, dropped, gone_ids = 0, [], []
     schema = TAG_LATEST.with_metadata({**TAG_LATEST.metadata, **meta})
     with pq.ParquetWriter(out, schema, **PARQUET_OPTIONS) as writer:
         def emit(part: pa.Table) -> None:
@@ -365,7 +443,9 @@ def _merge(previous: pq.ParquetFile | None, fresh, tagged_ids, current_ids, out,
 
         for batch in _batches(previous):
             merged.previous_rows += batch.num_rows
-            drop = _member(batch["product_id"], drop_ids)
+            gone = pc.invert(_member(batch["product_id"], current))  # products no longer in the catalog
+            gone_ids.append(pc.unique(batch["product_id"].filter(gone)))
+            drop = pc.or_(gone, _member(batch["product_id"], retagged))
             dropped.append(batch.filter(drop))
             kept = batch.filter(pc.invert(drop))
             # fresh rows up to this batch's last product (ids never overlap with kept rows)
@@ -375,6 +455,7 @@ def _merge(previous: pq.ParquetFile | None, fresh, tagged_ids, current_ids, out,
             done = upto
             emit(kept)
         emit(fresh.slice(done))
+    merged.removed = pc.count_distinct(pa.chunked_array(gone_ids, pa.string())).as_py()
     merged.previous_affected = pa.concat_tables(dropped) if dropped else TAG_LATEST.empty_table()
     return merged
 
@@ -428,19 +509,38 @@ def _write_history(storage: Storage, table: pa.Table, run_id: str, run_date: dat
     return storage.url(path)
 
 
-def _write_state(storage, state: pa.Table, tagged: pa.Table, products: pa.Table, model_version,
-                 run_id) -> None:
+def _write_state(storage, tagged: pa.Table, current_ids: pa.Array, model_version, run_id) -> None:
     """What each current product was last tagged from: the tagged products' rows replace
-    theirs, products gone from the catalog drop out (Arrow, sorted by product id)."""
-    ids = state["product_id"]
-    keep = pc.and_(pc.invert(pc.is_in(ids, value_set=tagged["product_id"])),
-                   pc.is_in(ids, value_set=products["product_id"]))
+    theirs, products gone from the catalog drop out. Streamed like the latest table: the
+    previous state is read in batches and merged in product id order with the new rows."""
     n = tagged.num_rows
     new = pa.table([tagged["product_id"], tagged["image_hash"], tagged["updated_at"],
                     pa.repeat(pa.scalar(model_version, pa.string()), n),
-                    pa.repeat(pa.scalar(run_id, pa.string()), n)], schema=STATE)
-    rows = pa.concat_tables([state.filter(keep), new]).sort_by("product_id")
-    write_table(storage, STATE_PATH, rows)
+                    pa.repeat(pa.scalar(run_id, pa.string()), n)], schema=STATE).sort_by("product_id")
+    new_ids = new["product_id"].combine_chunks()
+    drop = _sorted_unique(tagged["product_id"])
+    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp, _parquet(storage, STATE_PATH) as previous:
+        out = Path(tmp) / "state.parquet"
+        try:
+            with pq.ParquetWriter(out, STATE, **PARQUET_OPTIONS) as writer:
+                done = 0
+                for batch in _sorted_batches(previous, STATE):
+                    ids = batch["product_id"]
+                    kept = batch.filter(pc.and_(pc.invert(_member(ids, drop)), _member(ids, current_ids)))
+                    upto = _bisect(new_ids, ids[-1].as_py(), done)
+                    if upto > done:
+                        kept = pa.concat_tables([kept, new.slice(done, upto - done)]).sort_by("product_id")
+                        done = upto
+                    if kept.num_rows:
+                        writer.write_table(kept, row_group_size=ROW_GROUP_ROWS)
+                writer.write_table(new.slice(done), row_group_size=ROW_GROUP_ROWS)
+        except _Unsorted:  # a state table not written by us: whole-table update
+            state = read_table_or_empty(storage, STATE_PATH, STATE)
+            keep = pc.and_(pc.invert(pc.is_in(state["product_id"], value_set=drop)),
+                           pc.is_in(state["product_id"], value_set=current_ids))
+            pq.write_table(pa.concat_tables([state.filter(keep), new]).sort_by("product_id"), out,
+                           row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+        storage.upload(out, STATE_PATH)
 
 
 def read_latest(storage: Storage) -> pa.Table:

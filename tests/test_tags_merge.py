@@ -108,3 +108,55 @@ def test_arrow_selection_matches_the_row_rule():
     assert tags.select_products(products, state, "m1", full=False).tolist() == expected
     assert tags.select_products(products, state, "m1", full=True).tolist() == list(range(n))
     assert tags.select_products(products, tags.STATE.empty_table(), "m1", False).tolist() == list(range(n))
+
+
+def _catalog_tables(rng: np.random.Generator, n: int = 120):
+    """A products table (PRODUCT_SCHEMA, sorted) and a state table covering most of it, some
+    rows stale, plus state rows of products gone from the catalog."""
+    ids = [f"P{i:04d}" for i in range(n)]
+    ts = [datetime(2026, 1, 1 + int(rng.integers(3)), tzinfo=timezone.utc) for _ in range(n)]
+    products = pa.Table.from_pylist(
+        [dict(product_id=p, category=None, image_hash=f"h{p}", image_shard="s.parquet",
+              labels=[("colour", ["red"])], updated_at=t) for p, t in zip(ids, ts)],
+        schema=tags.PRODUCT_SCHEMA)
+    state_rows = [dict(product_id=p, image_hash=f"h{p}" if rng.random() < 0.9 else "old",
+                       product_updated_at=t, model_version="m1" if rng.random() < 0.9 else "m0",
+                       run_id="r")
+                  for p, t in zip(ids, ts) if rng.random() < 0.8]
+    state_rows += [dict(product_id=f"P{i:04d}x", image_hash="h", product_updated_at=NOW,
+                        model_version="m1", run_id="r") for i in (5, 60, n - 1)]  # gone products
+    state = pa.Table.from_pylist(sorted(state_rows, key=lambda r: r["product_id"]), schema=tags.STATE)
+    return products, state
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 1000])
+@pytest.mark.parametrize("shuffled_state", [False, True])
+def test_streamed_scan_and_state_equal_whole_tables(tmp_path, monkeypatch, batch_rows, shuffled_state):
+    """scan_products and _write_state read products and state in batches, in step; they give
+    what select_products and a whole-table state update give, whatever the batch size, and
+    fall back to whole tables for a state not sorted by product id."""
+    monkeypatch.setattr(tags, "SCAN_BATCH_ROWS", batch_rows)
+    rng = np.random.default_rng(batch_rows)
+    products, state = _catalog_tables(rng)
+    storage = open_storage(tmp_path / "lake")
+    write_table(storage, tags.PRODUCTS_PATH, products)
+    written = state.take(pa.array(rng.permutation(state.num_rows))) if shuffled_state else state
+    write_table(storage, tags.STATE_PATH, written)
+
+    scan = tags.scan_products(storage, "m1")
+    expected = products.take(tags.select_products(products, state, "m1", full=False))
+    assert 10 < expected.num_rows < products.num_rows
+    assert scan.todo.equals(expected) and scan.products == products.num_rows
+    assert scan.ids.to_pylist() == products["product_id"].to_pylist()
+    assert tags.scan_products(storage, "m1", full=True).todo.equals(products)
+    wanted = ["P0003", "P0050", "P0119", "nope"]
+    assert tags.scan_products(storage, "m1", wanted=wanted).todo["product_id"].to_pylist() == wanted[:3]
+
+    tags._write_state(storage, scan.todo, scan.ids, "m2", "night2")
+    got = read_table(storage, tags.STATE_PATH, tags.STATE)
+    todo = set(scan.todo["product_id"].to_pylist())
+    current = set(products["product_id"].to_pylist())
+    kept = [r for r in state.to_pylist() if r["product_id"] in current and r["product_id"] not in todo]
+    new = [dict(product_id=r["product_id"], image_hash=r["image_hash"], product_updated_at=r["updated_at"],
+                model_version="m2", run_id="night2") for r in scan.todo.to_pylist()]
+    assert got.to_pylist() == sorted(kept + new, key=lambda r: r["product_id"])
