@@ -23,11 +23,11 @@ def large_catalog(out: Path, n: int, side: int, *, seed: int = 0) -> tuple[Path,
     """(catalog CSV, taxonomy, image files) of n demo products photographed at side x side px.
 
     Drawing a product at 1500 px takes ~2 s, so it is drawn at <= 320 px by
-    `tagger.sample.generate_catalog`, enlarged (bicubic) and given per-pixel sensor noise
+    `tagger.demo.sample.generate_catalog`, enlarged (bicubic) and given per-pixel sensor noise
     (+-6 levels): a JPEG of a studio photo's size (~0.35 MB at 1500 px, quality 90) whose
     decoding costs what a real one costs. Every file differs (ingest stores identical
     bytes once)."""
-    from tagger.sample import generate_catalog
+    from tagger.demo.sample import generate_catalog
 
     catalog = generate_catalog(out, n_products=n, seed=seed, image_size=min(side, 320), bad_rows=False)
     rng = np.random.default_rng(seed)

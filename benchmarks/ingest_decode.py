@@ -3,7 +3,7 @@ open/convert/thumbnail/save, per image and through the whole ingest, from one ru
 
     .venv/bin/python -m benchmarks.ingest_decode --images 200 --sides 1500,1000 --real-images 2000
 
-- ours: `tagger.images.normalise_image` (what ingest runs per new image): header checks,
+- ours: `tagger.data.images.normalise_image` (what ingest runs per new image): header checks,
   `draft()` so libjpeg decodes at 1/2, 1/4 or 1/8 scale while the longest side stays
   >= 512, EXIF orientation, RGB, one LANCZOS resize to 512 (reducing_gap 3), JPEG q90;
 - plain: `Image.open(...).convert("RGB")`, `thumbnail((512, 512), LANCZOS)`, JPEG q90: what
@@ -43,8 +43,8 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.catalogs import has_real_catalog, large_catalog, real_catalog  # noqa: E402
 from tagger.config import IngestConfig  # noqa: E402
-from tagger.images import decode_image, normalise_image  # noqa: E402
-from tagger.ingest import ingest_catalog  # noqa: E402
+from tagger.data.images import decode_image, normalise_image  # noqa: E402
+from tagger.ingest.run import ingest_catalog  # noqa: E402
 
 MAX_SIDE = IngestConfig().image_max_side
 QUALITY = IngestConfig().jpeg_quality
@@ -81,7 +81,7 @@ def _ingest_rate(catalog: Path, taxonomy: str, lake: Path, workers: int, plain: 
     """(images per wall second, images per CPU second of this process) of one ingest."""
     config = IngestConfig(workers=workers)
     c0 = time.process_time()
-    with mock.patch("tagger.ingest.normalise_image", plain_normalise if plain else normalise_image):
+    with mock.patch("tagger.ingest.run.normalise_image", plain_normalise if plain else normalise_image):
         result = ingest_catalog(str(catalog), taxonomy, str(lake), config)
     cpu = time.process_time() - c0
     assert result.rejected == 0 and result.images_stored > 0, result.to_dict()

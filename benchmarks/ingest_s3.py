@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import IngestConfig  # noqa: E402
-from tagger.ingest import ingest_catalog  # noqa: E402
-from tagger.sample import generate_catalog  # noqa: E402
-from tagger.storage import open_storage  # noqa: E402
+from tagger.ingest.run import ingest_catalog  # noqa: E402
+from tagger.demo.sample import generate_catalog  # noqa: E402
+from tagger.io.storage import open_storage  # noqa: E402
 from tests.s3server import FaultProxy, S3Server  # noqa: E402
 
 

@@ -21,7 +21,7 @@ Per catalog size N, in one run of this script:
 Peak RSS is the high-water mark of the tag run alone: the child imports torch and loads
 the model first, then resets VmHWM (/proc/self/clear_refs) and reads it after the run
 (ru_maxrss where /proc is missing). `--chunk-size` (TagConfig.chunk_size) and
-`--latest-batch-rows` (tagger.tags.LATEST_BATCH_ROWS) are below the smallest catalog, so
+`--latest-batch-rows` (tagger.tag.run.LATEST_BATCH_ROWS) are below the smallest catalog, so
 every size is scored and merged in pieces and the bounded part is the same at both sizes;
 what grows with N is what a run holds per product. `--trace` adds one more child per size
 (a full run under tracemalloc, not timed) with the Python heap peak and its sites.
@@ -58,7 +58,7 @@ def make_catalog(out_dir: Path, n: int, *, pool: int, image_size: int, seed: int
     product carries the labels of its image (some hidden, as in the demo catalog)."""
     import numpy as np
 
-    from tagger.sample import UNKNOWN_RATE, _row, _sample_product, render_product
+    from tagger.demo.sample import UNKNOWN_RATE, _row, _sample_product, render_product
 
     rng = np.random.default_rng(seed)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def make_catalog(out_dir: Path, n: int, *, pool: int, image_size: int, seed: int
 
 
 def _write_rows(out_dir: Path, rows: list[dict]) -> Path:
-    from tagger.sample import _write
+    from tagger.demo.sample import _write
 
     path = out_dir / "catalog.csv"
     _write(rows, path, "csv")
@@ -99,7 +99,7 @@ def change_catalog(catalog: Path, fraction: float, *, image_size: int, seed: int
     colour label, the second half a new distinct image. Returns the changed product ids."""
     import numpy as np
 
-    from tagger.sample import COLOURS, _sample_product, render_product
+    from tagger.demo.sample import COLOURS, _sample_product, render_product
 
     rng = np.random.default_rng(seed)
     rows = _read_rows(catalog)
@@ -120,9 +120,9 @@ def change_catalog(catalog: Path, fraction: float, *, image_size: int, seed: int
 def register_random_model(lake: str, taxonomy_path: str, backbone: str, image_size: int) -> str:
     """A registered model version with random weights and thresholds of 0.5."""
     from catalog_schemas.taxonomy import load_taxonomy
-    from tagger.model import create_model, data_config
-    from tagger.registry import new_version, register_model
-    from tagger.storage import open_storage
+    from tagger.model.factory import create_model, data_config
+    from tagger.model.versions import new_version, register_model
+    from tagger.io.storage import open_storage
 
     taxonomy = load_taxonomy(taxonomy_path)
     model = create_model(backbone, taxonomy.num_outputs, pretrained=False)
@@ -162,7 +162,7 @@ def _export_once(model, card: dict, config) -> str:
     opens the cached export like every night after the model's first."""
     import torch
 
-    from tagger.runtime import ExportError, export_onnx, resolve_runtime
+    from tagger.model.runtime import ExportError, export_onnx, resolve_runtime
 
     runtime = resolve_runtime(config.runtime, torch.device("cpu"), config.precision)
     if runtime == "onnx":
@@ -179,15 +179,15 @@ def child(lake: str, mode: str, chunk_size: int, batch_size: int, latest_batch_r
     """One tag run (full or incremental) in this process; its seconds, counts and peak RSS."""
     import torch  # noqa: F401  (imported before the baseline is taken)
 
-    import tagger.tags
+    import tagger.tag.run
     from tagger.config import TagConfig
-    from tagger.registry import load_model
-    from tagger.storage import open_storage
-    from tagger.tags import tag_catalog
+    from tagger.model.versions import load_model
+    from tagger.io.storage import open_storage
+    from tagger.tag.run import tag_catalog
 
     config = TagConfig(chunk_size=chunk_size, batch_size=batch_size, workers=0, device="cpu",
                        runtime=runtime)
-    tagger.tags.LATEST_BATCH_ROWS = latest_batch_rows
+    tagger.tag.run.LATEST_BATCH_ROWS = latest_batch_rows
     model, card = load_model(open_storage(lake))  # code paths and allocator warm before the baseline
     used = _export_once(model, card, config)  # once per model version and machine: not a night's cost
     if gc_freeze:  # what is imported and loaded so far is never scanned by the cyclic GC again
@@ -219,10 +219,10 @@ def _traced_peak_sites(lake: str, mode: str, chunk_size: int, batch_size: int, l
 
     import torch  # noqa: F401
 
-    import tagger.tags as tags_module
+    import tagger.tag.run as tags_module
     from tagger.config import TagConfig
-    from tagger.registry import load_model
-    from tagger.storage import open_storage
+    from tagger.model.versions import load_model
+    from tagger.io.storage import open_storage
 
     tags_module.LATEST_BATCH_ROWS = latest_batch_rows
     load_model(open_storage(lake))
@@ -265,7 +265,7 @@ def _run_child(lake: str, mode: str, knobs: dict, trace: bool = False) -> dict:
 def run_size(tmp: Path, n: int, *, pool: int, image_size: int, knobs: dict, trace: bool = False) -> dict:
     from catalog_schemas.taxonomy import shipped_taxonomy
     from tagger.config import IngestConfig
-    from tagger.ingest import ingest_catalog
+    from tagger.ingest.run import ingest_catalog
 
     taxonomy = str(shipped_taxonomy("demo"))
     root = tmp / f"n{n}"
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunk-size", type=int, default=500, help="TagConfig.chunk_size")
     p.add_argument("--batch-size", type=int, default=64, help="TagConfig.batch_size")
     p.add_argument("--latest-batch-rows", type=int, default=2048,
-                   help="tagger.tags.LATEST_BATCH_ROWS: latest-table rows merged at once")
+                   help="tagger.tag.run.LATEST_BATCH_ROWS: latest-table rows merged at once")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="TagConfig.runtime")
     p.add_argument("--gc-freeze", action="store_true",
                    help="gc.freeze() in each tag process after imports and the model load")

@@ -40,12 +40,12 @@ import pandas as pd  # noqa: E402
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
-from tagger.evaluate import evaluate_model  # noqa: E402
-from tagger.ingest import ingest_catalog  # noqa: E402
-from tagger.registry import read_card  # noqa: E402
-from tagger.storage import open_storage  # noqa: E402
-from tagger.train import train_model  # noqa: E402
-from tagger.weights import convert_weights  # noqa: E402
+from tagger.quality.evaluate import evaluate_model  # noqa: E402
+from tagger.ingest.run import ingest_catalog  # noqa: E402
+from tagger.model.versions import read_card  # noqa: E402
+from tagger.io.storage import open_storage  # noqa: E402
+from tagger.train.run import train_model  # noqa: E402
+from tagger.model.weights import convert_weights  # noqa: E402
 
 SHARED = ROOT.parent / "shared/datasets/fashion-product-images-small"
 CACHE = Path.home() / ".cache/product-tagger"

@@ -53,12 +53,16 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
-from tagger.data import BatchNormalize, ProductImages, create_transforms  # noqa: E402
-from tagger.ingest import ingest_catalog, read_products  # noqa: E402
-from tagger.model import create_model, data_config, resolve_precision  # noqa: E402
-from tagger.predict import create_loader, predict_scores  # noqa: E402
-from tagger.runtime import RUNTIMES, onnx_session, predict_with_runtime, resolve_runtime  # noqa: E402
-from tagger.storage import open_storage  # noqa: E402
+from tagger.data.dataset import ProductImages
+from tagger.data.transforms import BatchNormalize, create_transforms  # noqa: E402
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products  # noqa: E402
+from tagger.model.device import resolve_precision
+from tagger.model.factory import create_model, data_config  # noqa: E402
+from tagger.data.loader import create_loader
+from tagger.model.predict import predict_scores  # noqa: E402
+from tagger.model.runtime import RUNTIMES, onnx_session, predict_with_runtime, resolve_runtime  # noqa: E402
+from tagger.io.storage import open_storage  # noqa: E402
 
 SHARED = ROOT.parent / "shared/datasets/fashion-product-images-small"
 
@@ -75,7 +79,7 @@ def _catalog(tmp: Path, n: int) -> tuple[Path, str, list[Path]]:
             (tmp / "images" / f"{pid}.jpg").write_bytes((SHARED / "images" / f"{pid}.jpg").read_bytes())
         return tmp / "styles.csv", str(shipped_taxonomy("fashion_product_images")), [
             tmp / "images" / f"{pid}.jpg" for pid in df["id"]]
-    from tagger.sample import generate_catalog
+    from tagger.demo.sample import generate_catalog
 
     path = generate_catalog(tmp, n_products=n, bad_rows=False, image_size=256)
     return path, str(shipped_taxonomy("demo")), sorted((tmp / "images").glob("*.jpg"))

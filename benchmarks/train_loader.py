@@ -3,7 +3,7 @@ image shards vs the original JPEG files opened with PIL, from one run.
 
     .venv/bin/python -m benchmarks.train_loader --images 256 --side 1500 --image-size 380
 
-- ours: `tagger.data.ProductImages` over the lake's image shards (JPEGs stored at <= 512 px
+- ours: `tagger.data.dataset.ProductImages` over the lake's image shards (JPEGs stored at <= 512 px
   by ingest) with `create_transforms(train=True)` (albumentations: fit + white pad, affine,
   flip, brightness/contrast; uint8), the default collate, and `BatchNormalize` over the
   uint8 batch (training does that on the GPU; here it is counted on the CPU, against us);
@@ -16,7 +16,7 @@ Both go through a `DataLoader` (batch 32, shuffled, labels as in training) with
 the process is one worker's throughput on a core of its own (robust to other jobs on the
 machine; images per wall second are printed too). torch and OpenCV are held to one thread
 each. `--workers N` adds a run with N worker processes (forkserver, as
-`tagger.predict.create_loader` starts them; wall clock only).
+`tagger.data.loader.create_loader` starts them; wall clock only).
 
 From the per-worker (CPU) rate: the loader workers needed to feed EfficientNet-B4 training
 at 380 px, ceil(target / rate), for timm's published ~240 img/s on an RTX 3090 (AMP,
@@ -54,10 +54,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from benchmarks.catalogs import has_real_catalog, large_catalog, real_catalog  # noqa: E402
-from tagger.data import BatchNormalize, ProductImages, create_transforms  # noqa: E402
-from tagger.images import load_rgb  # noqa: E402
-from tagger.ingest import ingest_catalog, read_products  # noqa: E402
-from tagger.storage import open_storage  # noqa: E402
+from tagger.data.dataset import ProductImages
+from tagger.data.transforms import BatchNormalize, create_transforms  # noqa: E402
+from tagger.data.images import load_rgb  # noqa: E402
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products  # noqa: E402
+from tagger.io.storage import open_storage  # noqa: E402
 
 TARGETS = {"rtx3090": 240, "h100_assumed": 1000}  # EfficientNet-B4 @ 380 training img/s
 OUTPUTS = 64  # label columns (any number: collate cost only)

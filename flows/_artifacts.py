@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tagger.report import render_card_markdown
+from tagger.quality.report import render_card_markdown
 
 
 def _f(x) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tagger.storage import StorageError
+from tagger.io.storage import StorageError
 
 DEFAULT_LAKE = os.environ.get("TAGGER_LAKE", "lake")
 

@@ -11,8 +11,8 @@ from prefect import flow
 from flows.ingest import ingest
 from flows.tag import tag
 from flows.train import train
-from tagger.demo import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
-from tagger.sample import generate_catalog
+from tagger.demo.run import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
+from tagger.demo.sample import generate_catalog
 
 
 @flow(name="demo")

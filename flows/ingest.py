@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from flows._common import DEFAULT_LAKE, retry_on_transient
 from tagger.config import IngestConfig
-from tagger.ingest import ingest_catalog
+from tagger.ingest.run import ingest_catalog
 
 
 @task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_on_transient)

@@ -8,8 +8,8 @@ from prefect.runtime import flow_run
 from flows._artifacts import publish_tagging
 from flows._common import DEFAULT_LAKE, retry_on_transient
 from tagger.config import TagConfig
-from tagger.rejects import read_reject_counts
-from tagger.tags import tag_catalog
+from tagger.ingest.rejects import read_reject_counts
+from tagger.tag.run import tag_catalog
 
 
 @task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_on_transient)

@@ -20,7 +20,7 @@ from flows._artifacts import publish_tagging
 from flows._common import DEFAULT_LAKE, retry_on_transient
 from flows.tag import rejects_task
 from tagger.config import TagConfig
-from tagger.tags import TagPlan, plan_tagging, score_products, write_tags
+from tagger.tag.run import TagPlan, plan_tagging, score_products, write_tags
 
 _RETRY = dict(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_on_transient)
 

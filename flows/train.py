@@ -7,9 +7,9 @@ from prefect import flow, get_run_logger, task
 from flows._artifacts import publish_model
 from flows._common import DEFAULT_LAKE
 from tagger.config import TrainConfig
-from tagger.launch import run_training
-from tagger.registry import read_card
-from tagger.storage import open_storage
+from tagger.train.launch import run_training
+from tagger.model.versions import read_card
+from tagger.io.storage import open_storage
 
 
 @task  # no retries: a failed training run is a bug or bad data, not bad luck

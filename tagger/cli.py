@@ -11,7 +11,7 @@ import sys
 import threading
 from datetime import date
 
-from tagger.backbones import BACKBONES
+from tagger.model.backbones import BACKBONES
 
 log = logging.getLogger("tagger")
 
@@ -22,7 +22,7 @@ def _print_json(obj) -> None:
 
 def cmd_ingest(args) -> int:
     from tagger.config import IngestConfig, load_config
-    from tagger.ingest import ingest_catalog
+    from tagger.ingest.run import ingest_catalog
 
     config = load_config(IngestConfig, args.config, image_max_side=args.image_max_side,
                          workers=args.workers)
@@ -33,7 +33,7 @@ def cmd_ingest(args) -> int:
 
 def cmd_train(args) -> int:
     from tagger.config import TrainConfig, load_config
-    from tagger.train import train_model
+    from tagger.train.run import train_model
 
     config = load_config(
         TrainConfig, args.config, backbone=args.backbone, image_size=args.image_size,
@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
 
 def cmd_tag(args) -> int:
     from tagger.config import TagConfig, load_config
-    from tagger.tags import tag_catalog
+    from tagger.tag.run import tag_catalog
 
     # Everything imported so far (torch, timm, onnx, pyarrow: millions of objects) lives as
     # long as the process; freezing it keeps the cyclic GC from walking it again in every
@@ -69,7 +69,7 @@ def cmd_tag(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from tagger.config import TagConfig, load_config
-    from tagger.evaluate import evaluate_model
+    from tagger.quality.evaluate import evaluate_model
 
     config = load_config(TagConfig, None, batch_size=args.batch_size, workers=args.workers,
                          device=args.device, runtime=args.runtime)
@@ -79,18 +79,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_convert_weights(args) -> int:
-    from tagger.weights import convert_weights
+    from tagger.model.weights import convert_weights
 
     sys.stdout.write(str(convert_weights(args.source, args.backbone, args.out)) + "\n")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from tagger.demo import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
-    from tagger.ingest import ingest_catalog
-    from tagger.sample import generate_catalog
-    from tagger.tags import tag_catalog
-    from tagger.train import train_model
+    from tagger.demo.run import DEMO_PRODUCTS, DEMO_TAXONOMY, DEMO_TRAIN, demo_paths, summarise
+    from tagger.ingest.run import ingest_catalog
+    from tagger.demo.sample import generate_catalog
+    from tagger.tag.run import tag_catalog
+    from tagger.train.run import train_model
 
     lake, catalog_dir = demo_paths(args.lake)
     products = args.products or DEMO_PRODUCTS

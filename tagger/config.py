@@ -12,8 +12,9 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tagger.backbones import BACKBONES, DEFAULT_BACKBONE
+from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE
 
 BackboneName = Literal[tuple(BACKBONES)]  # a dropdown in the Prefect UI
 
@@ -158,3 +159,36 @@ def load_config(cls: type[_Config], path: str | Path | None = None, **overrides)
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return cls.model_validate(data)
+
+
+class Settings(BaseSettings):
+    """Settings of the machine a run is on, not of the run: read from `TAGGER_*` environment
+    variables (e.g. TAGGER_LOCK_WAIT_S=600), so a work pool or a shell sets them once for every
+    command and flow. What a run computes is in the config models above, never here."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGGER_", frozen=True, extra="ignore")
+
+    lake: str = Field(
+        "lake", description="Default lake root of the flows (a folder or s3://bucket/prefix) "
+        "when a flow run is given none.")
+    lock_wait_s: float = Field(
+        0.0, ge=0, description="Seconds a run waits for another run's lake lock before it "
+        "refuses (0: refuse at once, so a stuck nightly run is noticed, not queued behind).")
+    s3_max_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts per S3 request (botocore adaptive retries: "
+        "throttling, 5xx, dropped connections); 8 rides out a minute of throttling.")
+    onnx_cache: str | None = Field(
+        None, description="Folder of ONNX exports (default $XDG_CACHE_HOME or "
+        "~/.cache/product-tagger/onnx): local to the machine, never the lake.")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler of the tag-sharded flow (tcp://host:8786); unset: a "
+        "local cluster of dask_workers processes.")
+    dask_workers: int = Field(
+        2, ge=1, le=256, description="Processes of the local Dask cluster that the "
+        "tag-sharded flow starts when dask_address is unset.")
+
+
+def load_settings() -> Settings:
+    """The TAGGER_* settings as the environment has them now (read on every call: tests and
+    long-lived workers may change the environment)."""
+    return Settings()

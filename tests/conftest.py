@@ -38,7 +38,7 @@ TINY_TRAIN = TrainConfig(
 @pytest.fixture(scope="session")
 def catalog_dir(tmp_path_factory) -> Path:
     """A generated demo catalog of 60 good products + 3 bad rows (CSV)."""
-    from tagger.sample import generate_catalog
+    from tagger.demo.sample import generate_catalog
 
     root = tmp_path_factory.mktemp("catalog")
     generate_catalog(root, n_products=60, seed=1, image_size=64)
@@ -56,8 +56,8 @@ def catalog(catalog_dir, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def trained_lake_template(catalog_dir, tmp_path_factory) -> tuple[Path, str]:
     """A lake with the catalog ingested and a tiny model trained once per session."""
-    from tagger.ingest import ingest_catalog
-    from tagger.train import train_model
+    from tagger.ingest.run import ingest_catalog
+    from tagger.train.run import train_model
 
     lake = tmp_path_factory.mktemp("trained") / "lake"
     ingest_catalog(str(catalog_dir / "catalog.csv"), DEMO_TAXONOMY, str(lake))

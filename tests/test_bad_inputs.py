@@ -23,9 +23,10 @@ from PIL import Image
 
 from catalog_schemas.tables import IMAGES, REJECTS
 from tagger.config import IngestConfig
-from tagger.ingest import REJECTS_PATH, CatalogError, ingest_catalog, read_products
-from tagger.sample import generate_catalog
-from tagger.storage import open_storage, read_table, read_tables
+from tagger.ingest.run import CatalogError, ingest_catalog
+from tagger.lake import REJECTS_PATH, read_products
+from tagger.demo.sample import generate_catalog
+from tagger.io.storage import open_storage, read_table, read_tables
 from tests.conftest import DEMO_TAXONOMY
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -188,7 +189,7 @@ def _upload_folder(folder: Path, bucket_uri: str, prefix: str) -> None:
 @pytest.fixture(params=["local", "s3"])
 def where(request, tmp_path, monkeypatch):
     """(catalog URI, lake URI, expected rejects) with catalog, images and lake local or on S3."""
-    monkeypatch.setattr("tagger.ingest.MAX_IMAGE_BYTES", TEST_MAX_IMAGE_BYTES)
+    monkeypatch.setattr("tagger.ingest.run.MAX_IMAGE_BYTES", TEST_MAX_IMAGE_BYTES)
     local = request.param == "local"
     catalog = build_corpus(tmp_path / "export", symlink=local)
     expected = EXPECTED_REJECTS | (LOCAL_ONLY_REJECTS if local else {})

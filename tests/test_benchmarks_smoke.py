@@ -51,7 +51,7 @@ def test_plain_path_matches_ours_in_size():
 
     from PIL import Image
 
-    from tagger.images import normalise_image
+    from tagger.data.images import normalise_image
 
     buf = io.BytesIO()
     Image.new("RGB", (1200, 800), (200, 30, 30)).save(buf, "JPEG")

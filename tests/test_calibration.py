@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tagger.calibration import (
+from tagger.quality.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperatures,

@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from tagger.config import IngestConfig
-from tagger.ingest import ingest_catalog
-from tagger.lock import lake_lock
-from tagger.sample import generate_catalog
-from tagger.storage import open_storage
-from tagger.tags import tag_catalog
+from tagger.ingest.run import ingest_catalog
+from tagger.io.lock import lake_lock
+from tagger.demo.sample import generate_catalog
+from tagger.io.storage import open_storage
+from tagger.tag.run import tag_catalog
 from tests.conftest import DEMO_TAXONOMY, TINY_TRAIN
 
 pytestmark = pytest.mark.slow

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from tagger import predict
-from tagger.data import BatchNormalize, ProductImages, ShardCache, create_transforms, order_by_shard
-from tagger.ingest import ingest_catalog, read_products
-from tagger.storage import open_storage
+from tagger.data import loader
+from tagger.data.dataset import ProductImages, ShardCache, order_by_shard
+from tagger.data.transforms import BatchNormalize, create_transforms
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products
+from tagger.io.storage import open_storage
 from tests.conftest import DEMO_TAXONOMY
 
 
@@ -75,15 +77,15 @@ def test_dataset_items(lake):
 
 def test_worker_processes_load_the_same_batches(lake, monkeypatch):
     """Workers (from a forkserver) see the lake through its URI and return identical data."""
-    monkeypatch.setattr(predict, "MIN_BATCHES_FOR_WORKERS", 0)
+    monkeypatch.setattr(loader, "MIN_BATCHES_FOR_WORKERS", 0)
     ds = _dataset(lake)
-    plain = torch.cat([x for x, _ in predict.create_loader(ds, 16, 0)])
-    workers = torch.cat([x for x, _ in predict.create_loader(ds, 16, 2)])
+    plain = torch.cat([x for x, _ in loader.create_loader(ds, 16, 0)])
+    workers = torch.cat([x for x, _ in loader.create_loader(ds, 16, 2)])
     assert torch.equal(plain, workers)
 
 
 def test_small_jobs_skip_worker_start_up(lake):
-    assert predict.create_loader(_dataset(lake), 16, 2).num_workers == 0
+    assert loader.create_loader(_dataset(lake), 16, 2).num_workers == 0
 
 
 def test_shard_cache_evicts_oldest_shards(lake):

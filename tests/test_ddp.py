@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from tagger.config import TrainConfig
-from tagger.launch import run_training
-from tagger.registry import list_versions, read_card
-from tagger.storage import open_storage
+from tagger.train.launch import run_training
+from tagger.model.versions import list_versions, read_card
+from tagger.io.storage import open_storage
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_launcher_starts_torchrun_for_two_gpus(trained_lake, monkeypatch):
 _TRAIN_LIKE_FOR_LIKE = """
 import sys
 import torch
-import tagger.train as T
+import tagger.train.run as T
 from tagger.config import TrainConfig
 make = T.create_transforms
 T.create_transforms = lambda size, train: make(size, train=False)
@@ -88,7 +88,7 @@ def _weights(lake, version) -> np.ndarray:
 
 def _initial_weights(version_card) -> np.ndarray:
     """The weights train_model starts from: torch.manual_seed(seed), then create_model."""
-    from tagger.model import create_model
+    from tagger.model.factory import create_model
 
     torch.manual_seed(CONFIG.seed)
     outputs = sum(len(a["values"]) for a in version_card["taxonomy"]["attributes"])

@@ -14,8 +14,8 @@ import time
 import duckdb
 import pytest
 
-from tagger.registry import list_versions
-from tagger.storage import open_storage
+from tagger.model.versions import list_versions
+from tagger.io.storage import open_storage
 from tests.conftest import DEMO_TAXONOMY
 from tests.prefect_server import (  # shared with test_ui.py
     POOL, ROOT, prefect_server,
@@ -38,7 +38,7 @@ def server(tmp_path_factory):
 
 
 def test_first_day_deploy_retrain_and_nightly(server, catalog, tmp_path):
-    from tagger.ingest import ingest_catalog
+    from tagger.ingest.run import ingest_catalog
 
     env = dict(server)
     lake = str(tmp_path / "lake")

@@ -80,5 +80,5 @@ def test_image_install_step_builds_from_the_copied_files_only(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [wheel] = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"flows/train.py", "flows/nightly.py", "tagger/launch.py",
+    assert {"flows/train.py", "flows/nightly.py", "tagger/train/launch.py",
             "catalog_schemas/taxonomies/demo.yaml"} <= names

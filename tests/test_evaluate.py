@@ -5,8 +5,8 @@ import pytest
 
 from catalog_schemas.taxonomy import load_taxonomy
 from tagger.cli import main
-from tagger.evaluate import compute_evaluation, evaluate_model
-from tagger.sample import generate_catalog
+from tagger.quality.evaluate import compute_evaluation, evaluate_model
+from tagger.demo.sample import generate_catalog
 from tests.conftest import DEMO_TAXONOMY
 
 TAX = load_taxonomy("""

@@ -106,8 +106,8 @@ def test_sharded_tagging_gives_the_same_tags_as_one_process(prefect_api, trained
 
     from flows.tag import tag
     from flows.tag_sharded import tag_sharded
-    from tagger.storage import open_storage
-    from tagger.tags import read_latest
+    from tagger.io.storage import open_storage
+    from tagger.lake import read_latest
 
     lake, version = trained_lake
     other = tmp_path / "other"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from tagger.images import (
+from tagger.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     decode_image,

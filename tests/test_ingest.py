@@ -9,11 +9,10 @@ from PIL import Image
 
 from catalog_schemas.tables import PRODUCTS, REJECTS
 from tagger.config import IngestConfig
-from tagger.ingest import (
-    PRODUCTS_PATH, REJECTS_PATH, CatalogError, ingest_catalog, read_lake_taxonomy, read_products,
-)
-from tagger.sample import generate_catalog
-from tagger.storage import open_storage, read_table, read_tables
+from tagger.ingest.run import CatalogError, ingest_catalog
+from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, read_lake_taxonomy, read_products
+from tagger.demo.sample import generate_catalog
+from tagger.io.storage import open_storage, read_table, read_tables
 from tests.conftest import DEMO_TAXONOMY
 
 
@@ -165,7 +164,7 @@ def test_mass_rejection_keeps_the_products_table(catalog, tmp_path):
 
 
 def test_flaky_fetch_keeps_the_previous_row(catalog, tmp_path, monkeypatch):
-    from tagger import ingest as ingest_mod
+    from tagger.ingest import run as ingest_mod
 
     lake = tmp_path / "lake"
     ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
@@ -189,8 +188,8 @@ def test_flaky_fetch_keeps_the_previous_row(catalog, tmp_path, monkeypatch):
 def test_image_paths_resolve_like_realpath(tmp_path):
     """ImageSource caches each folder's realpath; the answer is still os.path.realpath's, and
     a catalog reached through a symlinked folder names images inside it."""
-    from tagger.ingest import ImageSource
-    from tagger.taxonomy import LabelError
+    from tagger.ingest.run import ImageSource
+    from tagger.labels import LabelError
 
     real = tmp_path / "real"
     (real / "images" / "sub").mkdir(parents=True)
@@ -210,7 +209,7 @@ def test_image_paths_resolve_like_realpath(tmp_path):
 
 def test_source_versions_keep_row_order(monkeypatch):
     """Local stats go to the pool in batches, S3 HEADs one by one: answers stay in row order."""
-    from tagger import ingest
+    from tagger.ingest import run as ingest
 
     monkeypatch.setattr(ingest, "STAT_BATCH", 7)
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from tagger.config import TrainConfig
-from tagger.launch import build_torchrun_command, plan_processes
+from tagger.train.launch import build_torchrun_command, plan_processes
 
 
 @pytest.mark.parametrize("device,gpus,expected", [

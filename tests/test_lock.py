@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from tagger.ingest import PRODUCTS_PATH, ingest_catalog, read_products
-from tagger.lock import LakeBusy, lake_lock
-from tagger.storage import open_storage
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import PRODUCTS_PATH, read_products
+from tagger.io.lock import LakeBusy, lake_lock
+from tagger.io.storage import open_storage
 from tests.conftest import DEMO_TAXONOMY
 
 
@@ -32,8 +33,8 @@ def _holder(lake: str, name: str, ttl: float = 600) -> subprocess.Popen:
     """A process that takes the lock, says 'held', and sleeps until killed."""
     code = textwrap.dedent(f"""
         import time
-        from tagger.lock import lake_lock
-        from tagger.storage import open_storage
+        from tagger.io.lock import lake_lock
+        from tagger.io.storage import open_storage
         with lake_lock(open_storage({lake!r}), {name!r}, owner="nightly-A", ttl={ttl}):
             print("held", flush=True)
             time.sleep(600)
@@ -125,7 +126,7 @@ def test_two_concurrent_ingests_end_like_one(catalog, tmp_path):
 
 def test_tag_takes_the_tags_lock(trained_lake):
     lake, version = trained_lake
-    from tagger.tags import tag_catalog
+    from tagger.tag.run import tag_catalog
 
     with lake_lock(open_storage(lake), "tags", owner="tag-nightly"):
         with pytest.raises(LakeBusy, match="'tag-nightly'.*'tags' lock"):

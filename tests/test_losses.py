@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tagger.losses import compute_pos_weight, masked_bce_with_logits
+from tagger.train.losses import compute_pos_weight, masked_bce_with_logits
 
 # 4 rows x 2 outputs. Output 0: all known, 1 positive / 3 negatives -> 3.0.
 # Output 1: row 3 is masked, so 2 positives / 1 negative -> 0.5 (1/3 if the
@@ -102,7 +102,7 @@ def _random_batch(seed=0):
 
 @pytest.mark.parametrize("kind,kwargs", [("focal", dict(gamma=0.0)), ("asl", dict(gamma_neg=0.0, clip=0.0))])
 def test_focal_and_asl_reduce_to_bce(kind, kwargs):
-    from tagger.losses import masked_multilabel_loss
+    from tagger.train.losses import masked_multilabel_loss
 
     logits, targets, mask = _random_batch()
     pw = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.0])
@@ -112,7 +112,7 @@ def test_focal_and_asl_reduce_to_bce(kind, kwargs):
 
 
 def test_focal_and_asl_discount_easy_entries():
-    from tagger.losses import masked_multilabel_loss
+    from tagger.train.losses import masked_multilabel_loss
 
     easy_neg = torch.tensor([[-4.0]])
     hard_neg = torch.tensor([[2.0]])
@@ -129,7 +129,7 @@ def test_focal_and_asl_discount_easy_entries():
 
 @pytest.mark.parametrize("kind", ["focal", "asl"])
 def test_new_losses_ignore_unknown_entries_and_stay_finite(kind):
-    from tagger.losses import masked_multilabel_loss
+    from tagger.train.losses import masked_multilabel_loss
 
     logits, targets, mask = _random_batch(1)
     logits = (logits * 30).requires_grad_()  # saturated sigmoids

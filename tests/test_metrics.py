@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from tagger.metrics import compute_metrics
+from tagger.quality.metrics import compute_metrics
 
 # color is single (cols 0-2), style is multi (cols 3-4).
 OUTPUTS = [("color", "red"), ("color", "blue"), ("color", "green"),
@@ -112,7 +112,7 @@ def test_single_slice_must_match_outputs():
 
 
 def test_top1_accuracy_always_answers_while_accuracy_counts_abstentions():
-    from tagger.metrics import compute_single_accuracy
+    from tagger.quality.metrics import compute_single_accuracy
 
     positive = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
     known = np.ones_like(positive)
@@ -123,7 +123,7 @@ def test_top1_accuracy_always_answers_while_accuracy_counts_abstentions():
 
 
 def test_review_metrics_split_decisions_and_their_precision():
-    from tagger.metrics import compute_review_metrics
+    from tagger.quality.metrics import compute_review_metrics
 
     positive = np.array([[1, 0], [0, 1], [1, 1]], dtype=bool)
     known = np.array([[1, 1], [1, 1], [1, 0]], dtype=bool)

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from tagger.config import TagConfig
-from tagger.model import resolve_precision
-from tagger.predict import create_loader, predict_scores
-from tagger.registry import load_model
-from tagger.storage import open_storage
+from tagger.model.device import resolve_precision
+from tagger.data.loader import create_loader
+from tagger.model.predict import predict_scores
+from tagger.model.versions import load_model
+from tagger.io.storage import open_storage
 
 
 def test_precision_resolution():
@@ -20,8 +21,9 @@ def test_precision_resolution():
 @pytest.mark.slow
 def test_bf16_scores_match_fp32_and_decisions_agree(trained_lake):
     """bf16 autocast (fast on CPUs with AMX and on GPUs) gives fp32's tags up to its rounding."""
-    from tagger.data import BatchNormalize, ProductImages, create_transforms
-    from tagger.ingest import read_products
+    from tagger.data.dataset import ProductImages
+    from tagger.data.transforms import BatchNormalize, create_transforms
+    from tagger.lake import read_products
 
     lake, version = trained_lake
     model, card = load_model(open_storage(lake), version)
@@ -57,7 +59,7 @@ class _CvThreads(torch.utils.data.Dataset):
 
 
 def test_loader_workers_run_opencv_single_threaded():
-    from tagger.predict import create_loader
+    from tagger.data.loader import create_loader
 
     loader = create_loader(_CvThreads(), batch_size=1, workers=1)
     seen = torch.cat(list(loader))
@@ -66,8 +68,8 @@ def test_loader_workers_run_opencv_single_threaded():
 
 
 def test_model_input_normalises_uint8_and_passes_float_through():
-    from tagger.data import BatchNormalize
-    from tagger.predict import model_input
+    from tagger.data.transforms import BatchNormalize
+    from tagger.data.transforms import model_input
 
     cpu = torch.device("cpu")
     images = torch.full((2, 4, 4, 3), 255, dtype=torch.uint8)

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from catalog_schemas.taxonomy import load_taxonomy, shipped_taxonomy
-from tagger.ingest import ingest_catalog, read_products
-from tagger.storage import open_storage
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products
+from tagger.io.storage import open_storage
 from tests.conftest import SHARED_CATALOG
 
 pytestmark = pytest.mark.skipif(

@@ -6,7 +6,7 @@ import pytest
 def storage_error(status: int, code: str):
     from botocore.exceptions import ClientError
 
-    from tagger.storage import StorageError
+    from tagger.io.storage import StorageError
 
     cause = ClientError({"Error": {"Code": code, "Message": code},
                          "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
@@ -28,9 +28,9 @@ def test_s3_errors_are_retried_only_when_transient(status, code, transient):
 
 def test_other_errors_transient_or_not():
     from flows._common import is_transient
-    from tagger.lock import LakeBusy
-    from tagger.registry import ModelNotFound
-    from tagger.storage import StorageError
+    from tagger.io.lock import LakeBusy
+    from tagger.model.versions import ModelNotFound
+    from tagger.io.storage import StorageError
 
     assert not is_transient(StorageError("S3 URI 's3://' has no bucket"))  # no request made
     assert not is_transient(ModelNotFound("no model")) and not is_transient(ValueError())

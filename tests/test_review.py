@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tagger.config import TrainConfig
-from tagger.ingest import ingest_catalog
-from tagger.registry import read_card
-from tagger.storage import open_storage
-from tagger.tags import read_latest, tag_catalog
-from tagger.train import choose_thresholds, create_ema, train_model
+from tagger.ingest.run import ingest_catalog
+from tagger.model.versions import read_card
+from tagger.io.storage import open_storage
+from tagger.lake import read_latest
+from tagger.tag.run import tag_catalog
+from tagger.train.run import choose_thresholds, create_ema, train_model
 from tests.conftest import DEMO_TAXONOMY, TINY_TRAIN
 
 

@@ -10,11 +10,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tagger import runtime
-from tagger.model import create_model
-from tagger.predict import predict_scores
-from tagger.runtime import (ExportError, RuntimeUnavailable, export_onnx, onnx_session,
-                            predict_scores_onnx, predict_with_runtime, resolve_runtime)
+from tagger.model import runtime
+from tagger.model.factory import create_model
+from tagger.model.predict import predict_scores
+from tagger.model.runtime import (
+    ExportError,
+    RuntimeUnavailable,
+    export_onnx,
+    onnx_session,
+    predict_scores_onnx,
+    predict_with_runtime,
+    resolve_runtime,
+)
 
 # The stated tolerance: ONNX Runtime and torch fp32 compute the same graph with different
 # kernels (fused conv + activation, other summation orders), so scores differ by float32
@@ -83,12 +90,12 @@ def test_onnx_scores_match_torch_fp32_and_decisions_agree(model):
 
 def test_auto_picks_onnx_on_any_cpu_unless_bf16_is_asked_for(monkeypatch):
     assert resolve_runtime("auto", CPU) == "onnx"  # this machine
-    monkeypatch.setattr("tagger.model.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("tagger.model.device.cpu_has_native_bf16", lambda: False)
     assert resolve_runtime("auto", CPU) == "onnx"
     assert resolve_runtime("auto", CPU, "fp32") == "onnx"
     assert resolve_runtime("auto", CPU, "bf16") == "torch"  # asked for bf16: torch does it
     assert resolve_runtime("auto", torch.device("cuda")) == "torch"
-    monkeypatch.setattr("tagger.model.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("tagger.model.device.cpu_has_native_bf16", lambda: True)
     assert resolve_runtime("auto", CPU) == "onnx"  # AVX512-BF16 too: ORT fp32 was faster, exact
     assert resolve_runtime("auto", CPU, "fp32") == "onnx"
     assert resolve_runtime("auto", CPU, "bf16") == "torch"
@@ -174,7 +181,7 @@ def test_tag_config_runtime_field():
 def test_tag_rows_with_onnx_runtime_match_torch(trained_lake, monkeypatch):
     """score_products through TagConfig.runtime: the same tag rows, scores within SCORE_TOL."""
     from tagger.config import TagConfig
-    from tagger.tags import plan_tagging, score_products
+    from tagger.tag.run import plan_tagging, score_products
 
     lake, version = trained_lake
     ids = plan_tagging(str(lake), model_version=version, full=True).product_ids
@@ -194,11 +201,11 @@ def test_tag_rows_with_onnx_runtime_match_torch(trained_lake, monkeypatch):
 def test_cli_runtime_flag(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import tagger.tags
+    import tagger.tag.run
     from tagger.cli import main
 
     seen = []
-    monkeypatch.setattr(tagger.tags, "tag_catalog",
+    monkeypatch.setattr(tagger.tag.run, "tag_catalog",
                         lambda lake, **kw: seen.append(kw["config"]) or SimpleNamespace(to_dict=dict))
     assert main(["tag", "--lake", str(tmp_path), "--runtime", "torch"]) == 0
     assert main(["tag", "--lake", str(tmp_path)]) == 0

@@ -12,11 +12,14 @@ import boto3
 import pandas as pd
 import pytest
 
-from tagger.ingest import ingest_catalog, read_products
-from tagger.model import create_model, save_weights
-from tagger.storage import open_storage
-from tagger.tags import LATEST_PATH, tag_catalog
-from tagger.train import train_model
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products
+from tagger.model.factory import create_model
+from tagger.model.weights import save_weights
+from tagger.io.storage import open_storage
+from tagger.lake import LATEST_PATH
+from tagger.tag.run import tag_catalog
+from tagger.train.run import train_model
 from tests.conftest import DEMO_TAXONOMY, TINY_TRAIN
 
 

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 
 from tagger.config import IngestConfig
-from tagger.ingest import PRODUCTS_PATH, CatalogError, ingest_catalog, read_products
-from tagger.storage import StorageError, open_storage
-from tagger.tags import LATEST_PATH, read_latest, tag_catalog
+from tagger.ingest.run import CatalogError, ingest_catalog
+from tagger.lake import PRODUCTS_PATH, read_products
+from tagger.io.storage import StorageError, open_storage
+from tagger.lake import LATEST_PATH, read_latest
+from tagger.tag.run import tag_catalog
 from tests.conftest import DEMO_TAXONOMY
 from tests.s3server import FaultProxy
 

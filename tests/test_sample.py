@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tagger.sample import COLUMNS, Product, generate_catalog, render_product
+from tagger.demo.sample import COLUMNS, Product, generate_catalog, render_product
 
 TAXONOMY = Path(__file__).resolve().parents[1] / "catalog_schemas" / "taxonomies" / "demo.yaml"
 BAD_IDS = ["BAD-MISSING", "BAD-HTML", "BAD-LABEL"]

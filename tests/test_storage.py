@@ -1,9 +1,15 @@
 import pyarrow as pa
 import pytest
 
-from tagger.storage import (
-    LocalStorage, StorageError, open_file, open_storage, read_table, read_table_or_empty,
-    read_tables, write_table,
+from tagger.io.storage import (
+    LocalStorage,
+    StorageError,
+    open_file,
+    open_storage,
+    read_table,
+    read_table_or_empty,
+    read_tables,
+    write_table,
 )
 
 SCHEMA = pa.schema([("id", pa.string()), ("n", pa.int64())])

@@ -3,8 +3,8 @@
 import pyarrow as pa
 
 from catalog_schemas.tables import TAG_LATEST
-from tagger.rejects import read_reject_counts
-from tagger.tags import compute_tag_changes
+from tagger.ingest.rejects import read_reject_counts
+from tagger.tag.run import compute_tag_changes
 
 
 def _tags(rows):
@@ -39,7 +39,7 @@ def test_tag_changes_on_real_schema():
 
 def test_reject_counts(catalog, tmp_path):
     from tests.conftest import DEMO_TAXONOMY
-    from tagger.ingest import ingest_catalog
+    from tagger.ingest.run import ingest_catalog
 
     lake = str(tmp_path / "lake")
     assert read_reject_counts(lake)["total"] == 0  # no ingest yet: nothing rejected

@@ -5,10 +5,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tagger.ingest import ingest_catalog, read_products
-from tagger.registry import ModelNotFound, read_card
-from tagger.storage import open_storage
-from tagger.tags import tag_catalog
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products
+from tagger.model.versions import ModelNotFound, read_card
+from tagger.io.storage import open_storage
+from tagger.tag.run import tag_catalog
 from tests.conftest import DEMO_TAXONOMY
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import tagger.tags as tags
+import tagger.tag.run as tags
 from catalog_schemas.tables import TAG_LATEST
-from tagger.storage import open_storage, read_table, write_table
+from tagger.io.storage import open_storage, read_table, write_table
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 ATTRS = [("colour", ["red", "blue"]), ("pattern", ["solid", "dotted"]), ("features", ["logo", "zip"])]

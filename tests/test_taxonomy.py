@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from catalog_schemas.taxonomy import TaxonomyError, load_taxonomy, shipped_taxonomy
-from tagger.taxonomy import (
-    LabelError, applicable_mask, decode_decisions, encode_labels, parse_labels, single_slices,
+from tagger.labels import (
+    LabelError,
+    applicable_mask,
+    decode_decisions,
+    encode_labels,
+    parse_labels,
+    single_slices,
 )
 
 SHIPPED = sorted(p.stem for p in (Path(shipped_taxonomy("demo")).parent).glob("*.yaml"))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tagger.thresholds import compute_decisions, tune_thresholds
+from tagger.quality.thresholds import compute_decisions, tune_thresholds
 
 # Six known rows plus a masked seventh (score .25, garbage target 1).
 # F1 of "score >= t" on the known rows (3 positives):
@@ -81,7 +81,7 @@ def test_single_slice_equal_scores_take_first_value():
 
 
 def test_precision_threshold_is_the_lowest_cut_meeting_the_target():
-    from tagger.thresholds import precision_thresholds
+    from tagger.quality.thresholds import precision_thresholds
 
     # Scores from high to low: 6 positives, then a negative, 2 positives, 3 negatives.
     s = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4], dtype=np.float32)
@@ -104,7 +104,7 @@ def test_precision_threshold_is_the_lowest_cut_meeting_the_target():
 
 
 def test_review_flags_mark_decisions_below_auto_publish():
-    from tagger.thresholds import review_flags
+    from tagger.quality.thresholds import review_flags
 
     scores = np.array([[0.9, 0.6], [0.5, 0.99]])
     decisions = np.array([[True, True], [False, True]])

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from catalog_schemas.taxonomy import Taxonomy
-from tagger import train as train_mod
-from tagger.registry import list_versions, load_model, read_card
-from tagger.storage import open_storage
-from tagger.train import create_scheduler, split_train_val, train_model
+from tagger.train import run as train_mod
+from tagger.model.versions import list_versions, load_model, read_card
+from tagger.io.storage import open_storage
+from tagger.train.run import create_scheduler, split_train_val, train_model
 from tests.conftest import TINY_TRAIN
 
 
@@ -93,7 +93,7 @@ def test_resume_continues_from_the_last_epoch(trained_lake, monkeypatch, caplog)
         train_model(str(lake), cfg)
     assert len(open_storage(lake).list("checkpoints")) == 1
     monkeypatch.undo()
-    caplog.set_level("INFO", logger="tagger.train")
+    caplog.set_level("INFO", logger="tagger.train.run")
     version = train_model(str(lake), cfg.model_copy(update=dict(epochs=2, resume=True)))
     assert "resumed from epoch 1" in caplog.text
     history = read_card(open_storage(lake), version)["history"]

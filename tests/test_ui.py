@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tagger.backbones import BACKBONES, DEFAULT_BACKBONE
-from tagger.registry import list_versions, read_card
-from tagger.storage import open_storage
+from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE
+from tagger.model.versions import list_versions, read_card
+from tagger.io.storage import open_storage
 from tests.conftest import DEMO_TAXONOMY
 from tests.prefect_server import (
     ROOT, api_client, artifacts, deploy_all, deployment, prefect_server, run_worker_until_done, stop,
@@ -116,7 +116,7 @@ def _box(form, title: str):
 
 
 def test_custom_run_from_the_ui_trains_a_model(catalog, tmp_path, browser_page):
-    from tagger.ingest import ingest_catalog
+    from tagger.ingest.run import ingest_catalog
 
     shutil.rmtree(SHOTS, ignore_errors=True)
     SHOTS.mkdir(parents=True)

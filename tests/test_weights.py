@@ -3,8 +3,9 @@ import timm
 import torch
 
 from tagger.cli import main
-from tagger.model import WeightsError, create_model
-from tagger.weights import compute_mapped_state_dict
+from tagger.model.factory import create_model
+from tagger.model.weights import WeightsError
+from tagger.model.weights import compute_mapped_state_dict
 
 
 def _foreign(sd: dict) -> dict:

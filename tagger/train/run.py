@@ -29,24 +29,28 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from catalog_schemas.taxonomy import Taxonomy
-from tagger.backbones import get_backbone
+from tagger.model.backbones import get_backbone
 from tagger.config import TrainConfig
-from tagger.data import BatchNormalize, ProductImages, create_transforms
-from tagger.ingest import read_lake_taxonomy, read_products
-from tagger.losses import compute_pos_weight, masked_multilabel_loss
-from tagger.evaluate import calibration_metrics, compute_evaluation, write_evaluation_report
-from tagger.model import autocast, create_model, data_config, resolve_device, unwrap
-from tagger.predict import create_loader, model_input, predict_scores
-from tagger.registry import new_version, register_model
-from tagger.report import card_summary
-from tagger.storage import Storage, open_storage
-from tagger.calibration import apply_temperature, fit_temperatures, temperature_vector
-from tagger.taxonomy import encode_labels
-from tagger.thresholds import precision_thresholds, tune_thresholds
+from tagger.data.dataset import ProductImages
+from tagger.data.transforms import BatchNormalize, create_transforms
+from tagger.lake import read_lake_taxonomy, read_products
+from tagger.train.losses import compute_pos_weight, masked_multilabel_loss
+from tagger.quality.evaluate import calibration_metrics, compute_evaluation, write_evaluation_report
+from tagger.model.device import autocast, resolve_device, unwrap
+from tagger.model.factory import create_model, data_config
+from tagger.data.loader import create_loader
+from tagger.data.transforms import model_input
+from tagger.model.predict import predict_scores
+from tagger.model.versions import new_version, register_model
+from tagger.quality.report import card_summary
+from tagger.io.storage import Storage, open_storage
+from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
+from tagger.labels import encode_labels
+from tagger.quality.thresholds import precision_thresholds, tune_thresholds
+from tagger.lake import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass

@@ -43,8 +43,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tagger.model import unwrap
-from tagger.predict import model_input, predict_scores
+from tagger.model.device import unwrap
+from tagger.data.transforms import model_input
+from tagger.model.predict import predict_scores
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tagger.config import TrainConfig
-from tagger.train import train_model
+from tagger.train.run import train_model
 
 log = logging.getLogger(__name__)
 

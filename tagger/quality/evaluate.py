@@ -15,20 +15,26 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
-from tagger import plots
+from tagger.quality import plots
 from tagger.config import TagConfig
-from tagger.data import BatchNormalize, ProductImages, create_transforms
-from tagger.ingest import ingest_catalog, read_products
-from tagger.calibration import apply_temperature, expected_calibration_error, temperature_vector
-from tagger.metrics import compute_metrics, compute_review_metrics
-from tagger.model import resolve_device
-from tagger.predict import create_loader
-from tagger.registry import load_model
-from tagger.report import render_metrics_markdown
-from tagger.runtime import predict_with_runtime
-from tagger.storage import Storage, open_storage
-from tagger.taxonomy import encode_labels, single_slices
-from tagger.thresholds import compute_decisions, review_flags
+from tagger.data.dataset import ProductImages
+from tagger.data.transforms import BatchNormalize, create_transforms
+from tagger.ingest.run import ingest_catalog
+from tagger.lake import read_products
+from tagger.quality.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    temperature_vector,
+)
+from tagger.quality.metrics import compute_metrics, compute_review_metrics
+from tagger.model.device import resolve_device
+from tagger.data.loader import create_loader
+from tagger.model.versions import load_model
+from tagger.quality.report import render_metrics_markdown
+from tagger.model.runtime import predict_with_runtime
+from tagger.io.storage import Storage, open_storage
+from tagger.labels import encode_labels, single_slices
+from tagger.quality.thresholds import compute_decisions, review_flags
 
 log = logging.getLogger(__name__)
 

@@ -1,36 +1,23 @@
-"""A torch Dataset over the lake's image shards, the albumentations transforms, and the
-batch normalisation that turns its uint8 batches into model input.
-
-Each DataLoader worker opens the lake itself (only the URI is pickled) and keeps the
-shards it reads in a bounded cache, so the images are decoded from memory, not re-read.
+"""The albumentations transforms (uint8 items) and the batch normalisation that turns uint8
+batches into model input on the device.
 
 Items stay uint8 [H, W, C] up to the model: per-image float normalisation (albumentations'
 Normalize) and stacking float [C, H, W] views cost ~3 ms per 224 px image on the CPU, more
 than decoding and resizing; one (x - mean) / std over the whole batch, on the device, costs
-~0.1 ms per image on the CPU (issue 6), and uint8 batches are a quarter of the bytes between
-loader workers and the main process, and over PCIe to a GPU.
+~0.1 ms per image on the CPU, and uint8 batches are a quarter of the bytes between loader
+workers and the main process, and over PCIe to a GPU.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import albumentations as A
 import cv2
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from tagger.images import load_rgb
-from tagger.ingest import IMAGES_PREFIX
-from tagger.storage import Storage, open_storage, read_table
-
-log = logging.getLogger(__name__)
 
 WHITE = (255, 255, 255)
-
 
 def create_transforms(image_size: int, *, train: bool):
     """Square uint8 [image_size, image_size, 3] array with the whole product in the picture
@@ -51,7 +38,6 @@ def create_transforms(image_size: int, *, train: bool):
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
     ] if train else []
     return A.Compose([*fit, *augment])
-
 
 class BatchNormalize:
     """uint8 [N, H, W, C] batches from the loader -> float32 [N, C, H, W] model input,
@@ -107,71 +93,13 @@ class BatchNormalize:
         return self._constants[device]
 
 
-class ShardCache:
-    """Image bytes by hash from Parquet shards, keeping the most recent shards in memory."""
-
-    def __init__(self, lake: str, max_bytes: int = 2 << 30):
-        self.lake, self.max_bytes = lake, max_bytes
-        self._storage: Storage | None = None
-        self._shards: OrderedDict[str, dict[str, bytes]] = OrderedDict()
-        self._sizes: dict[str, int] = {}
-
-    def __getstate__(self):  # workers get the URI, not open clients or cached shards
-        return {"lake": self.lake, "max_bytes": self.max_bytes}
-
-    def __setstate__(self, state):
-        self.__init__(**state)
-
-    def get(self, shard: str, image_hash: str) -> bytes:
-        images = self._shards.get(shard)
-        if images is None:
-            images = self._load(shard)
-        else:
-            self._shards.move_to_end(shard)
-        return images[image_hash]
-
-    def _load(self, shard: str) -> dict[str, bytes]:
-        if self._storage is None:
-            self._storage = open_storage(self.lake)
-        table = read_table(self._storage, f"{IMAGES_PREFIX}/{shard}")
-        images = dict(zip(table["image_hash"].to_pylist(), table["data"].to_pylist()))
-        self._shards[shard] = images
-        self._sizes[shard] = sum(len(b) for b in images.values())
-        while len(self._shards) > 1 and sum(self._sizes.values()) > self.max_bytes:
-            old, _ = self._shards.popitem(last=False)
-            del self._sizes[old]
-        return images
-
-
-class ProductImages(Dataset):
-    """(image tensor, targets, mask) per product; (image, index) when there are no labels."""
-
-    def __init__(
-        self,
-        lake: str,
-        shards: Sequence[str],
-        hashes: Sequence[str],
-        transform,
-        targets: np.ndarray | None = None,
-        mask: np.ndarray | None = None,
-    ):
-        self.shards, self.hashes = list(shards), list(hashes)
-        self.transform, self.targets, self.mask = transform, targets, mask
-        self.cache = ShardCache(lake)
-
-    def __len__(self) -> int:
-        return len(self.hashes)
-
-    def __getitem__(self, i: int):
-        image = load_rgb(self.cache.get(self.shards[i], self.hashes[i]))
-        x = self.transform(image=image)["image"]
-        if isinstance(x, np.ndarray):  # create_transforms: uint8 HWC, normalised per batch
-            x = torch.from_numpy(np.ascontiguousarray(x))
-        if self.targets is None:
-            return x, i
-        return x, torch.from_numpy(self.targets[i]), torch.from_numpy(self.mask[i])
-
-
-def order_by_shard(shards: Sequence[str]) -> np.ndarray:
-    """Indices that visit products shard by shard (sequential reads for inference)."""
-    return np.argsort(np.asarray(shards, dtype=object), kind="stable")
+def model_input(x: torch.Tensor, normalize: BatchNormalize | None, device: torch.device, *,
+                channels_last: bool = False) -> torch.Tensor:
+    """A loader batch as float model input on `device` (see BatchNormalize); float batches
+    without `normalize` are taken as model input already."""
+    if normalize is not None:
+        return normalize(x, device, channels_last=channels_last)
+    if not x.is_floating_point():
+        raise TypeError(f"a {x.dtype} image batch needs normalize= (tagger.data.BatchNormalize)")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device, non_blocking=True).contiguous(memory_format=fmt)

@@ -17,15 +17,14 @@ from pathlib import Path
 from torch import nn
 
 from catalog_schemas.taxonomy import Taxonomy
-from tagger.lock import lake_lock
-from tagger.model import create_model, load_weights, save_weights
-from tagger.storage import Storage
+from tagger.io.lock import lake_lock
+from tagger.model.factory import create_model
+from tagger.model.weights import load_weights, save_weights
+from tagger.io.storage import Storage
+from tagger.lake import CARD, MODELS, WEIGHTS
 
 log = logging.getLogger(__name__)
 
-MODELS = "models"
-CARD = "card.json"
-WEIGHTS = "model.safetensors"
 REQUIRED_CARD_KEYS = ("version", "backbone", "image_size", "taxonomy", "thresholds", "data_config")
 
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from tagger.storage import LocalStorage, S3Storage, Storage, open_storage
+from tagger.io.storage import LocalStorage, S3Storage, Storage, open_storage
 
 log = logging.getLogger(__name__)
 

@@ -31,24 +31,30 @@ import pyarrow.parquet as pq
 from catalog_schemas.tables import PRODUCTS, TAG_HISTORY, TAG_LATEST
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig
-from tagger.data import BatchNormalize, ProductImages, create_transforms, order_by_shard
-from tagger.ingest import PRODUCTS_PATH, read_products
-from tagger.calibration import apply_temperature
-from tagger.evaluate import auto_threshold_vector, card_temperatures
-from tagger.model import resolve_device
-from tagger.predict import create_loader
-from tagger.runtime import predict_with_runtime
-from tagger.lock import locked
-from tagger.registry import load_model, read_card
-from tagger.storage import PARQUET_OPTIONS, ROW_GROUP_ROWS, Storage, open_storage, read_table_or_empty, write_table
-from tagger.taxonomy import applicable_mask, encode_labels, single_slices
-from tagger.thresholds import compute_decisions, review_flags
+from tagger.data.dataset import ProductImages, order_by_shard
+from tagger.data.transforms import BatchNormalize, create_transforms
+from tagger.lake import PRODUCTS_PATH, read_products
+from tagger.quality.calibration import apply_temperature
+from tagger.quality.evaluate import auto_threshold_vector, card_temperatures
+from tagger.model.device import resolve_device
+from tagger.data.loader import create_loader
+from tagger.model.runtime import predict_with_runtime
+from tagger.io.lock import locked
+from tagger.model.versions import load_model, read_card
+from tagger.io.storage import (
+    PARQUET_OPTIONS,
+    ROW_GROUP_ROWS,
+    Storage,
+    open_storage,
+    read_table_or_empty,
+    write_table,
+)
+from tagger.labels import applicable_mask, encode_labels, single_slices
+from tagger.quality.thresholds import compute_decisions, review_flags
+from tagger.lake import HISTORY_PREFIX, LATEST_PATH, STATE_PATH
 
 log = logging.getLogger(__name__)
 
-HISTORY_PREFIX = "tags/history"
-LATEST_PATH = "tags/latest/tags.parquet"
-STATE_PATH = "tags/state/tagged.parquet"
 TAG_ORDER = [("product_id", "ascending"), ("attribute", "ascending"), ("value", "ascending")]
 LATEST_BATCH_ROWS = 16_384  # rows of the latest table held at once while merging; its row groups
 STATE = pa.schema([
@@ -541,9 +547,3 @@ def _write_state(storage, tagged: pa.Table, current_ids: pa.Array, model_version
             pq.write_table(pa.concat_tables([state.filter(keep), new]).sort_by("product_id"), out,
                            row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
         storage.upload(out, STATE_PATH)
-
-
-def read_latest(storage: Storage) -> pa.Table:
-    # Tables written before needs_review existed: every tag was published.
-    return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST, defaults={"needs_review": False})
-

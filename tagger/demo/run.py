@@ -10,9 +10,9 @@ from pathlib import Path
 
 from catalog_schemas.taxonomy import shipped_taxonomy
 from tagger.config import TrainConfig
-from tagger.registry import read_card
-from tagger.storage import open_storage
-from tagger.tags import LATEST_PATH
+from tagger.model.versions import read_card
+from tagger.io.storage import open_storage
+from tagger.lake import LATEST_PATH
 
 DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
 

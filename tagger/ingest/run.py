@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
-from tagger.images import ImageError, normalise_image
-from tagger.lock import lake_lock
-from tagger.storage import (
+from tagger.data.images import ImageError, normalise_image
+from tagger.io.lock import lake_lock
+from tagger.io.storage import (
     Storage,
     create_s3_client,
     is_s3,
@@ -42,14 +42,11 @@ from tagger.storage import (
     split_s3,
     write_table,
 )
-from tagger.taxonomy import LabelError, parse_labels
+from tagger.labels import LabelError, parse_labels
+from tagger.lake import IMAGES_PREFIX, PRODUCTS_PATH, REJECTS_PATH, TAXONOMY_PATH
 
 log = logging.getLogger(__name__)
 
-PRODUCTS_PATH = "catalog/products/products.parquet"
-REJECTS_PATH = "catalog/rejects/rejects.parquet"
-TAXONOMY_PATH = "catalog/taxonomy.json"
-IMAGES_PREFIX = "catalog/images"
 MAX_IMAGE_BYTES = 64 * 2**20  # a product photo is a few MB; anything bigger is refused unread
 
 
@@ -519,18 +516,3 @@ def _write_taxonomy(storage: Storage, taxonomy: Taxonomy) -> None:
     data = taxonomy.model_dump_json(indent=2).encode()
     if not storage.exists(TAXONOMY_PATH) or storage.read_bytes(TAXONOMY_PATH) != data:
         storage.write_bytes(TAXONOMY_PATH, data)
-
-
-def read_products(storage: Storage) -> pa.Table:
-    if not storage.exists(PRODUCTS_PATH):
-        raise FileNotFoundError(
-            f"No products in {storage.url(PRODUCTS_PATH)}. Ingest a catalog first: "
-            f"tagger ingest CATALOG --taxonomy FILE --lake {storage.uri}"
-        )
-    from tagger.storage import read_table
-
-    return read_table(storage, PRODUCTS_PATH, PRODUCTS)
-
-
-def read_lake_taxonomy(storage: Storage) -> Taxonomy:
-    return Taxonomy.model_validate_json(storage.read_bytes(TAXONOMY_PATH))

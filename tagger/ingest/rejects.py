@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from catalog_schemas.tables import REJECTS
-from tagger.ingest import REJECTS_PATH
-from tagger.storage import open_storage, read_table_or_empty
+from tagger.lake import REJECTS_PATH
+from tagger.io.storage import open_storage, read_table_or_empty
 
 
 def read_reject_counts(lake: str) -> dict:

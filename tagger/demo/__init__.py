@@ -1,0 +1,1 @@
+"""The demo: a generated sample catalog, ingested, trained on and tagged."""

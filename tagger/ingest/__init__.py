@@ -1,0 +1,1 @@
+"""Catalog export -> products, image shards, rejects (tagger.ingest.run.ingest_catalog)."""

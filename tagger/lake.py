@@ -1,0 +1,80 @@
+"""Where everything lives under a lake root, and the readers of its tables.
+
+One root URI (a local folder or `s3://bucket/prefix`, see tagger.io.storage) holds:
+
+| path                                     | what                                  | written by  |
+|------------------------------------------|---------------------------------------|-------------|
+| catalog/products/products.parquet        | one row per product (PRODUCTS)        | ingest      |
+| catalog/images/shard-*.parquet           | normalised images by hash (IMAGES)    | ingest      |
+| catalog/rejects/rejects.parquet          | rows that could not be ingested       | ingest      |
+| catalog/taxonomy.json                    | the taxonomy of the last ingest       | ingest      |
+| models/<version>/card.json, model.safetensors, report.md | model versions        | train       |
+| checkpoints/<key>/last.ckpt              | the last epoch of a running training  | train       |
+| evaluations/<name>/                      | an evaluation export's own ingest     | evaluate    |
+| tags/history/run_date=YYYY-MM-DD/<run>.parquet | every tag of every run          | tag         |
+| tags/latest/tags.parquet                 | one current row per product and tag   | tag         |
+| tags/state/tagged.parquet                | what each product was tagged from     | tag         |
+| .locks/                                  | one writer per table group            | tagger.io.lock |
+
+The table schemas are declared in catalog_schemas.tables; the layout never changes in
+place, so a lake written by an earlier version opens with this one (tests/test_old_lake.py).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from catalog_schemas.tables import PRODUCTS, TAG_LATEST
+from catalog_schemas.taxonomy import Taxonomy
+from tagger.io.storage import Storage, read_table, read_table_or_empty
+
+PRODUCTS_PATH = "catalog/products/products.parquet"
+REJECTS_PATH = "catalog/rejects/rejects.parquet"
+TAXONOMY_PATH = "catalog/taxonomy.json"
+IMAGES_PREFIX = "catalog/images"
+MODELS = "models"
+CARD = "card.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+EVALUATIONS = "evaluations"
+HISTORY_PREFIX = "tags/history"
+LATEST_PATH = "tags/latest/tags.parquet"
+STATE_PATH = "tags/state/tagged.parquet"
+
+
+def image_shard_path(shard: str) -> str:
+    return f"{IMAGES_PREFIX}/{shard}"
+
+
+def model_path(version: str, name: str = "") -> str:
+    """models/<version>[/name]."""
+    return f"{MODELS}/{version}/{name}" if name else f"{MODELS}/{version}"
+
+
+def checkpoint_path(key: str) -> str:
+    return f"{CHECKPOINTS}/{key}/last.ckpt"
+
+
+def history_path(run_date: str, run_id: str) -> str:
+    return f"{HISTORY_PREFIX}/run_date={run_date}/{run_id}.parquet"
+
+
+def read_products(storage: Storage) -> pa.Table:
+    """The products table, or a FileNotFoundError that says how to ingest."""
+    if not storage.exists(PRODUCTS_PATH):
+        raise FileNotFoundError(
+            f"No products in {storage.url(PRODUCTS_PATH)}. Ingest a catalog first: "
+            f"tagger ingest CATALOG --taxonomy FILE --lake {storage.uri}"
+        )
+    return read_table(storage, PRODUCTS_PATH, PRODUCTS)
+
+
+def read_lake_taxonomy(storage: Storage) -> Taxonomy:
+    """The taxonomy the catalog was last ingested with (what training reads)."""
+    return Taxonomy.model_validate_json(storage.read_bytes(TAXONOMY_PATH))
+
+
+def read_latest(storage: Storage) -> pa.Table:
+    """The latest tag snapshot (empty before the first tag run)."""
+    # Tables written before needs_review existed: every tag was published.
+    return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST, defaults={"needs_review": False})

@@ -1,0 +1,1 @@
+"""How good a model is: metrics, thresholds, calibration, evaluation, reports and plots."""
