@@ -118,21 +118,34 @@ def change_catalog(catalog: Path, fraction: float, *, image_size: int, seed: int
 
 
 def register_random_model(lake: str, taxonomy_path: str, backbone: str, image_size: int) -> str:
-    """A registered model version with random weights and thresholds of 0.5."""
+    """A registered model version with random weights and thresholds of 0.5 (speed only:
+    its card says it was never trained)."""
+    from datetime import datetime, timezone
+
+    import timm
+    import torch
+
+    from catalog_schemas.card import ModelCard
     from catalog_schemas.taxonomy import load_taxonomy
+    from tagger.io.storage import open_storage
+    from tagger.model.backbones import get_backbone
     from tagger.model.factory import create_model, data_config
     from tagger.model.versions import new_version, register_model
-    from tagger.io.storage import open_storage
 
     taxonomy = load_taxonomy(taxonomy_path)
     model = create_model(backbone, taxonomy.num_outputs, pretrained=False)
     thresholds: dict[str, dict[str, float]] = {}
     for a, v in taxonomy.outputs:
         thresholds.setdefault(a, {})[v] = 0.5
-    card = dict(version=new_version(), backbone=backbone, image_size=image_size,
-                taxonomy=taxonomy.to_dict(), thresholds=thresholds,
-                data_config=data_config(model, image_size))
-    return register_model(open_storage(lake), model, card)
+    card = ModelCard(
+        version=new_version(), created_at=datetime.now(timezone.utc).isoformat(), backbone=backbone,
+        timm_name=get_backbone(backbone).timm_name, image_size=image_size,
+        data_config=data_config(model, image_size), taxonomy=taxonomy, thresholds=thresholds,
+        metrics={}, config={}, data=dict(snapshot="untrained", products=0, train=0, validation=0, lake=lake),
+        training=dict(device="none", world_size=1, seconds=0.0, torch=torch.__version__,
+                      timm=timm.__version__),
+    )
+    return register_model(open_storage(lake), model, card).version
 
 
 # --- one tag run in a fresh process --------------------------------------------------------
@@ -166,7 +179,7 @@ def _export_once(model, card: dict, config) -> str:
 
     runtime = resolve_runtime(config.runtime, torch.device("cpu"), config.precision)
     if runtime == "onnx":
-        size = card["data_config"]["image_size"]
+        size = card.data_config.image_size
         try:
             export_onnx(model, (3, size, size))
         except ExportError:

@@ -1,5 +1,6 @@
 """What the data looks like: table schemas and the taxonomy format. Imports nothing of ours."""
 
+from catalog_schemas.card import CARD_FORMAT, CardError, ModelCard, parse_card
 from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS, TAG_HISTORY, TAG_LATEST
 from catalog_schemas.taxonomy import (
     Attribute,
@@ -11,6 +12,7 @@ from catalog_schemas.taxonomy import (
 )
 
 __all__ = [
+    "CARD_FORMAT", "CardError", "ModelCard", "parse_card",
     "IMAGES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST",
     "Attribute", "CatalogMapping", "Taxonomy", "TaxonomyError", "load_taxonomy",
     "shipped_taxonomy",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from catalog_schemas.card import ModelCard
+
 from tagger.quality.report import render_card_markdown
 
 
@@ -12,16 +14,15 @@ def _f(x) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def publish_model(card: dict) -> None:
+def publish_model(card: ModelCard) -> None:
     """The model report (markdown, key model-report) and per-attribute metrics (table)."""
-    where = card.get("data", {}).get("lake", "")
-    md = render_card_markdown(card) + f"\nStored at `{where}/models/{card['version']}/`.\n"
-    create_markdown_artifact(md, key="model-report", description=f"Model {card['version']}")
+    md = render_card_markdown(card) + f"\nStored at `{card.data.lake}/models/{card.version}/`.\n"
+    create_markdown_artifact(md, key="model-report", description=f"Model {card.version}")
     rows = [dict(attribute=a, accuracy=_f(m.get("accuracy")), coverage=_f(m.get("coverage")),
                  top1=_f(m.get("top1_accuracy")), macro_f1=_f(m.get("macro_f1")), known=m.get("known"))
-            for a, m in card["metrics"]["per_attribute"].items()]
+            for a, m in card.metrics["per_attribute"].items()]
     create_table_artifact(rows, key="model-metrics",
-                          description=f"Per-attribute validation metrics of model {card['version']}")
+                          description=f"Per-attribute validation metrics of model {card.version}")
 
 
 def publish_tagging(result: dict, rejects: dict) -> None:

@@ -126,3 +126,23 @@ def decode_decisions(taxonomy: Taxonomy, decisions: np.ndarray) -> list[list[tup
     for r, c in zip(rows.tolist(), cols.tolist()):
         out[r].append((*outputs[c], c))
     return out
+
+
+def vector_from_values(taxonomy: Taxonomy, table: Mapping[str, Mapping[str, float | None]],
+                       *, none: float = np.inf) -> np.ndarray:
+    """float32 [K]: table[attribute][value] per output (a card's thresholds), `none` where the
+    table holds None. A missing output is a ValueError naming it."""
+    try:
+        return np.array([none if table[a][v] is None else table[a][v] for a, v in taxonomy.outputs],
+                        dtype=np.float32)
+    except KeyError as e:
+        raise ValueError(f"no entry for {e} among {len(table)} attributes") from None
+
+
+def values_from_vector(taxonomy: Taxonomy, vector: np.ndarray, *, digits: int = 6
+                       ) -> dict[str, dict[str, float | None]]:
+    """The inverse of vector_from_values: {attribute: {value: x}}, None where x is not finite."""
+    out: dict[str, dict[str, float | None]] = {a.name: {} for a in taxonomy.attributes}
+    for (attribute, value), x in zip(taxonomy.outputs, np.asarray(vector, dtype=np.float64)):
+        out[attribute][value] = round(float(x), digits) if np.isfinite(x) else None
+    return out

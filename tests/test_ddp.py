@@ -30,9 +30,9 @@ def test_torchrun_two_processes_gloo(trained_lake):
     versions = list_versions(open_storage(lake))
     assert len(versions) == 2 and proc.stdout.strip() == versions[-1]  # only rank 0 registers
     card = read_card(open_storage(lake), versions[-1])
-    assert card["training"]["world_size"] == 2
+    assert card.training.world_size == 2
     # each rank saw half the training split per epoch
-    assert card["history"][0]["epoch"] == 1
+    assert card.history[0].epoch == 1
 
 
 def test_launcher_starts_torchrun_for_two_gpus(trained_lake, monkeypatch):
@@ -45,7 +45,7 @@ def test_launcher_starts_torchrun_for_two_gpus(trained_lake, monkeypatch):
                          pretrained=False, workers=0, device="auto")
     version = run_training(str(lake), config, gpus=2, timeout=600)
     assert version == list_versions(open_storage(lake))[-1] != first
-    assert read_card(open_storage(lake), version)["training"]["world_size"] == 2
+    assert read_card(open_storage(lake), version).training.world_size == 2
 
 
 # train_model as it is, with two things held still that differ between 1 and 2 processes
@@ -91,7 +91,7 @@ def _initial_weights(version_card) -> np.ndarray:
     from tagger.model.factory import create_model
 
     torch.manual_seed(CONFIG.seed)
-    outputs = sum(len(a["values"]) for a in version_card["taxonomy"]["attributes"])
+    outputs = version_card.taxonomy.num_outputs
     model = create_model(CONFIG.backbone, outputs, pretrained=False)
     return np.concatenate([v.detach().float().numpy().ravel() for k, v in sorted(model.state_dict().items())
                            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))])
@@ -113,11 +113,11 @@ def test_two_processes_train_the_same_model_as_one(trained_lake, tmp_path):
     w0 = _initial_weights(cards[0])
     moved = np.linalg.norm(w1 - w0)
     d_ddp, d_other = np.linalg.norm(w2 - w1) / moved, np.linalg.norm(w3 - w1) / moved
-    maps = [c["metrics"]["mAP"] for c in cards]
+    maps = [c.metrics["mAP"] for c in cards]
     print(f"training moved the weights by {moved:.3f}; 2x8 vs 1x16: {d_ddp:.2e} of that, "
           f"control 1x8: {d_other:.2e}; max |w2-w1| {np.abs(w2 - w1).max():.2e}; mAP {maps}")
     assert d_other > 0.1  # the control is a different training: the comparison can tell
     # float32 sums in another order, through 6 AdamW steps: measured 4e-6. Weighting each
     # rank's masked mean equally instead of by its known labels gives 5e-2 (measured).
     assert d_ddp < 1e-3
-    assert abs(maps[0] - maps[1]) < 1e-3 and cards[1]["training"]["world_size"] == 2
+    assert abs(maps[0] - maps[1]) < 1e-3 and cards[1].training.world_size == 2

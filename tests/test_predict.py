@@ -28,16 +28,16 @@ def test_bf16_scores_match_fp32_and_decisions_agree(trained_lake):
     lake, version = trained_lake
     model, card = load_model(open_storage(lake), version)
     products = read_products(open_storage(lake)).to_pylist()
-    d = card["data_config"]
+    d = card.data_config
     ds = ProductImages(str(lake), [p["image_shard"] for p in products], [p["image_hash"] for p in products],
-                       create_transforms(d["image_size"], train=False))
+                       create_transforms(d.image_size, train=False))
     cpu = torch.device("cpu")
     norm = BatchNormalize.from_config(d, reuse=True)
     fp32 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="fp32", normalize=norm)
     bf16 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="bf16", normalize=norm)
     diff = np.abs(fp32 - bf16)
     assert diff.max() < 0.03  # bf16 keeps 8 bits of mantissa
-    thresholds = np.array([v for vals in card["thresholds"].values() for v in vals.values()])
+    thresholds = np.array([v for vals in card.thresholds.values() for v in vals.values()])
     flipped = (fp32 >= thresholds) != (bf16 >= thresholds)
     # A decision flips only where the fp32 score is within bf16's error of its threshold.
     # (This 2-epoch model's scores crowd its thresholds; the agreement rate of a real

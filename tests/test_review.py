@@ -46,23 +46,23 @@ def test_precision_target_routes_low_scores_to_review(catalog_dir, tmp_path):
     ingest_catalog(str(catalog_dir / "catalog.csv"), DEMO_TAXONOMY, lake)
     version = train_model(lake, TINY_TRAIN.model_copy(update=dict(min_precision=0.8)))
     card = read_card(open_storage(lake), version)
-    outputs = [(a, v) for a, vals in card["thresholds"].items() for v in vals]
-    assert card["min_precision"] == 0.8
-    assert {(a, v) for a, vals in card["auto_thresholds"].items() for v in vals} == set(outputs)
+    outputs = [(a, v) for a, vals in card.thresholds.items() for v in vals]
+    assert card.min_precision == 0.8
+    assert {(a, v) for a, vals in card.auto_thresholds.items() for v in vals} == set(outputs)
     for a, v in outputs:
-        auto = card["auto_thresholds"][a][v]
-        assert auto is None or card["thresholds"][a][v] <= auto + 1e-6
-    assert set(card["temperature"]) == set(card["thresholds"])
-    assert all(0.05 <= t <= 20 for t in card["temperature"].values())
-    assert card["ema"]["registered"] in ("ema", "raw")
-    calibration, review = card["metrics"]["calibration"], card["metrics"]["review"]
+        auto = card.auto_thresholds[a][v]
+        assert auto is None or card.thresholds[a][v] <= auto + 1e-6
+    assert set(card.temperature) == set(card.thresholds)
+    assert all(0.05 <= t <= 20 for t in card.temperature.values())
+    assert card.ema.registered in ("ema", "raw")
+    calibration, review = card.metrics["calibration"], card.metrics["review"]
     assert 0 <= calibration["ece_after"] <= 1 and 0 <= calibration["ece_before"] <= 1
     assert review["auto_share"] + review["review_share"] == pytest.approx(1.0)
 
     tag_catalog(lake, run_date=date(2026, 1, 2), run_id="r1")
     latest = duckdb.sql(f"SELECT * FROM '{lake}/tags/latest/*.parquet'").df()
     model = latest[latest.source == "model"]
-    expected = [row.score < (card["auto_thresholds"][row.attribute][row.value] or np.inf)
+    expected = [row.score < (card.auto_thresholds[row.attribute][row.value] or np.inf)
                 for row in model.itertuples()]
     assert model.needs_review.tolist() == expected
     assert not latest[latest.source == "curated"].needs_review.any()

@@ -45,7 +45,7 @@ def test_tag_tables_follow_the_rules(trained_lake):
     assert len(model) > 0
     # every predicted tag passed its threshold; single attributes emit at most one value
     for row in model.itertuples():
-        assert row.score >= card["thresholds"][row.attribute][row.value] - 1e-6
+        assert row.score >= card.thresholds[row.attribute][row.value] - 1e-6
     singles = latest[latest.attribute.isin(["article_type", "colour", "pattern", "sleeve_length"])]
     assert singles.groupby(["product_id", "attribute"]).size().max() == 1
     # sleeve_length does not apply to bottoms and bags

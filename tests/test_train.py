@@ -47,14 +47,14 @@ def test_trained_model_is_registered_with_a_complete_card(trained_lake):
     storage = open_storage(lake)
     assert list_versions(storage) == [version]
     card = read_card(storage, version)
-    taxonomy = Taxonomy.model_validate(card["taxonomy"])
-    assert card["backbone"] == "test_efficientnet" and card["image_size"] == 48
-    assert {(a, v) for a, vals in card["thresholds"].items() for v in vals} == set(taxonomy.outputs)
-    assert all(0 <= t <= 1 for vals in card["thresholds"].values() for t in vals.values())
-    assert card["config"]["epochs"] == 2 and card["config"]["batch_size"] == 16
-    assert len(card["history"]) == 2 and card["data"]["train"] + card["data"]["validation"] == 60
+    taxonomy = card.taxonomy
+    assert card.backbone == "test_efficientnet" and card.image_size == 48
+    assert {(a, v) for a, vals in card.thresholds.items() for v in vals} == set(taxonomy.outputs)
+    assert all(0 <= t <= 1 for vals in card.thresholds.values() for t in vals.values())
+    assert card.config["epochs"] == 2 and card.config["batch_size"] == 16
+    assert len(card.history) == 2 and card.data.train + card.data.validation == 60
     for key in ("micro_f1", "macro_f1", "mAP", "hamming_loss", "per_attribute", "per_value"):
-        assert key in card["metrics"]
+        assert key in card.metrics
     assert storage.list("checkpoints") == []  # removed once the version is registered
     assert "# Model" in storage.read_bytes(f"models/{version}/report.md").decode()
     model, _ = load_model(storage, version)
@@ -68,7 +68,7 @@ def test_model_copied_to_another_lake_loads_there(trained_lake, tmp_path):
     lake, version = trained_lake
     shutil.copytree(lake / "models" / version, tmp_path / "other" / "models" / version)
     _, card = load_model(open_storage(tmp_path / "other"))
-    assert card["version"] == version
+    assert card.version == version
 
 
 @pytest.mark.slow
@@ -96,5 +96,5 @@ def test_resume_continues_from_the_last_epoch(trained_lake, monkeypatch, caplog)
     caplog.set_level("INFO", logger="tagger.train.run")
     version = train_model(str(lake), cfg.model_copy(update=dict(epochs=2, resume=True)))
     assert "resumed from epoch 1" in caplog.text
-    history = read_card(open_storage(lake), version)["history"]
-    assert [h["epoch"] for h in history] == [1, 2]
+    history = read_card(open_storage(lake), version).history
+    assert [h.epoch for h in history] == [1, 2]

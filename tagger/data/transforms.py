@@ -16,6 +16,8 @@ import albumentations as A
 import cv2
 import torch
 
+from catalog_schemas.card import DataConfig
+
 
 WHITE = (255, 255, 255)
 
@@ -57,9 +59,9 @@ class BatchNormalize:
         self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_config(cls, data_config: dict, **kw) -> BatchNormalize:
-        """From a model card's (or tagger.model.data_config's) mean and std."""
-        return cls(data_config["mean"], data_config["std"], **kw)
+    def from_config(cls, data_config: DataConfig, **kw) -> BatchNormalize:
+        """From a model card's data_config (tagger.model.factory.data_config): mean and std."""
+        return cls(data_config.mean, data_config.std, **kw)
 
     def __call__(self, x: torch.Tensor, device: torch.device | None = None, *,
                  channels_last: bool = False) -> torch.Tensor:

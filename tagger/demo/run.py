@@ -10,6 +10,7 @@ from pathlib import Path
 
 from catalog_schemas.taxonomy import shipped_taxonomy
 from tagger.config import TrainConfig
+from catalog_schemas.card import ModelCard
 from tagger.model.versions import read_card
 from tagger.io.storage import open_storage
 from tagger.lake import LATEST_PATH
@@ -26,9 +27,9 @@ DEMO_TRAIN = TrainConfig(
 )
 
 
-def chance_accuracy(card: dict, attribute: str) -> float | None:
+def chance_accuracy(card: ModelCard, attribute: str) -> float | None:
     """Accuracy of always answering the most frequent value (from validation support)."""
-    per_value = card["metrics"]["per_value"].get(attribute, {})
+    per_value = card.metrics["per_value"].get(attribute, {})
     supports = [v["support"] for v in per_value.values()]
     known = max((v["known"] for v in per_value.values()), default=0)
     return max(supports) / known if known and supports else None
@@ -38,14 +39,14 @@ def summarise(lake: str, version: str) -> str:
     """What was made, where it is, how good the model is, and how to read the tags."""
     storage = open_storage(lake)
     card = read_card(storage, version)
-    m = card["metrics"]
+    m = card.metrics
     lines = [
         "",
-        f"model      {storage.url(f'models/{version}')}  ({card['backbone']}, {card['image_size']} px)",
+        f"model      {storage.url(f'models/{version}')}  ({card.backbone}, {card.image_size} px)",
         f"tags       {storage.url('tags/latest/')}  (history: {storage.url('tags/history/')})",
         f"rejects    {storage.url('catalog/rejects/')}",
         "",
-        f"validation ({card['data']['validation']} products): micro-F1 {m['micro_f1']:.3f}  "
+        f"validation ({card.data.validation} products): micro-F1 {m['micro_f1']:.3f}  "
         f"macro-F1 {m['macro_f1']:.3f}  mAP {m['mAP']:.3f}  Hamming loss {m['hamming_loss']:.3f}",
         f"{'attribute':<16}{'accuracy':>10}{'chance':>10}{'macro-F1':>10}",
     ]

@@ -7,6 +7,7 @@ import logging
 
 from torch import nn
 
+from catalog_schemas.card import DataConfig
 from tagger.model.backbones import get_backbone
 from tagger.model.device import unwrap
 from tagger.model.weights import WeightsError, read_state_dict
@@ -55,9 +56,9 @@ def create_model(
     return model
 
 
-def data_config(model: nn.Module, image_size: int) -> dict:
+def data_config(model: nn.Module, image_size: int) -> DataConfig:
     """Input normalisation derived from the model (timm's pretrained config), not hard-coded."""
     import timm.data
 
     cfg = timm.data.resolve_data_config({}, model=unwrap(model))
-    return {"image_size": image_size, "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+    return DataConfig(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))

@@ -3,12 +3,12 @@
 A version exists once its card.json exists: the card is written last, so a reader never
 sees a version whose weights are still uploading (same rule locally and on S3). A version
 folder copied into another lake's `models/` works there: nothing refers to the old lake.
+The card is declared in catalog_schemas/card.py and validated whenever it is read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 from datetime import datetime, timezone
@@ -16,17 +16,14 @@ from pathlib import Path
 
 from torch import nn
 
-from catalog_schemas.taxonomy import Taxonomy
+from catalog_schemas.card import ModelCard, parse_card
 from tagger.io.lock import lake_lock
+from tagger.io.storage import Storage
+from tagger.lake import CARD, MODELS, WEIGHTS, model_path
 from tagger.model.factory import create_model
 from tagger.model.weights import load_weights, save_weights
-from tagger.io.storage import Storage
-from tagger.lake import CARD, MODELS, WEIGHTS
 
 log = logging.getLogger(__name__)
-
-REQUIRED_CARD_KEYS = ("version", "backbone", "image_size", "taxonomy", "thresholds", "data_config")
-
 
 class ModelNotFound(LookupError):
     pass
@@ -55,44 +52,39 @@ def latest_version(storage: Storage) -> str:
     return versions[-1]
 
 
-def register_model(storage: Storage, model: nn.Module, card: dict) -> str:
-    """Write weights then the card; returns the version (card['version'] or a new one)."""
-    version = card.setdefault("version", new_version())
-    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
-    assert not missing, f"model card lacks {missing}"  # our own code builds the card
+def register_model(storage: Storage, model: nn.Module, card: ModelCard) -> ModelCard:
+    """Write the weights, then the card with their sha256; returns the card as written."""
+    version = card.version
     with lake_lock(storage, "models", owner=version), tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         local = Path(tmp) / WEIGHTS
         save_weights(model, local)
-        card["weights_sha256"] = hashlib.sha256(local.read_bytes()).hexdigest()
-        storage.upload(local, f"{MODELS}/{version}/{WEIGHTS}")
-        storage.write_bytes(f"{MODELS}/{version}/{CARD}", json.dumps(card, indent=2).encode())
-    log.info("registered model %s at %s", version, storage.url(f"{MODELS}/{version}"))
-    return version
-
-
-def read_card(storage: Storage, version: str | None = None) -> dict:
-    version = version or latest_version(storage)
-    path = f"{MODELS}/{version}/{CARD}"
-    if not storage.exists(path):
-        known = ", ".join(list_versions(storage)[-10:]) or "none"
-        raise ModelNotFound(f"No model version {version!r} in {storage.url(MODELS)}. Known: {known}")
-    card = json.loads(storage.read_bytes(path))
-    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
-    if missing:
-        raise ValueError(f"Model card {storage.url(path)} lacks {missing}: not a model of ours?")
+        card = card.model_copy(update={"weights_sha256": hashlib.sha256(local.read_bytes()).hexdigest()})
+        storage.upload(local, model_path(version, WEIGHTS))
+        storage.write_bytes(model_path(version, CARD), card.to_json())
+    log.info("registered model %s at %s", version, storage.url(model_path(version)))
     return card
 
 
-def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module, dict]:
+def read_card(storage: Storage, version: str | None = None) -> ModelCard:
+    """The validated card of a version (default: the newest); ModelNotFound names the known
+    versions, CardError (a ValueError) says what is wrong with a card that is not usable."""
+    version = version or latest_version(storage)
+    path = model_path(version, CARD)
+    if not storage.exists(path):
+        known = ", ".join(list_versions(storage)[-10:]) or "none"
+        raise ModelNotFound(f"No model version {version!r} in {storage.url(MODELS)}. Known: {known}")
+    return parse_card(storage.read_bytes(path), storage.url(path))
+
+
+def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module, ModelCard]:
     """(model in eval mode on CPU, card) of a version (default: the newest)."""
     card = read_card(storage, version)
-    taxonomy = Taxonomy.model_validate(card["taxonomy"])
-    model = create_model(card["backbone"], taxonomy.num_outputs, pretrained=False)
-    with storage.local_copy(f"{MODELS}/{card['version']}/{WEIGHTS}") as local:
+    model = create_model(card.backbone, card.taxonomy.num_outputs, pretrained=False)
+    with storage.local_copy(model_path(card.version, WEIGHTS)) as local:
         digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-        if card.get("weights_sha256") not in (None, digest):
+        if card.weights_sha256 not in (None, digest):
             raise ValueError(
-                f"Weights of model {card['version']} do not match the sha256 in its card: "
+                f"Weights of model {card.version} do not match the sha256 in its card: "
                 "the file was changed or is incomplete."
             )
         load_weights(model, local)

@@ -21,15 +21,13 @@ from tagger.data.dataset import ProductImages
 from tagger.data.transforms import BatchNormalize, create_transforms
 from tagger.ingest.run import ingest_catalog
 from tagger.lake import read_products
-from tagger.quality.calibration import (
-    apply_temperature,
-    expected_calibration_error,
-    temperature_vector,
-)
+from tagger.quality.calibration import apply_temperature, expected_calibration_error
 from tagger.quality.metrics import compute_metrics, compute_review_metrics
 from tagger.model.device import resolve_device
 from tagger.data.loader import create_loader
+from tagger.model.scoring import card_arrays
 from tagger.model.versions import load_model
+from tagger.lake import EVALUATIONS, model_path
 from tagger.quality.report import render_metrics_markdown
 from tagger.model.runtime import predict_with_runtime
 from tagger.io.storage import Storage, open_storage
@@ -58,20 +56,6 @@ def calibration_metrics(logits, scores, targets, mask, temperatures: dict) -> di
     return {"temperature": temperatures or None,
             "ece_before": expected_calibration_error(apply_temperature(logits), targets, mask),
             "ece_after": expected_calibration_error(scores, targets, mask)}
-
-
-def auto_threshold_vector(taxonomy: Taxonomy, card: dict) -> np.ndarray | None:
-    """The card's auto-publish thresholds as float32 [K] (+inf: never auto), or None."""
-    auto = card.get("auto_thresholds")
-    if not auto:
-        return None
-    return np.array([np.inf if auto[a][v] is None else auto[a][v] for a, v in taxonomy.outputs],
-                    dtype=np.float32)
-
-
-def card_temperatures(taxonomy: Taxonomy, card: dict) -> np.ndarray:
-    """float32 [K] temperature per output from the card (1.0 for cards without one)."""
-    return temperature_vector(card.get("temperature"), taxonomy.slices, taxonomy.num_outputs)
 
 
 def _pr_curves(taxonomy, targets, mask, scores, metrics, n: int = 4):
@@ -134,18 +118,18 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     config = config or TagConfig()
     storage = open_storage(lake)
     model, card = load_model(storage, model_version)
-    tax = Taxonomy.model_validate(card["taxonomy"])
+    tax = card.taxonomy
     if taxonomy:
         given = load_taxonomy(taxonomy)
         if given.outputs != tax.outputs:
             raise ValueError(
-                f"Taxonomy {taxonomy} does not match model {card['version']}: the model has "
+                f"Taxonomy {taxonomy} does not match model {card.version}: the model has "
                 f"{tax.num_outputs} outputs, the file {given.num_outputs}. Evaluate with the "
                 "taxonomy the model was trained on (its card holds it)."
             )
         tax = tax.model_copy(update={"catalog": given.catalog})  # the export's column mapping
     name = name or f"{PurePosixPath(str(catalog)).stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
-    eval_lake = storage.url(f"evaluations/{name}")
+    eval_lake = storage.url(f"{EVALUATIONS}/{name}")
     ingested = ingest_catalog(str(catalog), tax, eval_lake, run_id=f"evaluate-{name}")
     products = read_products(open_storage(eval_lake)).to_pylist()
     targets, mask = encode_labels(tax, [dict(p["labels"]) for p in products],
@@ -154,32 +138,31 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     products = [p for p, k in zip(products, known) if k]
     targets, mask = targets[known], mask[known]
 
-    dcfg = card["data_config"]
-    transform = create_transforms(dcfg["image_size"], train=False)
-    normalize = BatchNormalize.from_config(dcfg, reuse=True)
+    transform = create_transforms(card.data_config.image_size, train=False)
+    normalize = BatchNormalize.from_config(card.data_config, reuse=True)
     ds = ProductImages(eval_lake, [p["image_shard"] for p in products],
                        [p["image_hash"] for p in products], transform)
     device = resolve_device(config.device)
     logits = predict_with_runtime(model, create_loader(ds, config.batch_size, config.workers, device=device),
                                   device, runtime=config.runtime, precision=config.precision,
                                   desc="evaluate", logits=True, normalize=normalize)
-    scores = apply_temperature(logits, card_temperatures(tax, card))
-    thresholds = np.array([card["thresholds"][a][v] for a, v in tax.outputs], dtype=np.float32)
-    decisions, metrics = compute_evaluation(tax, targets, mask, scores, thresholds,
-                                            auto_threshold_vector(tax, card), card.get("min_precision"))
-    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, card.get("temperature"))
+    arrays = card_arrays(card)
+    scores = apply_temperature(logits, arrays.temperature)
+    decisions, metrics = compute_evaluation(tax, targets, mask, scores, arrays.thresholds,
+                                            arrays.auto_thresholds, card.min_precision)
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, card.temperature)
     metrics["split"] = f"catalog {catalog} ({len(products)} labelled products, never trained on)"
-    intro = (f"Model **{card['version']}** ({card['backbone']}, {card['image_size']} px) on "
+    intro = (f"Model **{card.version}** ({card.backbone}, {card.image_size} px) on "
              f"`{catalog}`: {len(products)} labelled products, {ingested.rejected} rows rejected "
              f"at ingest (see `{eval_lake}/catalog/rejects/`).")
     report = write_evaluation_report(
-        storage, f"models/{card['version']}/evaluations/{name}", f"Evaluation {name}", intro,
-        tax, card["thresholds"], targets, mask, scores, decisions, metrics,
-        auto_thresholds=card.get("auto_thresholds"),
+        storage, model_path(card.version, f"evaluations/{name}"), f"Evaluation {name}", intro,
+        tax, card.thresholds, targets, mask, scores, decisions, metrics,
+        auto_thresholds=card.auto_thresholds,
     )
     summary = {k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP", "hamming_loss")}
     summary.update(
-        model_version=card["version"], products=len(products), rejected=ingested.rejected,
+        model_version=card.version, products=len(products), rejected=ingested.rejected,
         report=report,
         per_attribute={a: {k: v for k, v in am.items()
                            if k in ("accuracy", "coverage", "top1_accuracy", "macro_f1", "known")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from catalog_schemas.card import ModelCard
+
 
 def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
@@ -60,18 +62,18 @@ def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: d
     return "\n".join(lines) + "\n"
 
 
-def card_summary(card: dict) -> str:
+def card_summary(card: ModelCard) -> str:
     """One sentence: what was trained, on what, where, how long."""
     return (
-        f"Backbone **{card['backbone']}** at {card['image_size']} px, trained on "
-        f"{card['data']['train']} products, validated on {card['data']['validation']} "
-        f"(data snapshot `{card['data']['snapshot']}`) in {card['training']['seconds']:.0f} s "
-        f"on {card['training']['device']} x{card['training']['world_size']}."
+        f"Backbone **{card.backbone}** at {card.image_size} px, trained on "
+        f"{card.data.train} products, validated on {card.data.validation} "
+        f"(data snapshot `{card.data.snapshot}`) in {card.training.seconds:.0f} s "
+        f"on {card.training.device} x{card.training.world_size}."
     )
 
 
-def render_card_markdown(card: dict, *, images: dict[str, str] | None = None) -> str:
-    kinds = {a["name"]: a["kind"] for a in card["taxonomy"]["attributes"]}
-    return render_metrics_markdown(f"Model {card['version']}", card_summary(card), card["metrics"],
-                                   card["thresholds"], kinds, images=images,
-                                   auto_thresholds=card.get("auto_thresholds"))
+def render_card_markdown(card: ModelCard, *, images: dict[str, str] | None = None) -> str:
+    kinds = {a.name: a.kind for a in card.taxonomy.attributes}
+    return render_metrics_markdown(f"Model {card.version}", card_summary(card), card.metrics,
+                                   card.thresholds, kinds, images=images,
+                                   auto_thresholds=card.auto_thresholds)

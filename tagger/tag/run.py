@@ -35,11 +35,11 @@ from tagger.data.dataset import ProductImages, order_by_shard
 from tagger.data.transforms import BatchNormalize, create_transforms
 from tagger.lake import PRODUCTS_PATH, read_products
 from tagger.quality.calibration import apply_temperature
-from tagger.quality.evaluate import auto_threshold_vector, card_temperatures
 from tagger.model.device import resolve_device
 from tagger.data.loader import create_loader
 from tagger.model.runtime import predict_with_runtime
 from tagger.io.lock import locked
+from tagger.model.scoring import card_arrays
 from tagger.model.versions import load_model, read_card
 from tagger.io.storage import (
     PARQUET_OPTIONS,
@@ -142,13 +142,6 @@ def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarra
     )
 
 
-def _thresholds_vector(taxonomy: Taxonomy, card: dict) -> np.ndarray:
-    try:
-        return np.array([card["thresholds"][a][v] for a, v in taxonomy.outputs], dtype=np.float32)
-    except KeyError as e:
-        raise ValueError(f"Model {card['version']} card has no threshold for {e}: corrupt card?") from None
-
-
 @dataclass
 class TagPlan:
     """What a tag run will do: the model version and the products to tag (catalog order).
@@ -163,7 +156,7 @@ def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = Fa
     """The products that are new or changed since they were tagged (all with `full` or a
     different model), for the given model version (default: the newest)."""
     storage = open_storage(lake)
-    version = read_card(storage, model_version)["version"]
+    version = read_card(storage, model_version).version
     scan = scan_products(storage, version, full=full)
     return TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
 
@@ -270,16 +263,13 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     config = config or TagConfig()
     storage = open_storage(lake)
     model, card = load_model(storage, model_version)
-    taxonomy = Taxonomy.model_validate(card["taxonomy"])
-    thresholds = _thresholds_vector(taxonomy, card)
-    auto_thresholds, temperature = auto_threshold_vector(taxonomy, card), card_temperatures(taxonomy, card)
+    taxonomy, arrays = card.taxonomy, card_arrays(card)
     if products is None:
         products = scan_products(storage, model_version, wanted=product_ids).todo
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
     device = resolve_device(config.device)
-    dcfg = card["data_config"]
-    transform = create_transforms(dcfg["image_size"], train=False)
-    normalize = BatchNormalize.from_config(dcfg, reuse=True)
+    transform = create_transforms(card.data_config.image_size, train=False)
+    normalize = BatchNormalize.from_config(card.data_config, reuse=True)
     rows: dict[str, list] = {k: [] for k in ROW_COLUMNS}
     for start in range(0, todo.num_rows, config.chunk_size):
         chunk = todo.slice(start, config.chunk_size).to_pylist()  # rows of one chunk only
@@ -291,8 +281,8 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
                                       precision=config.precision,
                                       desc=f"tag {start + len(chunk)}/{todo.num_rows}", logits=True,
                                       normalize=normalize)
-        scores = apply_temperature(logits, temperature)
-        for k, v in compute_tag_rows(taxonomy, chunk, scores, thresholds, auto_thresholds).items():
+        scores = apply_temperature(logits, arrays.temperature)
+        for k, v in compute_tag_rows(taxonomy, chunk, scores, arrays.thresholds, arrays.auto_thresholds).items():
             rows[k].extend(v)
     return rows
 
@@ -310,7 +300,7 @@ def tag_catalog(
     """Tag new and changed products (all with `full` or a new model) and write the tables."""
     t0 = time.perf_counter()
     storage = open_storage(lake)
-    version = read_card(storage, model_version)["version"]  # a missing model is the first error
+    version = read_card(storage, model_version).version  # a missing model is the first error
     scan = scan_products(storage, version, full=full)  # read once, for all three steps
     plan = TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
     rows = score_products(lake, plan.model_version, plan.product_ids, config, scan.todo)

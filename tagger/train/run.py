@@ -42,12 +42,14 @@ from tagger.data.loader import create_loader
 from tagger.data.transforms import model_input
 from tagger.model.predict import predict_scores
 from tagger.model.versions import new_version, register_model
+from catalog_schemas.card import ModelCard
+from tagger.labels import values_from_vector
 from tagger.quality.report import card_summary
 from tagger.io.storage import Storage, open_storage
 from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
 from tagger.labels import encode_labels
 from tagger.quality.thresholds import precision_thresholds, tune_thresholds
-from tagger.lake import CHECKPOINTS
+from tagger.lake import CHECKPOINTS, model_path
 
 log = logging.getLogger(__name__)
 
@@ -360,23 +362,21 @@ def _evaluate_and_register(storage, model, ema, val_ds, data, val_idx, pos_weigh
                                             config.min_precision)
     metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
-    by_attr = lambda arr: {a: {v: round(float(arr[i]), 6) for i, (aa, v) in enumerate(taxonomy.outputs)
-                               if aa == a} for a in taxonomy.slices}
     version = new_version()
-    card = dict(
+    card = ModelCard(
         version=version,
         created_at=datetime.now(timezone.utc).isoformat(),
         backbone=config.backbone,
         timm_name=get_backbone(config.backbone).timm_name,
         image_size=config.image_size,
         data_config=dcfg,
-        taxonomy=taxonomy.to_dict(),
-        thresholds=by_attr(thresholds),
-        auto_thresholds=_auto_by_attr(taxonomy, auto),
+        taxonomy=taxonomy,
+        thresholds=values_from_vector(taxonomy, thresholds),
+        auto_thresholds=None if auto is None else values_from_vector(taxonomy, auto),
         min_precision=config.min_precision,
         temperature=temperatures,
-        ema=ema_info,
-        pos_weight=by_attr(pos_weight),
+        ema=ema_info or None,
+        pos_weight=values_from_vector(taxonomy, pos_weight),
         metrics=metrics,
         config=config.model_dump(mode="json"),
         data=dict(snapshot=data.snapshot, products=len(data.product_ids), train=n_train,
@@ -385,21 +385,11 @@ def _evaluate_and_register(storage, model, ema, val_ds, data, val_idx, pos_weigh
         training=dict(device=str(device), world_size=world, seconds=round(seconds, 1),
                       torch=torch.__version__, timm=timm.__version__),
     )
-    write_evaluation_report(storage, f"models/{version}", f"Model {version}", card_summary(card),
-                            taxonomy, card["thresholds"], targets, mask, scores, decisions, metrics,
-                            auto_thresholds=card["auto_thresholds"])
+    write_evaluation_report(storage, model_path(version), f"Model {version}", card_summary(card),
+                            taxonomy, card.thresholds, targets, mask, scores, decisions, metrics,
+                            auto_thresholds=card.auto_thresholds)
     register_model(storage, model, card)
     log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",
              version, metrics["micro_f1"] or 0, metrics["macro_f1"] or 0, metrics["mAP"] or 0,
              len(val_idx))
     return version
-
-
-def _auto_by_attr(taxonomy: Taxonomy, auto: np.ndarray | None) -> dict | None:
-    """Auto-publish thresholds for the card: None where a value never reaches the target."""
-    if auto is None:
-        return None
-    out: dict[str, dict] = {}
-    for (attribute, value), t in zip(taxonomy.outputs, auto):
-        out.setdefault(attribute, {})[value] = round(float(t), 6) if np.isfinite(t) else None
-    return out

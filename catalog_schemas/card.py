@@ -1,0 +1,169 @@
+"""The model card: what a registered model version is, declared once.
+
+`models/<version>/card.json` holds it. Training writes it last (a version exists once its
+card does); `tag`, `evaluate`, the reports, the demo and the Prefect artifacts read it.
+Every reader gets a validated `ModelCard`, never a dict read by string keys, and a card
+that is not ours, broken, or from a newer version of the format fails when it is read,
+saying which.
+
+`format` is the card format, not the model version. Cards written before the field
+existed are format 1: the fields below are exactly what those cards hold. A change that
+old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
+misreading it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from catalog_schemas.taxonomy import Taxonomy
+
+CARD_FORMAT = 1
+
+
+class CardError(ValueError):
+    """A card.json that cannot be used; the message names the file and what is wrong."""
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Part):
+    """How images become model input: derived from the backbone (timm's pretrained config)."""
+
+    image_size: int = Field(ge=8, description="Square input size in px.")
+    mean: tuple[float, float, float] = Field(description="Per-channel mean of the normalisation (RGB, 0-1).")
+    std: tuple[float, float, float] = Field(description="Per-channel std of the normalisation (RGB, 0-1).")
+
+
+class EmaChoice(_Part):
+    """Whether the raw weights or their exponential moving average were registered."""
+
+    decay: float = Field(description="EMA decay used in training.")
+    val_mAP_raw: float = Field(description="Validation mAP of the raw weights.")
+    val_mAP_ema: float = Field(description="Validation mAP of the EMA weights.")
+    registered: Literal["raw", "ema"] = Field(description="The weights in model.safetensors.")
+
+
+class TrainingData(_Part):
+    """What the model was trained and validated on."""
+
+    snapshot: str = Field(description="Hash of the product ids, image hashes and labels trained on.")
+    products: int = Field(ge=0, description="Labelled products of the lake.")
+    train: int = Field(ge=0, description="Products in the training split.")
+    validation: int = Field(ge=0, description="Products in the validation split.")
+    lake: str = Field(description="Lake root the model was trained in (informative only).")
+
+
+class Epoch(_Part):
+    epoch: int = Field(ge=1)
+    train_loss: float
+    seconds: float
+
+
+class TrainingRun(_Part):
+    """Where and how long training ran, with the library versions."""
+
+    device: str
+    world_size: int = Field(ge=1, description="Training processes (DDP ranks).")
+    seconds: float = Field(description="Wall time from start to registration.")
+    torch: str
+    timm: str
+
+
+PerValue = dict[str, dict[str, float]]
+
+
+class ModelCard(BaseModel):
+    """A registered model version: taxonomy, input, decision thresholds, calibration,
+    validation metrics, the resolved training config and where it came from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = Field(CARD_FORMAT, ge=1, description="Card format (CARD_FORMAT).")
+    version: str = Field(description="Model version: sortable time stamp + salt.")
+    created_at: str = Field(description="When the card was written (ISO 8601, UTC).")
+    backbone: str = Field(description="Short backbone name (tagger/model/backbones.py).")
+    timm_name: str = Field(description="The timm architecture the backbone names.")
+    image_size: int = Field(ge=8, description="Input size the model was trained at.")
+    data_config: DataConfig
+    taxonomy: Taxonomy = Field(description="The taxonomy trained on: one output per (attribute, value).")
+    thresholds: PerValue = Field(description="Decision threshold per attribute value (calibrated scores).")
+    auto_thresholds: dict[str, dict[str, float | None]] | None = Field(
+        None, description="Auto-publish threshold per value (None: never auto-published); "
+        "None without a precision target.")
+    min_precision: float | None = Field(None, description="Precision target the auto thresholds meet.")
+    temperature: dict[str, float] = Field(
+        default_factory=dict, description="Temperature per attribute (empty: uncalibrated).")
+    ema: EmaChoice | None = Field(None, description="The EMA choice (None: trained without EMA).")
+    pos_weight: PerValue = Field(default_factory=dict, description="BCE pos_weight per value used in training.")
+    metrics: dict[str, Any] = Field(description="Validation metrics (tagger.quality.metrics.compute_metrics).")
+    config: dict[str, Any] = Field(description="The resolved TrainConfig of the run.")
+    data: TrainingData
+    history: list[Epoch] = Field(default_factory=list, description="One entry per trained epoch.")
+    training: TrainingRun
+    weights_sha256: str | None = Field(None, description="sha256 of model.safetensors, set at registration.")
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _no_ema(cls, v):
+        return None if v == {} else v  # cards of runs without EMA hold {}
+
+    @field_serializer("taxonomy")
+    def _taxonomy_as_written(self, taxonomy: Taxonomy) -> dict:
+        return taxonomy.to_dict()  # as the taxonomy's own YAML/JSON: unset fields left out
+
+    @model_validator(mode="after")
+    def _thresholds_cover_outputs(self) -> ModelCard:
+        for name, table in (("thresholds", self.thresholds), ("auto_thresholds", self.auto_thresholds)):
+            if table is None:
+                continue
+            missing = [f"{a}={v}" for a, v in self.taxonomy.outputs if v not in table.get(a, {})]
+            if missing:
+                raise ValueError(f"{name} lack {', '.join(missing[:5])}"
+                                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        return self
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+
+REQUIRED = tuple(n for n, f in ModelCard.model_fields.items() if f.is_required())
+
+
+def parse_card(data: bytes | str | dict, where: str = "card.json") -> ModelCard:
+    """A validated ModelCard from card.json's content; CardError saying what is wrong with
+    a card of a newer format, one that is not a model card of ours, or a broken one."""
+    if not isinstance(data, dict):
+        try:
+            data = json.loads(data)
+        except ValueError as e:
+            raise CardError(f"Model card {where} is not JSON ({e}): an incomplete copy?") from None
+    if not isinstance(data, dict):
+        raise CardError(f"Model card {where} is not a JSON object: not a model card of ours.")
+    fmt = data.get("format", 1)
+    if isinstance(fmt, int) and fmt > CARD_FORMAT:
+        raise CardError(f"Model card {where} has format {fmt}, newer than this product-tagger "
+                        f"reads ({CARD_FORMAT}): upgrade product-tagger to use this model.")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise CardError(f"Model card {where} lacks {', '.join(missing)}: not a model card of "
+                        "product-tagger (or written by a version older than any we read).")
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as e:
+        parts = [f"{'.'.join(str(p) for p in err['loc']) or '<card>'}: {err['msg']}"
+                 for err in e.errors()[:5]]
+        raise CardError(f"Model card {where} is not valid: " + "; ".join(parts)) from None

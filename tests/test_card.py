@@ -1,0 +1,107 @@
+"""The model card contract (catalog_schemas/card.py): validated on read, clear errors for a
+newer, foreign or broken card, and one function from a card to the arrays scoring needs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalog_schemas.card import CARD_FORMAT, CardError, ModelCard, parse_card
+from tagger.io.storage import open_storage
+from tagger.labels import values_from_vector, vector_from_values
+from tagger.model.scoring import card_arrays
+from tagger.model.versions import read_card
+
+OLD_LAKE = Path(__file__).parent / "fixtures" / "lake_v0"
+[OLD_CARD] = OLD_LAKE.glob("models/*/card.json")
+
+
+def _old() -> dict:
+    return json.loads(OLD_CARD.read_text())
+
+
+def test_a_card_written_before_the_format_field_reads_as_format_1():
+    card = parse_card(OLD_CARD.read_bytes())
+    assert card.format == 1 == CARD_FORMAT
+    assert card.ema is not None and card.ema.registered in ("raw", "ema")
+    assert card.data_config.image_size == card.image_size == 32
+    assert card.taxonomy.name == "demo"
+
+
+def test_writing_a_card_keeps_every_field_it_was_read_with():
+    """Round trip: what an old card holds is written back unchanged (plus `format`)."""
+    old = _old()
+    again = json.loads(parse_card(old).to_json())
+    assert again.pop("format") == CARD_FORMAT
+    assert again == old
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.update(format=CARD_FORMAT + 1), "newer than this product-tagger reads"),
+    (lambda c: c.pop("thresholds"), "lacks thresholds: not a model card of product-tagger"),
+    (lambda c: c.update(surprise=1), "surprise: Extra inputs are not permitted"),
+    (lambda c: c["thresholds"]["colour"].pop("red"), "thresholds lack colour=red"),
+    (lambda c: c["data_config"].update(mean=[0.5]), "data_config.mean"),
+])
+def test_a_bad_card_is_refused_saying_what_is_wrong(change, match):
+    card = _old()
+    change(card)
+    with pytest.raises(CardError, match=match):
+        parse_card(json.dumps(card), "lake/models/x/card.json")
+
+
+def test_a_card_that_is_not_json_or_not_an_object_is_refused():
+    with pytest.raises(CardError, match="is not JSON"):
+        parse_card(b'{"version": "x"', "x/card.json")
+    with pytest.raises(CardError, match="not a JSON object"):
+        parse_card(b"[1, 2]", "x/card.json")
+
+
+def test_read_card_validates(tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(OLD_LAKE, lake)
+    card_file = next(lake.glob("models/*/card.json"))
+    version = card_file.parent.name
+    assert isinstance(read_card(open_storage(lake), version), ModelCard)
+    card_file.write_text(json.dumps({"version": version, "hello": "world"}))
+    with pytest.raises(CardError, match=f"{card_file}.*lacks"):
+        read_card(open_storage(lake), version)
+
+
+def test_card_arrays_follow_the_taxonomy_order_not_the_file_order():
+    card = parse_card(OLD_CARD.read_bytes())
+    data = _old()
+    # the same thresholds, written in reverse order: matched by name, never by position
+    data["thresholds"] = {a: dict(reversed(list(v.items()))) for a, v in reversed(list(data["thresholds"].items()))}
+    arrays, again = card_arrays(card), card_arrays(parse_card(data))
+    expected = np.array([card.thresholds[a][v] for a, v in card.taxonomy.outputs], dtype=np.float32)
+    assert np.array_equal(arrays.thresholds, expected) and np.array_equal(again.thresholds, expected)
+    # auto-publish: None in the card (never auto) is +inf
+    auto = [card.auto_thresholds[a][v] for a, v in card.taxonomy.outputs]
+    assert np.array_equal(np.isinf(arrays.auto_thresholds), [x is None for x in auto])
+    # one temperature per attribute, repeated over its values
+    for attr, sl in card.taxonomy.slices.items():
+        assert np.allclose(arrays.temperature[sl], card.temperature[attr])
+
+
+def test_a_card_without_targets_or_temperatures_has_no_auto_thresholds_and_unit_temperatures():
+    data = _old()
+    data.update(auto_thresholds=None, min_precision=None, temperature={}, ema={})
+    card = parse_card(data)
+    arrays = card_arrays(card)
+    assert card.ema is None and arrays.auto_thresholds is None
+    assert np.array_equal(arrays.temperature, np.ones(card.taxonomy.num_outputs, dtype=np.float32))
+
+
+def test_vectors_and_tables_are_inverse():
+    card = parse_card(OLD_CARD.read_bytes())
+    tax = card.taxonomy
+    v = np.linspace(0.1, 0.9, tax.num_outputs).astype(np.float32)
+    v[3] = np.inf
+    table = values_from_vector(tax, v)
+    assert table[tax.outputs[3][0]][tax.outputs[3][1]] is None
+    assert np.allclose(vector_from_values(tax, table), v)
+    with pytest.raises(ValueError, match="no entry for"):
+        vector_from_values(tax, {"colour": {}})
