@@ -9,8 +9,16 @@ import logging
 import signal
 import sys
 import threading
+import types
 from datetime import date
+from typing import Literal, Union, get_args, get_origin
 
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+# Light on purpose (pydantic, yaml): `tagger --help` builds every parser without torch or
+# timm; the cmd_* functions import the heavy modules they need.
+from tagger.config import FROM_BACKBONE, IngestConfig, TagConfig, TrainConfig, load_config
 from tagger.model.backbones import BACKBONES
 
 log = logging.getLogger("tagger")
@@ -21,28 +29,18 @@ def _print_json(obj) -> None:
 
 
 def cmd_ingest(args) -> int:
-    from tagger.config import IngestConfig, load_config
+    config = config_from_args(IngestConfig, args)
     from tagger.ingest.run import ingest_catalog
 
-    config = load_config(IngestConfig, args.config, image_max_side=args.image_max_side,
-                         workers=args.workers)
     result = ingest_catalog(args.catalog, args.taxonomy, args.lake, config, run_id=args.run_id)
     _print_json(result.to_dict() | {"shards_written": len(result.shards_written)})
     return 0
 
 
 def cmd_train(args) -> int:
-    from tagger.config import TrainConfig, load_config
+    config = config_from_args(TrainConfig, args)
     from tagger.train.run import train_model
 
-    config = load_config(
-        TrainConfig, args.config, backbone=args.backbone, image_size=args.image_size,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weights=args.weights,
-        pretrained=args.pretrained, workers=args.workers, device=args.device,
-        resume=args.resume or None, seed=args.seed, pos_weight=args.pos_weight, loss=args.loss,
-        ema_decay=args.ema_decay, min_precision=args.min_precision, calibrate=args.calibrate,
-        thresholds=args.thresholds,
-    )
     version = train_model(args.lake, config)
     if version:  # rank 0 of a distributed run
         sys.stdout.write(version + "\n")
@@ -50,7 +48,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_tag(args) -> int:
-    from tagger.config import TagConfig, load_config
+    config = config_from_args(TagConfig, args)
     from tagger.tag.run import tag_catalog
 
     # Everything imported so far (torch, timm, onnx, pyarrow: millions of objects) lives as
@@ -59,8 +57,6 @@ def cmd_tag(args) -> int:
     # product incremental run 6.8% -> 5.7% of a full one (benchmarks/nightly_incremental.py
     # --gc-freeze, benchmarks/README.md).
     gc.freeze()
-    config = load_config(TagConfig, args.config, batch_size=args.batch_size, workers=args.workers,
-                         device=args.device, runtime=args.runtime)
     result = tag_catalog(args.lake, model_version=args.model, full=args.full, run_id=args.run_id,
                          run_date=args.run_date, config=config)
     _print_json(result.to_dict())
@@ -68,11 +64,9 @@ def cmd_tag(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tagger.config import TagConfig, load_config
+    config = config_from_args(TagConfig, args)
     from tagger.quality.evaluate import evaluate_model
 
-    config = load_config(TagConfig, None, batch_size=args.batch_size, workers=args.workers,
-                         device=args.device, runtime=args.runtime)
     _print_json(evaluate_model(args.lake, args.catalog, model_version=args.model,
                                taxonomy=args.taxonomy, name=args.name, config=config))
     return 0
@@ -105,6 +99,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tagger` parser: hand-written arguments, plus one flag per config field."""
     p = argparse.ArgumentParser(prog="tagger", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -120,50 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("catalog", help="CSV, JSON Lines or Parquet export (local path or s3://)")
     i.add_argument("--taxonomy", required=True, help="taxonomy YAML (catalog_schemas/taxonomies/)")
     i.add_argument("--lake", required=True, help="lake root: a folder or s3://bucket/prefix")
-    i.add_argument("--config", help="YAML with IngestConfig fields")
-    i.add_argument("--image-max-side", type=int, help="longest side of stored images (default 512)")
-    i.add_argument("--workers", type=int, help="image fetch/decode threads (default 8)")
+    i.add_argument("--config", help="YAML with IngestConfig fields (flags override it)")
     i.add_argument("--run-id")
+    add_config_flags(i, IngestConfig)
     i.set_defaults(func=cmd_ingest)
 
     t = sub.add_parser("train", help="split, train, tune thresholds, evaluate, register a model")
     t.add_argument("--lake", required=True)
     t.add_argument("--config", help="YAML with TrainConfig fields (flags override it)")
-    t.add_argument("--backbone", choices=list(BACKBONES), help="default efficientnet_b4")
-    t.add_argument("--image-size", type=int, help="default: the backbone's")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weights", help="backbone weights file, local or s3:// (safetensors or state dict)")
-    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from the hub's pretrained weights (default yes)")
-    t.add_argument("--workers", type=int, help="DataLoader workers")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int)
-    t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
-    t.add_argument("--pos-weight", choices=["linear", "sqrt", "none"], help="BCE pos_weight (default linear)")
-    t.add_argument("--loss", choices=["bce", "focal", "asl"], help="default bce")
-    t.add_argument("--ema-decay", type=float, help="EMA of the weights (default 0.9998; 0 turns it off)")
-    t.add_argument("--thresholds", choices=["max_f1", "fixed"], help="default max_f1; fixed: 0.5")
-    t.add_argument("--min-precision", type=float,
-                   help="precision target: auto-publish threshold per value, needs_review below it")
-    t.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
-                   help="temperature scaling on the validation split (default on)")
+    add_config_flags(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("tag", help="tag new and changed products, write tag tables")
     g.add_argument("--lake", required=True)
     g.add_argument("--model", help="model version (default: newest)")
     g.add_argument("--full", action="store_true", help="re-tag every product")
-    g.add_argument("--config", help="YAML with TagConfig fields")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--workers", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
-                   help="inference runtime (default auto: ONNX Runtime fp32 on the CPU, torch on CUDA)")
+    g.add_argument("--config", help="YAML with TagConfig fields (flags override it)")
     g.add_argument("--run-id", help="re-using a run id replaces that run's output")
     g.add_argument("--run-date", type=date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
+    add_config_flags(g, TagConfig)
     g.set_defaults(func=cmd_tag)
+
     e = sub.add_parser("evaluate", help="evaluate a model on a labelled catalog it never saw")
     e.add_argument("catalog", help="labelled catalog export (CSV, JSON Lines, Parquet; local or s3://)")
     e.add_argument("--lake", required=True)
@@ -171,11 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--taxonomy", help="taxonomy YAML whose `catalog:` mapping fits the export "
                    "(default: the model's own)")
     e.add_argument("--name", help="evaluation name (default: export name + time)")
-    e.add_argument("--batch-size", type=int)
-    e.add_argument("--workers", type=int)
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--runtime", choices=["auto", "torch", "onnx"],
-                   help="inference runtime (default auto: ONNX Runtime fp32 on the CPU, torch on CUDA)")
+    add_config_flags(e, TagConfig)
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser("convert-weights",
@@ -185,6 +153,93 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="safetensors file to write")
     w.set_defaults(func=cmd_convert_weights)
     return p
+
+
+def flag_name(field: str) -> str:
+    """The CLI flag of a config field: image_size -> --image-size."""
+    return "--" + field.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel]) -> None:
+    """One flag per field of `cls`, generated from the field: its type (Literal: choices, bool:
+    --x/--no-x, `X | None`: X), default, bounds and description. Every flag defaults to None
+    (unset), so a value from `--config` stays unless the flag is given; pydantic checks the
+    bounds when the config is built (config_from_args)."""
+    group = parser.add_argument_group(f"{cls.__name__} fields (tagger/config.py)")
+    for name, field in cls.model_fields.items():
+        group.add_argument(flag_name(name), dest=name, default=None,
+                           help=_flag_help(cls, name, field), **_flag_kind(cls, name, field))
+
+
+def _flag_kind(cls: type[BaseModel], name: str, field: FieldInfo) -> dict:
+    kind, optional = _strip_none(field.annotation)
+    if kind is bool:
+        return dict(action=argparse.BooleanOptionalAction)
+    if get_origin(kind) is Literal:
+        choices = get_args(kind)
+        return dict(choices=choices, type=type(choices[0]))
+    if kind in (int, float, str):
+        return dict(type=_empty_or(kind) if optional else kind)
+    raise TypeError(f"No CLI flag for {cls.__name__}.{name}: {field.annotation}. Supported: int, "
+                    "float, str, bool, Literal[...] and those | None (tagger/cli.py _flag_kind)")
+
+
+def _strip_none(annotation) -> tuple[object, bool]:
+    """(X, True) for `X | None`, (annotation, False) otherwise."""
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], True
+    return annotation, False
+
+
+def _empty_or(kind: type):
+    """`kind`, but an empty string stays one: the model decides whether it means None."""
+    def convert(text: str):
+        return text if text == "" else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return convert
+
+
+def _flag_help(cls: type[BaseModel], name: str, field: FieldInfo) -> str:
+    if field.default is None and issubclass(cls, TrainConfig) and name in FROM_BACKBONE:
+        default = "the backbone's"
+    elif isinstance(field.default, bool):
+        default = "on" if field.default else "off"
+    else:
+        default = "unset" if field.default is None else str(field.default)
+    bounds = ", ".join(f"{op} {getattr(m, attr)}" for m in field.metadata
+                       for attr, op in _BOUNDS.items() if hasattr(m, attr))
+    facts = f"default: {default}" + (f"; {bounds}" if bounds else "")
+    return f"{field.description or ''} ({facts})".replace("%", "%%")
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def config_from_args(cls: type[BaseModel], args: argparse.Namespace) -> BaseModel:
+    """`cls` from the command's `--config` YAML (if any) plus the flags given. A bad value is a
+    ValueError naming the flag (or the YAML file), the value and what would be accepted."""
+    flags = {name: getattr(args, name, None) for name in cls.model_fields}
+    path = getattr(args, "config", None)
+    try:
+        return load_config(cls, path, **flags)
+    except ValidationError as e:
+        lines = [_config_error(cls, err, flags, path) for err in e.errors()]
+        raise ValueError(f"Invalid {cls.__name__}: " + "; ".join(lines)) from None
+
+
+def _config_error(cls: type[BaseModel], err: dict, flags: dict, path: str | None) -> str:
+    name = str(err["loc"][0]) if err["loc"] else "?"
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(cls.model_fields)
+        return f"unknown field {name!r} in {path}. Known: {known}"
+    value = err.get("input")
+    shown = repr(value) if isinstance(value, str) else value
+    where = flag_name(name) if flags.get(name) is not None else f"{name} in {path}"
+    return f"{where} {shown}: {err['msg']}"
 
 
 def _exit_on_sigterm(signum, frame):

@@ -7,14 +7,15 @@ Unknown keys are an error. Secrets never live here: they come from the environme
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE
+from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone
 
 BackboneName = Literal[tuple(BACKBONES)]  # a dropdown in the Prefect UI
 
@@ -31,93 +32,159 @@ class IngestConfig(_Config):
         description="Longest side of stored images. >= the largest training size "
         "(EfficientNet-B4: 380) with room for crops; images are never upscaled.",
     )
-    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of stored images.")
+    jpeg_quality: int = Field(
+        90, ge=50, le=100,
+        description="JPEG quality of stored images. 90: no visible loss at training sizes, at a "
+        "fraction of the bytes of 100.",
+    )
     shard_size: int = Field(
         1000, ge=1, le=100_000,
         description="Images per Parquet shard (~20-60 MB at 512 px): big enough for fast "
         "sequential reads, small enough to rewrite cheaply.",
     )
-    workers: int = Field(8, ge=1, le=256, description="Threads fetching and decoding images.")
+    workers: int = Field(
+        8, ge=1, le=256,
+        description="Threads fetching and decoding images. 8: fetching waits on the network "
+        "and decoding releases the GIL, so more threads than cores still pay off.",
+    )
     max_reject_fraction: float = Field(
         0.5, ge=0, le=1,
         description="Refuse to update the products table when more than this share of rows "
         "is rejected (a broken export or image store must not wipe the catalog).",
     )
     max_pixels: int = Field(
-        64_000_000, ge=1, description="Decompression-bomb guard on declared width*height."
+        64_000_000, ge=1,
+        description="Decompression-bomb guard on declared width*height. 64 MP: above any product "
+        "photo, and at most ~200 MB decoded (RGB).",
     )
 
 
 class TrainConfig(_Config):
     """Training, threshold tuning and evaluation of one model version."""
 
-    backbone: BackboneName = Field(DEFAULT_BACKBONE, description="Backbone (tagger/backbones.py).")
-    image_size: int | None = Field(
-        None, ge=32, le=1024, description="Input size in px; default: the backbone's own."
+    backbone: BackboneName = Field(
+        DEFAULT_BACKBONE,
+        description="Backbone (tagger/model/backbones.py). efficientnet_b4: strong accuracy "
+        "per FLOP on product photos, and 380 px keeps small details visible.",
     )
-    epochs: int = Field(10, ge=1, le=500, description="Passes over the training split.")
+    image_size: int | None = Field(
+        None, ge=32, le=1024,
+        description="Input size in px. Unset: the backbone's own, the size it was pretrained at.",
+    )
+    epochs: int = Field(
+        10, ge=1, le=500,
+        description="Passes over the training split. 10: a pretrained backbone fine-tunes in "
+        "a few epochs; the cosine decay and the EMA settle it in the last ones.",
+    )
     batch_size: int | None = Field(
-        None, ge=1, le=4096, description="Per-device batch; default: the backbone's own."
+        None, ge=1, le=4096,
+        description="Per-device batch. Unset: the backbone's own, sized for a 24 GB GPU with AMP.",
     )
     lr: float | None = Field(
-        None, gt=0, le=1, description="AdamW peak learning rate; default: the backbone's own."
+        None, gt=0, le=1,
+        description="AdamW peak learning rate. Unset: the backbone's own, tuned for "
+        "fine-tuning the whole network.",
     )
-    weight_decay: float = Field(0.05, ge=0, le=1, description="AdamW weight decay.")
+    weight_decay: float = Field(
+        0.05, ge=0, le=1,
+        description="AdamW weight decay. 0.05: the usual value for fine-tuning convnets with AdamW.",
+    )
     warmup_epochs: float = Field(
-        0.5, ge=0, le=50, description="Linear warm-up before the cosine decay (epochs)."
+        0.5, ge=0, le=50,
+        description="Linear warm-up before the cosine decay (epochs). 0.5: the new head's "
+        "first, large gradients must not wreck the pretrained features.",
     )
     val_fraction: float = Field(
         0.15, gt=0, lt=0.9,
         description="Share of labelled products held out (multi-label stratified) for "
-        "threshold tuning and metrics.",
+        "threshold tuning and metrics. 0.15: enough positives per value to tune a threshold, "
+        "85% left to train on.",
     )
-    seed: int = Field(0, description="Seed for the split, init and augmentation.")
+    seed: int = Field(
+        0, description="Seed for the split, init and augmentation. Fixed, so reruns split the "
+        "data the same way and their metrics compare."
+    )
     pos_weight: Literal["linear", "sqrt", "none"] = Field(
-        "linear", description="BCE pos_weight per output: negatives/positives, its sqrt, or none."
+        "linear",
+        description="BCE pos_weight per output: negatives/positives, its sqrt, or none. "
+        "linear: a rare value's positives count as much as its negatives.",
     )
     pos_weight_max: float = Field(
-        50.0, ge=1, le=1e4, description="Clip of pos_weight (and 1/clip from below)."
+        50.0, ge=1, le=1e4,
+        description="Clip of pos_weight (and 1/clip from below). 50: a value with a handful of "
+        "positives cannot dominate the loss.",
     )
     loss: Literal["bce", "focal", "asl"] = Field(
         "bce", description="bce; focal (down-weights easy entries); asl (asymmetric: "
-        "down-weights easy negatives). All masked and pos_weighted (tagger/losses.py)."
+        "down-weights easy negatives). All masked and pos_weighted (tagger/train/losses.py). "
+        "bce: with pos_weight it handles the imbalance, and it has no extra knobs."
     )
     ema_decay: float | None = Field(
         0.9998, ge=0.9, lt=1,
         description="Keep an exponential moving average of the weights (ramped up from 0 "
         "over the first steps); the EMA or the raw weights, whichever has the higher "
-        "validation mAP, is registered. Empty or 0: no EMA.",
+        "validation mAP, is registered. 0.9998: long runs average their last ~5000 steps. "
+        "Empty or 0: no EMA.",
     )
     thresholds: Literal["max_f1", "fixed"] = Field(
         "max_f1", description="Decision threshold per value: the one with the best F1 on the "
-        "validation split, or `fixed_threshold` for all."
+        "validation split, or `fixed_threshold` for all. max_f1: rare and common values need "
+        "different cuts."
     )
-    fixed_threshold: float = Field(0.5, gt=0, lt=1, description="Threshold of `thresholds: fixed`.")
+    fixed_threshold: float = Field(
+        0.5, gt=0, lt=1,
+        description="Threshold of `thresholds: fixed`. 0.5: the even-odds point of a "
+        "calibrated probability.",
+    )
     min_precision: float | None = Field(
         None, gt=0, le=1,
         description="Precision target, e.g. 0.9: tags of a value whose score reaches the "
         "lowest threshold with this precision on the validation split are auto-published; "
-        "tags between the decision threshold and it are marked needs_review in the tag tables.",
+        "tags between the decision threshold and it are marked needs_review in the tag tables. "
+        "Unset: no review band, every tag over its decision threshold is published.",
     )
     calibrate: bool = Field(
         True, description="Fit one temperature per attribute on the validation split so "
-        "scores are calibrated probabilities (reports ECE before and after)."
+        "scores are calibrated probabilities (reports ECE before and after). On: it costs "
+        "seconds and makes scores comparable across attributes."
     )
     pretrained: bool = Field(
-        True, description="Start from the backbone's pretrained weights (timm / Hugging Face hub)."
+        True, description="Start from the backbone's pretrained weights (timm / Hugging Face "
+        "hub). On: ImageNet features need far fewer labelled products than random init."
     )
     weights: str | None = Field(
         None,
         description="Backbone weights file (local or s3://; safetensors or a timm state dict). "
-        "Overrides `pretrained`.",
+        "Overrides `pretrained`. Unset: `pretrained` decides.",
     )
-    workers: int = Field(4, ge=0, le=64, description="DataLoader worker processes per device.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
-    amp: bool = Field(True, description="Mixed precision on CUDA (bf16 where supported).")
-    channels_last: bool = Field(True, description="channels_last memory format (faster convs).")
-    compile: bool = Field(False, description="torch.compile the model (CUDA; slow first step).")
-    resume: bool = Field(False, description="Continue from the last epoch checkpoint of this run.")
-    log_every: int = Field(50, ge=1, description="Log throughput and ETA every N steps.")
+    workers: int = Field(
+        4, ge=0, le=64,
+        description="DataLoader worker processes per device. 4: enough JPEG decoding to keep "
+        "one GPU fed at the backbones' sizes. 0: decode in the training process.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, so one config runs on a laptop and a GPU node."
+    )
+    amp: bool = Field(
+        True, description="Mixed precision on CUDA (bf16 where supported). On: faster, and about "
+        "half the activation memory; the CPU always trains in fp32."
+    )
+    channels_last: bool = Field(
+        True, description="channels_last memory format. On: faster convs on tensor-core GPUs."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (CUDA). Off: its slow first step outweighs "
+        "the gain on short runs."
+    )
+    resume: bool = Field(
+        False, description="Continue from the last epoch checkpoint of this run. Off: a run "
+        "starts fresh unless asked."
+    )
+    log_every: int = Field(
+        50, ge=1,
+        description="Log throughput and ETA every N steps. 50: a line every few seconds to a "
+        "minute, readable in a flow run's log.",
+    )
 
     @field_validator("weights", "ema_decay", "min_precision", mode="before")
     @classmethod
@@ -128,6 +195,11 @@ class TrainConfig(_Config):
     @classmethod
     def _zero_is_no_ema(cls, v):
         return None if v == 0 else v
+
+
+# TrainConfig fields that, left unset, take the backbone's own value: the training defaults a
+# registry entry carries (tagger/model/backbones.py; tagger/train/run.py resolve_config).
+FROM_BACKBONE = frozenset(f.name for f in fields(Backbone)) & set(TrainConfig.model_fields)
 
 
 class TagConfig(_Config):
@@ -144,11 +216,23 @@ class TagConfig(_Config):
         "on the CPU (precision auto or fp32) and onnxruntime is installed; "
         "torch otherwise (CUDA, an explicit bf16/fp16 precision). onnx: CPU and fp32 only.",
     )
-    batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
-    workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes decoding images.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    batch_size: int = Field(
+        64, ge=1, le=4096,
+        description="Images per forward pass. 64: keeps a GPU busy at the backbones' sizes in "
+        "inference mode, small enough for a CPU.",
+    )
+    workers: int = Field(
+        2, ge=0, le=64,
+        description="DataLoader worker processes decoding images. 2: inference needs no "
+        "augmentation, so a few decoders keep up.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, so one config runs on a laptop and a GPU node."
+    )
     chunk_size: int = Field(
-        50_000, ge=1, description="Products scored per chunk; bounds memory on huge catalogs."
+        50_000, ge=1,
+        description="Products scored per chunk; bounds memory on huge catalogs. 50,000: "
+        "chunks are few, and each one's rows and scores stay small.",
     )
 
 
@@ -170,7 +254,8 @@ class Settings(BaseSettings):
 
     lake: str = Field(
         "lake", description="Default lake root of the flows (a folder or s3://bucket/prefix) "
-        "when a flow run is given none.")
+        "when a flow run is given none. 'lake': a folder in the working directory, so a local "
+        "run needs no setup.")
     lock_wait_s: float = Field(
         0.0, ge=0, description="Seconds a run waits for another run's lake lock before it "
         "refuses (0: refuse at once, so a stuck nightly run is noticed, not queued behind).")
@@ -178,17 +263,31 @@ class Settings(BaseSettings):
         8, ge=1, le=100, description="Attempts per S3 request (botocore adaptive retries: "
         "throttling, 5xx, dropped connections); 8 rides out a minute of throttling.")
     onnx_cache: str | None = Field(
-        None, description="Folder of ONNX exports (default $XDG_CACHE_HOME or "
-        "~/.cache/product-tagger/onnx): local to the machine, never the lake.")
+        None, description="Folder of ONNX exports. Unset: $XDG_CACHE_HOME or ~/.cache, in "
+        "product-tagger/onnx: local to the machine, never the lake (scoring only reads the lake).")
     dask_address: str | None = Field(
-        None, description="Dask scheduler of the tag-sharded flow (tcp://host:8786); unset: a "
-        "local cluster of dask_workers processes.")
+        None, description="Dask scheduler of the tag-sharded flow (tcp://host:8786). Unset: a "
+        "local cluster of dask_workers processes, so the flow runs on one machine as it is.")
     dask_workers: int = Field(
         2, ge=1, le=256, description="Processes of the local Dask cluster that the "
-        "tag-sharded flow starts when dask_address is unset.")
+        "tag-sharded flow starts when dask_address is unset. 2: fits the smallest worker "
+        "machine; raise it on bigger ones.")
 
 
 def load_settings() -> Settings:
     """The TAGGER_* settings as the environment has them now (read on every call: tests and
-    long-lived workers may change the environment)."""
-    return Settings()
+    long-lived workers may change the environment). A bad value is a ValueError naming the
+    variable, its value and what would be accepted."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise ValueError("; ".join(_setting_error(err) for err in e.errors())) from None
+
+
+def _setting_error(err) -> str:
+    name = str(err["loc"][0]) if err["loc"] else "?"
+    variable = Settings.model_config["env_prefix"] + name.upper()
+    field = Settings.model_fields.get(name)
+    default = f"unset it for the default {field.default!r}, " if field is not None else ""
+    return (f"Bad environment variable {variable}={err.get('input')!r}: {err['msg']} "
+            f"({default}see Settings.{name} in tagger/config.py)")

@@ -60,3 +60,25 @@ def test_sigterm_unwinds_so_locks_are_released():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 143 and proc.stdout.strip() == "released"
+
+
+def test_help_imports_no_torch():
+    """`tagger --help` (and a command's) builds every parser from the config models alone:
+    torch and timm are imported by the commands that run a model, not by the parser."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tagger.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['tag', '--help'], ['ingest', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, argv\n"
+        "print(sorted(m for m in ('torch', 'timm', 'onnxruntime', 'prefect') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--weight-decay" in proc.stdout  # the generated flags were printed
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

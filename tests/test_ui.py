@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tagger.config import TrainConfig
 from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE
 from tagger.model.versions import list_versions, read_card
 from tagger.io.storage import open_storage
@@ -154,10 +155,11 @@ def test_custom_run_from_the_ui_trains_a_model(catalog, tmp_path, browser_page):
         assert sorted(options) == sorted(BACKBONES), f"backbone dropdown: {options}"
         page.get_by_role("option", name="test_efficientnet", exact=True).click()
         assert backbone.inner_text().strip() == "test_efficientnet"
+        described = lambda name: TrainConfig.model_fields[name].description  # noqa: E731
         for title, value, lo, hi, description in [
-            ("Epochs", "10", "1", "500", "Passes over the training split."),
-            ("Workers", "4", "0", "64", "DataLoader worker processes per device."),
-            ("Weight Decay", "0.05", "0", "1", "AdamW weight decay."),
+            ("Epochs", "10", "1", "500", described("epochs")),
+            ("Workers", "4", "0", "64", described("workers")),
+            ("Weight Decay", "0.05", "0", "1", described("weight_decay")),
         ]:
             field = _field(form, title)
             assert (field.input_value(), field.get_attribute("min"), field.get_attribute("max")) == (
@@ -221,7 +223,7 @@ def test_custom_run_from_the_ui_trains_a_model(catalog, tmp_path, browser_page):
 
         [version] = list_versions(open_storage(lake))
         card = read_card(open_storage(lake), version)
-        assert (card["backbone"], card["image_size"]) == ("test_efficientnet", 48), card
+        assert (card.backbone, card.image_size) == ("test_efficientnet", 48), card
         report = artifacts(api, [run_id])["model-report"]["data"]
         assert f"# Model {version}" in report and "test_efficientnet" in report
     print(f"UI test, server start to server stop: {time.monotonic() - t_start:.1f} s")

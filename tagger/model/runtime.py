@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tagger.config import load_settings
 from tagger.model.device import unwrap
 from tagger.data.transforms import model_input
 from tagger.model.predict import predict_scores
@@ -109,10 +110,13 @@ def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto")
 
 
 def cache_dir() -> Path:
-    """Where exports live: $TAGGER_ONNX_CACHE, else $XDG_CACHE_HOME or ~/.cache
-    /product-tagger/onnx; the system temp folder when that cannot be created."""
-    env = os.environ.get("TAGGER_ONNX_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "product-tagger" / "onnx"
+    """Where exports live: $TAGGER_ONNX_CACHE (Settings.onnx_cache), else
+    ($XDG_CACHE_HOME or ~/.cache)/product-tagger/onnx; the system temp folder when that
+    cannot be created."""
+    configured = load_settings().onnx_cache
+    # XDG_CACHE_HOME is the desktop's convention, not a TAGGER_* setting: read where it lives.
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    base = Path(configured) if configured else xdg / "product-tagger" / "onnx"
     try:
         base.mkdir(parents=True, exist_ok=True)
         return base
