@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,54 @@ def test_image_install_step_builds_from_the_copied_files_only(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"flows/train.py", "flows/nightly.py", "tagger/train/launch.py",
             "catalog_schemas/taxonomies/demo.yaml"} <= names
+
+
+# The packages the image pins, and the Dockerfile ARG that holds each version.
+PINNED = {"torch": "TORCH_VERSION", "torchvision": "TORCHVISION_VERSION"}
+
+
+def _release(v: str) -> str:
+    """major.minor.patch without a local build suffix: 2.14.1+cu130 -> 2.14.1."""
+    return v.split("+")[0]
+
+
+def _pin_problems(text: str, installed: dict[str, str]) -> list[str]:
+    """What is wrong with the Dockerfile's torch/torchvision pins, given the installed versions:
+    each must be an ARG with a default, equal to the tested release, and be what the image gets
+    (the base image's tag is built from the torch pin; pip installs both pins)."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+    problems = []
+    for package, arg in PINNED.items():
+        pinned = args.get(arg)
+        if pinned is None:
+            problems.append(f"no `ARG {arg}=<version>` for {package}")
+        elif pinned != _release(installed[package]):
+            problems.append(f"{arg}={pinned}, but the tests run on {package} {installed[package]}")
+        if f'"{package}==${{{arg}}}"' not in text:
+            problems.append(f'no pip install of "{package}==${{{arg}}}"')
+    base = re.search(r"^FROM (\S+)", text, flags=re.M)
+    if not base or "${TORCH_VERSION}" not in base.group(1):
+        problems.append("the base image's tag is not built from ${TORCH_VERSION}")
+    return problems
+
+
+def test_image_pins_the_torch_and_torchvision_the_tests_run_on():
+    installed = {package: version(package) for package in PINNED}
+    assert _pin_problems((ROOT / "Dockerfile").read_text(), installed) == []
+
+
+def test_pin_check_catches_other_versions():
+    """The check can fail: another release pinned, a base image not built from the pin, the
+    old unpinned Dockerfile. Local build suffixes (+cu130, +cpu) do not count."""
+    tested = {"torch": "2.14.1+cu130", "torchvision": "0.29.1+cu130"}
+    good = ("ARG TORCH_VERSION=2.14.1\nARG TORCHVISION_VERSION=0.29.1\n"
+            "FROM pytorch/pytorch:${TORCH_VERSION}-cuda13.0-cudnn9-runtime\n"
+            'RUN pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" .\n')
+    assert _pin_problems(good, tested) == []
+    assert _pin_problems(good, {"torch": "2.14.1+cpu", "torchvision": "0.29.1"}) == []
+    assert _pin_problems(good.replace("=0.29.1", "=0.29.0"), tested) == [
+        "TORCHVISION_VERSION=0.29.0, but the tests run on torchvision 0.29.1+cu130"]
+    assert _pin_problems(good.replace("${TORCH_VERSION}-cuda", "2.14.1-cuda"), tested) == [
+        "the base image's tag is not built from ${TORCH_VERSION}"]
+    old = "FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime\nRUN pip install --no-cache-dir .\n"
+    assert len(_pin_problems(old, tested)) == 5
