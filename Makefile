@@ -47,7 +47,7 @@ browser:
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# All deployments of prefect.yaml to the server in PREFECT_API_URL (README "Deploying").
+# All deployments of prefect.yaml to the server in PREFECT_API_URL (docs/deploying.md).
 # The nightly parameters have no sensible default, so they must be given:
 #   make deploy TAGGER_LAKE=s3://shop-lake/tagger TAGGER_CATALOG=s3://exports/catalog.csv \
 #        TAGGER_TAXONOMY=catalog_schemas/taxonomies/fashion_product_images.yaml \
@@ -58,7 +58,7 @@ export TAGGER_CPU_POOL TAGGER_GPU_POOL TAGGER_LAKE TAGGER_CATALOG TAGGER_TAXONOM
 
 deploy: setup
 	@for v in PREFECT_API_URL TAGGER_LAKE TAGGER_CATALOG TAGGER_TAXONOMY TAGGER_IMAGE; do \
-	  eval test -n "\"\$$$$v\"" || { echo "make deploy: $$v is not set (see README, Deploying)"; exit 2; }; done
+	  eval test -n "\"\$$$$v\"" || { echo "make deploy: $$v is not set (see docs/deploying.md)"; exit 2; }; done
 	$(BIN)/prefect --no-prompt deploy --all
 
 clean:
