@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone
 
 BackboneName = Literal[tuple(BACKBONES)]  # a dropdown in the Prefect UI
+Device = Annotated[Literal["auto", "cpu", "cuda"], Field(
+    description="auto: CUDA when present, so one config runs on a laptop and a GPU node.")]
 
 
 class _Config(BaseModel):
@@ -163,9 +165,7 @@ class TrainConfig(_Config):
         description="DataLoader worker processes per device. 4: enough JPEG decoding to keep "
         "one GPU fed at the backbones' sizes. 0: decode in the training process.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when present, so one config runs on a laptop and a GPU node."
-    )
+    device: Device = "auto"
     amp: bool = Field(
         True, description="Mixed precision on CUDA (bf16 where supported). On: faster, and about "
         "half the activation memory; the CPU always trains in fp32."
@@ -227,9 +227,7 @@ class TagConfig(_Config):
         description="DataLoader worker processes decoding images. 2: inference needs no "
         "augmentation, so a few decoders keep up.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when present, so one config runs on a laptop and a GPU node."
-    )
+    device: Device = "auto"
     chunk_size: int = Field(
         50_000, ge=1,
         description="Products scored per chunk; bounds memory on huge catalogs. 50,000: "
