@@ -81,7 +81,7 @@ def _ingest_rate(catalog: Path, taxonomy: str, lake: Path, workers: int, plain: 
     """(images per wall second, images per CPU second of this process) of one ingest."""
     config = IngestConfig(workers=workers)
     c0 = time.process_time()
-    with mock.patch("tagger.ingest.run.normalise_image", plain_normalise if plain else normalise_image):
+    with mock.patch("tagger.ingest.shards.normalise_image", plain_normalise if plain else normalise_image):
         result = ingest_catalog(str(catalog), taxonomy, str(lake), config)
     cpu = time.process_time() - c0
     assert result.rejected == 0 and result.images_stored > 0, result.to_dict()

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
+from tagger.config import load_settings
 from tagger.io.storage import StorageError
 
-DEFAULT_LAKE = os.environ.get("TAGGER_LAKE", "lake")
+DEFAULT_LAKE = load_settings().lake
 
 # Deterministic failures (bad catalog, bad config, missing model) fail at once; anything
 # else (network, S3, a killed worker, a busy lake) is worth another try: every task is
 # idempotent.
 _DETERMINISTIC = (ValueError, LookupError, FileNotFoundError, PermissionError, TypeError)
-# HTTP 4xx from S3 means the request itself is wrong (403 AccessDenied, 404 NoSuchBucket,
-# 400 InvalidBucketName): the same request fails again. 408 and 429 are "try later".
-_RETRYABLE_4XX = {408, 429}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -22,17 +18,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _DETERMINISTIC):
         return False
     if isinstance(exc, StorageError):
-        cause = exc.__cause__
-        if cause is None:  # a bad URI or path, refused before any request
-            return False
-        response = getattr(cause, "response", None) or {}
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status and 400 <= status < 500 and status not in _RETRYABLE_4XX:
-            return False
+        # The storage layer knows: a denied or malformed request, or a bad path refused
+        # before any request, fails the same way again; throttling and dropped
+        # connections do not.
+        return exc.retryable
     return True
 
 
 def retry_on_transient(task, task_run, state) -> bool:
+    """Prefect retry_condition_fn: retry a failed task only when `is_transient` says so."""
     try:
         state.result()
     except Exception as exc:

@@ -189,7 +189,7 @@ def _upload_folder(folder: Path, bucket_uri: str, prefix: str) -> None:
 @pytest.fixture(params=["local", "s3"])
 def where(request, tmp_path, monkeypatch):
     """(catalog URI, lake URI, expected rejects) with catalog, images and lake local or on S3."""
-    monkeypatch.setattr("tagger.ingest.run.MAX_IMAGE_BYTES", TEST_MAX_IMAGE_BYTES)
+    monkeypatch.setattr("tagger.ingest.source.MAX_IMAGE_BYTES", TEST_MAX_IMAGE_BYTES)
     local = request.param == "local"
     catalog = build_corpus(tmp_path / "export", symlink=local)
     expected = EXPECTED_REJECTS | (LOCAL_ONLY_REJECTS if local else {})

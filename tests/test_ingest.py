@@ -10,7 +10,7 @@ from PIL import Image
 from catalog_schemas.tables import PRODUCTS, REJECTS
 from tagger.config import IngestConfig
 from tagger.ingest.run import CatalogError, ingest_catalog
-from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, read_lake_taxonomy, read_products
+from tagger.lake import REJECTS_PATH, read_lake_taxonomy, read_products
 from tagger.demo.sample import generate_catalog
 from tagger.io.storage import open_storage, read_table, read_tables
 from tests.conftest import DEMO_TAXONOMY
@@ -164,20 +164,20 @@ def test_mass_rejection_keeps_the_products_table(catalog, tmp_path):
 
 
 def test_flaky_fetch_keeps_the_previous_row(catalog, tmp_path, monkeypatch):
-    from tagger.ingest import run as ingest_mod
+    from tagger.ingest.source import ImageSource
 
     lake = tmp_path / "lake"
     ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
     before = {p["product_id"]: p for p in read_products(open_storage(lake)).to_pylist()}
-    real_read = ingest_mod.ImageSource.read
+    real_read = ImageSource.read
 
     def flaky(self, uri):
         if uri.endswith("P00007.jpg"):
             raise ConnectionError("connection reset by peer")
         return real_read(self, uri)
 
-    monkeypatch.setattr(ingest_mod.ImageSource, "read", flaky)
-    monkeypatch.setattr(ingest_mod.ImageSource, "version", lambda self, uri: None)  # force reads
+    monkeypatch.setattr(ImageSource, "read", flaky)
+    monkeypatch.setattr(ImageSource, "version", lambda self, uri: None)  # force reads
     result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
     assert result.reject_reasons == {"fetch_error": 1, "missing_file": 1, "not_an_image": 1,
                                      "unknown_label": 1}
@@ -188,7 +188,7 @@ def test_flaky_fetch_keeps_the_previous_row(catalog, tmp_path, monkeypatch):
 def test_image_paths_resolve_like_realpath(tmp_path):
     """ImageSource caches each folder's realpath; the answer is still os.path.realpath's, and
     a catalog reached through a symlinked folder names images inside it."""
-    from tagger.ingest.run import ImageSource
+    from tagger.ingest.source import ImageSource
     from tagger.labels import LabelError
 
     real = tmp_path / "real"
@@ -209,14 +209,14 @@ def test_image_paths_resolve_like_realpath(tmp_path):
 
 def test_source_versions_keep_row_order(monkeypatch):
     """Local stats go to the pool in batches, S3 HEADs one by one: answers stay in row order."""
-    from tagger.ingest import run as ingest
+    from tagger.ingest import source
 
-    monkeypatch.setattr(ingest, "STAT_BATCH", 7)
+    monkeypatch.setattr(source, "STAT_BATCH", 7)
 
     class Source:
         def version(self, uri):
             return None if uri.endswith("missing") else f"v-{uri}"
 
     uris = [f"s3://b/{i}" if i % 5 == 0 else f"/img/{i}" for i in range(60)] + ["/img/missing"]
-    got = ingest._source_versions(Source(), uris, workers=4)
+    got = source.read_versions(Source(), uris, workers=4)
     assert got == [f"v-{u}" for u in uris[:-1]] + [None]

@@ -132,3 +132,82 @@ def test_tag_takes_the_tags_lock(trained_lake):
         with pytest.raises(LakeBusy, match="'tag-nightly'.*'tags' lock"):
             tag_catalog(str(lake), model_version=version, run_id="tag-2")
     assert tag_catalog(str(lake), model_version=version, run_id="tag-2").tagged == 60
+
+
+@pytest.fixture
+def strict_s3(monkeypatch):
+    """An in-process S3 (moto) that enforces If-None-Match / If-Match as AWS does (the
+    loopback endpoint ignores them): the lock's conditional writes decide, not its read-back."""
+    import boto3
+    from moto import mock_aws
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="strict")
+        yield open_storage("s3://strict/lake")
+
+
+def test_object_lock_on_a_store_that_enforces_conditions(strict_s3, monkeypatch):
+    import json
+
+    writes = []  # (method, its answer) of every conditional write the lock makes
+
+    def recorded(name):
+        real = getattr(type(strict_s3), name)
+
+        def write(self, *args):
+            answer = real(self, *args)
+            writes.append((name, answer))
+            return answer
+        return write
+
+    for name in ("create_if_absent", "replace_if"):
+        monkeypatch.setattr(type(strict_s3), name, recorded(name))
+    with lake_lock(strict_s3, "catalog", owner="nightly-A"):
+        with pytest.raises(LakeBusy, match="busy: run 'nightly-A'"):
+            with lake_lock(strict_s3, "catalog", owner="nightly-B", wait=0):
+                pass
+        assert writes == [("create_if_absent", True)]  # B saw a live holder and wrote nothing
+        # B reads no lock (A's create lands just after B's read): the store refuses B's create.
+        real_read = type(strict_s3).read_with_version
+        reads = []
+
+        def racing_read(self, path):
+            reads.append(path)
+            return None if len(reads) == 1 else real_read(self, path)
+
+        monkeypatch.setattr(type(strict_s3), "read_with_version", racing_read)
+        with pytest.raises(LakeBusy, match="busy: another run holds its 'catalog' lock"):
+            with lake_lock(strict_s3, "catalog", owner="nightly-B", wait=0):
+                pass
+        monkeypatch.setattr(type(strict_s3), "read_with_version", real_read)
+    assert writes == [("create_if_absent", True), ("create_if_absent", False)]
+    assert not strict_s3.exists(".locks/catalog.json")  # released
+
+    # A holder whose expiry passed (its run died on another host) is replaced on its version.
+    dead = dict(owner="nightly-0", host="elsewhere", pid=1, token="t", since="x", expires=time.time() - 1)
+    strict_s3.write_bytes(".locks/catalog.json", json.dumps(dead).encode())
+    with lake_lock(strict_s3, "catalog", owner="nightly-C", wait=0):
+        held = json.loads(strict_s3.read_bytes(".locks/catalog.json"))
+        assert held["owner"] == "nightly-C"
+    assert writes[2:] == [("replace_if", True)]
+
+
+def test_renewal_extends_the_lock_and_never_overwrites_a_new_holder(strict_s3):
+    import json
+
+    path = ".locks/catalog.json"
+    with lake_lock(strict_s3, "catalog", owner="nightly-A", ttl=0.6):  # renewed every 0.2 s
+        first = json.loads(strict_s3.read_bytes(path))
+        time.sleep(0.5)
+        renewed = json.loads(strict_s3.read_bytes(path))
+        assert renewed["token"] == first["token"] and renewed["expires"] > first["expires"]
+        # Our renewals failed long enough for another run to take the lock over:
+        strict_s3.write_bytes(path, json.dumps(dict(renewed, owner="nightly-B", token="B")).encode())
+        time.sleep(0.5)
+        assert json.loads(strict_s3.read_bytes(path))["owner"] == "nightly-B"
+    assert json.loads(strict_s3.read_bytes(path))["owner"] == "nightly-B"  # and not released by A

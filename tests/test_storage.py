@@ -1,9 +1,12 @@
+import pickle
+
 import pyarrow as pa
 import pytest
 
 from tagger.io.storage import (
     LocalStorage,
     StorageError,
+    TooLarge,
     open_file,
     open_storage,
     read_table,
@@ -70,3 +73,77 @@ def test_open_file_splits_uri(tmp_path):
     assert name == "file.csv" and storage.uri == str(tmp_path / "dir")
     storage, name = open_file("s3://bucket/a/b.csv")
     assert (storage.bucket, storage.prefix, name) == ("bucket", "a", "b.csv")
+
+
+def test_bounded_read_refuses_before_reading(storage):
+    storage.write_bytes("img/a.jpg", b"x" * 100)
+    assert storage.read_bytes("img/a.jpg", max_bytes=100) == b"x" * 100
+    with pytest.raises(TooLarge) as e:
+        storage.read_bytes("img/a.jpg", max_bytes=99)
+    assert (e.value.size, e.value.limit, e.value.retryable) == (100, 99, False)
+    assert e.value.uri == storage.url("img/a.jpg")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.read_bytes("img/missing.jpg", max_bytes=10)
+    again = pickle.loads(pickle.dumps(e.value))  # crosses process pools and Prefect results
+    assert (type(again), again.size, str(again)) == (TooLarge, 100, str(e.value))
+
+
+def test_read_with_version_matches_version(storage):
+    assert storage.read_with_version(".locks/x.json") is None
+    assert storage.create_if_absent(".locks/x.json", b"one")
+    data, v1 = storage.read_with_version(".locks/x.json")
+    assert (data, v1) == (b"one", storage.version(".locks/x.json"))
+    assert storage.replace_if(".locks/x.json", b"two!", v1)
+    data, v2 = storage.read_with_version(".locks/x.json")
+    assert data == b"two!" and v2 not in (None, v1)
+    assert storage.list("") == []  # hidden: lock files stay out of every listing
+
+
+def test_local_path_only_where_there_is_one(storage, tmp_path):
+    local = storage.local_path(".locks/catalog.lock")
+    if storage.uri.startswith("s3://"):
+        assert local is None
+    else:
+        assert local == tmp_path / "root" / ".locks" / "catalog.lock"
+
+
+@pytest.fixture(params=["local", "s3"])
+def strict_storage(request, tmp_path, monkeypatch):
+    """A storage whose conditional writes are enforced: a folder, or an in-process S3 (moto)
+    that answers like AWS (412 PreconditionFailed; 404 NoSuchKey for If-Match on no object).
+    The loopback endpoint (rclone) ignores conditions, as some stores do."""
+    if request.param == "local":
+        yield open_storage(tmp_path / "root")
+        return
+    import boto3
+    from moto import mock_aws
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="strict")
+        yield open_storage("s3://strict/lake")
+
+
+def test_conditional_writes_lose_when_the_file_moved_on(strict_storage):
+    s = strict_storage
+    assert not s.replace_if("a.json", b"x", "0-0")  # nothing there to replace
+    assert not s.exists("a.json")
+    assert s.create_if_absent("a.json", b"first")
+    assert not s.create_if_absent("a.json", b"second")
+    _, v1 = s.read_with_version("a.json")
+    assert s.replace_if("a.json", b"third", v1)
+    assert not s.replace_if("a.json", b"fourth", v1)  # v1 is gone: someone else's write won
+    assert s.read_bytes("a.json") == b"third"
+
+
+def test_local_create_if_absent_never_shows_a_part(tmp_path):
+    """The file appears whole (linked into place), and no temporary file is left."""
+    s = LocalStorage(tmp_path)
+    assert s.create_if_absent("d/x.bin", b"abc" * 1000)
+    assert not s.create_if_absent("d/x.bin", b"other")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["x.bin"]
+    assert (tmp_path / "d" / "x.bin").read_bytes() == b"abc" * 1000

@@ -17,9 +17,13 @@ import zlib
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from tagger.config import IngestConfig
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard (declared width*height)
+# Decompression-bomb guard on the declared width*height: one value, IngestConfig.max_pixels's
+# default (the config is the layer below; an ingest passes its configured value).
+DEFAULT_MAX_PIXELS: int = IngestConfig.model_fields["max_pixels"].default
 DEFAULT_MIN_SIDE = 8  # smaller images carry no usable signal
 
 # Only formats that product photos actually arrive in. Pillow otherwise probes

@@ -1,10 +1,65 @@
-"""What the last ingest could not take in, counted for people (Prefect artifacts, summaries)."""
+"""The rejects table: rows the ingest could not take in, with a stage and a reason. Collected
+during a run, written once at its end, and counted for people (Prefect artifacts, summaries)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+import pyarrow as pa
+
 from catalog_schemas.tables import REJECTS
+from tagger.io.parquet import read_table_or_empty, write_table
+from tagger.io.storage import Storage, open_storage
 from tagger.lake import REJECTS_PATH
-from tagger.io.storage import open_storage, read_table_or_empty
+
+
+class Problem(NamedTuple):
+    """Why one row is rejected: the stage that found it, a reason code, a sentence."""
+
+    stage: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class Rejects:
+    """The reject rows of one run, in the order they were found."""
+
+    run_id: str
+    source: str
+    at: datetime
+    rows: list[dict] = field(default_factory=list)
+    row_numbers: set[int] = field(default_factory=set)
+
+    def add(self, row_number: int, product_id: str | None, problem: Problem) -> None:
+        self.row_numbers.add(row_number)
+        self.rows.append(dict(run_id=self.run_id, rejected_at=self.at, source=self.source,
+                              row_number=row_number, product_id=product_id, **problem._asdict()))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def by_reason(self) -> dict[str, int]:
+        """Rows per reason code, in the order the reasons first came up."""
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+        return counts
+
+    def product_ids(self, reason: str) -> set[str]:
+        return {r["product_id"] for r in self.rows if r["reason"] == reason}
+
+
+def write_rejects(storage: Storage, rejects: Rejects) -> None:
+    """The rejects of the latest run; not rewritten when the same rows fail the same way."""
+    table = pa.Table.from_pylist(rejects.rows, schema=REJECTS)
+    old = read_table_or_empty(storage, REJECTS_PATH, REJECTS)
+    stable = [c for c in REJECTS.names if c not in ("run_id", "rejected_at")]
+    if old.num_rows == table.num_rows and old.select(stable).equals(table.select(stable)):
+        return
+    write_table(storage, REJECTS_PATH, table)
 
 
 def read_reject_counts(lake: str) -> dict:

@@ -6,17 +6,19 @@ the earlier one's work). A run takes the lock of the tables it writes: ingest 'c
 tag 'tags', train 'models'. A second run waits up to `wait` seconds (TAGGER_LOCK_WAIT_S,
 default 0) and then refuses with LakeBusy, naming who holds the lock since when.
 
-Local folder: `fcntl.flock` on `.locks/<name>.lock`. The kernel drops the lock when its
-process dies (even by SIGKILL), so a crashed run never blocks the next one. The file names
-its holder (host, pid, owner, since) for the message.
+A lake on this machine's file system: `fcntl.flock` on `.locks/<name>.lock`. The kernel
+drops the lock when its process dies (even by SIGKILL), so a crashed run never blocks the
+next one. The file names its holder (host, pid, owner, since) for the message.
 
-S3: the object `.locks/<name>.json` with the holder and an expiry, created with
-`If-None-Match: *` (AWS S3, MinIO, R2... refuse a second create with 412) and read back
-to check that it is ours (stores that ignore the condition, such as rclone's, then still
-catch all but near-simultaneous starts). A holder renews the expiry every ttl/3 from a
-thread; a lock whose expiry has passed (its run died elsewhere) or whose process is gone
-from this host is taken over. Hidden names ('.')
-keep lock files out of every table listing.
+A lake without a local path (S3): the object `.locks/<name>.json` with the holder and an
+expiry, created with `Storage.create_if_absent` (If-None-Match: * on S3: AWS S3, MinIO,
+R2... refuse a second create with 412) and read back to check that it is ours (stores
+that ignore the condition, such as rclone's, then still catch all but near-simultaneous
+starts). A holder renews the expiry every ttl/3 from a thread; a lock whose expiry has
+passed (its run died elsewhere) or whose process is gone from this host is taken over
+with `Storage.replace_if` on the version it read. Hidden names ('.') keep lock files out
+of every table listing. Which of the two a lake gets is the storage's to say
+(`Storage.local_path`); this module never asks which backend it has.
 """
 
 from __future__ import annotations
@@ -30,17 +32,21 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
 
-from tagger.io.storage import LocalStorage, S3Storage, Storage, open_storage
+from tagger.config import load_settings
+from tagger.io.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOCKS = ".locks"
-DEFAULT_TTL_S = 120.0  # S3 only: a dead holder on another host blocks for at most this long
-_HELD: set[str] = set()  # tokens of the S3 locks this process holds now
+DEFAULT_TTL_S = 120.0  # object locks only: a dead holder on another host blocks for at most this long
+_HELD: set[str] = set()  # tokens of the object locks this process holds now
 POLL_S = 0.25
 
 
@@ -62,7 +68,7 @@ def _describe(h: dict | None) -> str:
 
 
 def _wait_s(wait: float | None) -> float:
-    return float(os.environ.get("TAGGER_LOCK_WAIT_S", 0)) if wait is None else wait
+    return load_settings().lock_wait_s if wait is None else wait
 
 
 @contextmanager
@@ -70,22 +76,21 @@ def lake_lock(storage: Storage, name: str, *, owner: str, wait: float | None = N
               ttl: float = DEFAULT_TTL_S) -> Iterator[None]:
     """Hold the lake's lock `name` for the block; wait up to `wait` s, then raise LakeBusy."""
     wait = _wait_s(wait)
-    if isinstance(storage, S3Storage):
-        with _s3_lock(storage, name, owner, wait, ttl):
+    local = storage.local_path(f"{LOCKS}/{name}.lock")
+    if local is not None:
+        with _local_lock(storage, local, name, owner, wait):
             yield
-    elif isinstance(storage, LocalStorage):
-        with _local_lock(storage, name, owner, wait):
+    else:
+        with _object_lock(storage, name, owner, wait, ttl):
             yield
-    else:  # pragma: no cover - a new backend must add its lock here
-        raise TypeError(f"no lock for storage {type(storage).__name__}")
 
 
-def locked(name: str):
+def locked(name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorator: hold the lake's lock `name` while `fn(lake, ...)` runs (owner: its run_id)."""
 
-    def decorate(fn):
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
-        def wrapper(lake, *args, **kwargs):
+        def wrapper(lake: str, *args, **kwargs) -> T:
             owner = kwargs.get("run_id") or f"{fn.__name__} (pid {os.getpid()})"
             with lake_lock(open_storage(lake), name, owner=owner):
                 return fn(lake, *args, **kwargs)
@@ -103,12 +108,11 @@ def _busy(storage: Storage, name: str, holder: dict | None, wait: float, how_to_
     )
 
 
-# --- local folder ------------------------------------------------------------------------
+# --- a file on this machine: flock ----------------------------------------------------
 
 
 @contextmanager
-def _local_lock(storage: LocalStorage, name: str, owner: str, wait: float) -> Iterator[None]:
-    path = storage.root / LOCKS / f"{name}.lock"
+def _local_lock(storage: Storage, path: Path, name: str, owner: str, wait: float) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
     while True:
@@ -149,21 +153,19 @@ def _read_json(fd: int) -> dict | None:
         return None
 
 
-# --- S3 ----------------------------------------------------------------------------------
+# --- an object store: a lock object with an expiry -------------------------------------
 
 
-def _s3_read(storage: S3Storage, path: str) -> tuple[dict | None, str | None]:
-    key = storage._key(path)
-    with storage.translate_errors("lock read", path):
-        try:
-            obj = storage.client.get_object(Bucket=storage.bucket, Key=key)
-        except storage.client.exceptions.NoSuchKey:
-            return None, None
-        body = obj["Body"].read()
+def _read_lock(storage: Storage, path: str) -> tuple[dict | None, str | None]:
+    """(holder, version) of the lock object; (None, None) if there is none."""
+    found = storage.read_with_version(path)
+    if found is None:
+        return None, None
+    body, version = found
     try:
-        return json.loads(body), obj["ETag"]
+        return json.loads(body), version
     except ValueError:
-        return {}, obj["ETag"]  # unreadable: treated as expired
+        return {}, version  # unreadable: treated as expired
 
 
 def _dead_here(holder: dict) -> bool:
@@ -182,45 +184,36 @@ def _dead_here(holder: dict) -> bool:
     return False
 
 
-def _s3_put(storage: S3Storage, path: str, holder: dict, condition: dict) -> bool:
-    """PUT the lock object under a condition; False when the store says it is taken."""
-    from botocore.exceptions import ClientError
-
-    key = storage._key(path)
-    with storage.translate_errors("lock write", path):
-        try:
-            storage.client.put_object(Bucket=storage.bucket, Key=key, Body=json.dumps(holder).encode(),
-                                      ContentType="application/json", **condition)
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in {"PreconditionFailed", "ConditionalRequestConflict",
-                                                             "412", "409"}:
-                return False
-            raise
+def _try_take(storage: Storage, path: str, holder: dict) -> tuple[bool, dict | None]:
+    """One attempt: write our holder if the lock is free or stale, then read it back.
+    Returns (taken, the holder seen)."""
+    current, version = _read_lock(storage, path)
+    data = json.dumps(holder).encode()
+    if current is None:
+        written = storage.create_if_absent(path, data)
+    elif current.get("expires", 0) < time.time() or _dead_here(current):
+        log.warning("lock %s is stale (held by %s, expired or its process is gone): taking it "
+                    "over", storage.url(path), _describe(current))
+        written = storage.replace_if(path, data, version)
+    else:
+        return False, current
+    if not written:
+        return False, current
+    time.sleep(POLL_S)  # let a racing writer on a store without conditions land
+    mine, _ = _read_lock(storage, path)
+    return bool(mine and mine.get("token") == holder["token"]), mine
 
 
 @contextmanager
-def _s3_lock(storage: S3Storage, name: str, owner: str, wait: float, ttl: float) -> Iterator[None]:
+def _object_lock(storage: Storage, name: str, owner: str, wait: float, ttl: float) -> Iterator[None]:
     path = f"{LOCKS}/{name}.json"
-    key, uri = storage._key(path), storage.url(path)
+    uri = storage.url(path)
     holder = _holder(owner, ttl)
     deadline = time.monotonic() + wait
     while True:
-        current, etag = _s3_read(storage, path)
-        if current is None:
-            condition = {"IfNoneMatch": "*"}
-        elif current.get("expires", 0) < time.time() or _dead_here(current):
-            log.warning("lock %s is stale (held by %s, expired or its process is gone): taking it "
-                        "over", uri, _describe(current))
-            condition = {"IfMatch": etag}
-        else:
-            condition = None
-        if condition is not None and _s3_put(storage, path, holder, condition):
-            time.sleep(POLL_S)  # let a racing writer on a store without conditions land
-            mine, _ = _s3_read(storage, path)
-            if mine and mine.get("token") == holder["token"]:
-                break
-            current = mine
+        taken, current = _try_take(storage, path, holder)
+        if taken:
+            break
         if time.monotonic() >= deadline:
             raise _busy(storage, name, current, wait,
                         f"If that run is dead, its lock expires at "
@@ -229,16 +222,8 @@ def _s3_lock(storage: S3Storage, name: str, owner: str, wait: float, ttl: float)
         time.sleep(POLL_S)
 
     stop = threading.Event()
-
-    def renew():  # keep the expiry ahead of the clock while the run is alive
-        while not stop.wait(ttl / 3):
-            holder["expires"] = time.time() + ttl
-            try:
-                storage.client.put_object(Bucket=storage.bucket, Key=key, Body=json.dumps(holder).encode())
-            except Exception as e:  # the next renewal tries again; expiry has slack
-                log.warning("could not renew lock %s: %s", uri, e)
-
-    renewer = threading.Thread(target=renew, name=f"lock-{name}", daemon=True)
+    renewer = threading.Thread(target=_renew, args=(storage, path, holder, ttl, stop),
+                               name=f"lock-{name}", daemon=True)
     renewer.start()
     _HELD.add(holder["token"])
     log.debug("took lock %s for %s", uri, owner)
@@ -248,10 +233,31 @@ def _s3_lock(storage: S3Storage, name: str, owner: str, wait: float, ttl: float)
         _HELD.discard(holder["token"])
         stop.set()
         renewer.join()
+        _release(storage, path, holder)
+
+
+def _renew(storage: Storage, path: str, holder: dict, ttl: float, stop: threading.Event) -> None:
+    """Keep the expiry ahead of the clock while the run is alive (a thread's loop). Each
+    renewal replaces the lock only if it is still ours: a run whose renewals failed for a
+    whole ttl (S3 unreachable) must not overwrite the run that took the lock over since."""
+    while not stop.wait(ttl / 3):
+        holder["expires"] = time.time() + ttl
         try:
-            current, _ = _s3_read(storage, path)
-            if current and current.get("token") == holder["token"]:
-                storage.client.delete_object(Bucket=storage.bucket, Key=key)
-        except Exception as e:  # S3 down: do not hide the run's own error; the lock expires
-            log.warning("could not release lock %s (%s); it expires at %s UTC", uri, e,
-                        datetime.fromtimestamp(holder["expires"], timezone.utc).strftime("%H:%M:%S"))
+            current, version = _read_lock(storage, path)
+            if not current or current.get("token") != holder["token"]:
+                log.warning("lock %s is no longer ours (now %s); not renewing it", storage.url(path),
+                            _describe(current))
+                return
+            storage.replace_if(path, json.dumps(holder).encode(), version)
+        except Exception as e:  # the next renewal tries again; expiry has slack
+            log.warning("could not renew lock %s: %s", storage.url(path), e)
+
+
+def _release(storage: Storage, path: str, holder: dict) -> None:
+    try:
+        current, _ = _read_lock(storage, path)
+        if current and current.get("token") == holder["token"]:
+            storage.delete(path)
+    except Exception as e:  # S3 down: do not hide the run's own error; the lock expires
+        log.warning("could not release lock %s (%s); it expires at %s UTC", storage.url(path), e,
+                    datetime.fromtimestamp(holder["expires"], timezone.utc).strftime("%H:%M:%S"))

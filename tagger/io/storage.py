@@ -1,93 +1,76 @@
-"""One way to read and write bytes and Parquet under a root URI: a local folder or s3://bucket/prefix.
+"""One way to read and write files under a root URI: a local folder or s3://bucket/prefix.
 
-Only this module knows which of the two a root is. Every write is atomic: a reader sees
-the old file or the new one, never a part. Locally a file is written under a hidden
-temporary name in the same folder and renamed into place; on S3 an object only appears
-when its PUT (or multipart upload) completes. Hidden names start with '.', which
-DuckDB globs, pyarrow datasets and Spark all skip.
+Only this room (tagger/io) knows which of the two a root is: `Storage` is the interface,
+`LocalStorage` the folder, `tagger.io.s3.S3Storage` the bucket. Every write is atomic: a
+reader sees the old file or the new one, never a part. Locally a file is written under a
+hidden temporary name in the same folder and renamed (or linked) into place; on S3 an
+object only appears when its PUT (or multipart upload) completes. Hidden names start with
+'.', which DuckDB globs, pyarrow datasets and Spark all skip.
 
-S3 endpoint, region, credentials and addressing style come from the standard AWS
-configuration (environment variables such as AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws),
-so S3-compatible stores (MinIO, Ceph, R2) work without code changes.
+Parquet tables over a storage are tagger.io.parquet's (its names are importable from here
+too). Besides plain reads and writes, a `Storage` offers what a lock needs from it: create a
+file only if it is absent, replace it only if it is still the version that was read, and
+read it together with that version; and a read bounded in size, refused before the bytes
+are read, for files whose size a merchant controls.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import errno
+import fcntl
 import logging
 import os
 import shutil
-import tempfile
-import threading
 import uuid
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+# The Parquet helpers live in tagger.io.parquet; they stay importable from here.
+from tagger.io.parquet import (
+    PARQUET_OPTIONS,
+    ROW_GROUP_ROWS,
+    read_table,
+    read_table_or_empty,
+    read_tables,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
-PARQUET_OPTIONS = dict(compression="zstd", write_statistics=True)
-# Rows per row group of the tables write_table writes: a reader that streams a table (a tag
-# run reads products and state in batches) decodes one row group at a time, so this bounds
-# its memory whatever the catalog size; BI engines read such groups in parallel.
-ROW_GROUP_ROWS = 16_384
-
 
 class StorageError(RuntimeError):
-    """A read or write that failed; the message names the URI."""
+    """A read or write that failed; the message names the URI.
+
+    `retryable` says whether the same request can succeed on another try (a throttled or
+    unreachable endpoint) or not (a bad path, a denied request, a missing bucket). It is
+    set where the error is translated, so callers decide retries without knowing the backend.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class TooLarge(StorageError):
+    """A bounded read refused before reading: the file has `size` bytes, over `limit`."""
+
+    def __init__(self, uri: str, size: int, limit: int):
+        super().__init__(f"{uri} has {size} bytes, over the limit of {limit} bytes")
+        self.uri, self.size, self.limit = uri, size, limit
+
+    def __reduce__(self):  # pickled by process pools and Prefect: rebuild from the fields
+        return type(self), (self.uri, self.size, self.limit)
 
 
 def is_s3(uri: str) -> bool:
+    """Whether `uri` names an S3 object or prefix (s3://...) rather than a local path."""
     return str(uri).startswith("s3://")
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
-    rest = str(uri)[len("s3://"):]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise StorageError(f"S3 URI {uri!r} has no bucket; expected s3://bucket/prefix")
-    return bucket, key.strip("/")
-
-
-_CLIENTS: dict[bytes, object] = {}
-_CLIENTS_LOCK = threading.Lock()
-# The settings a client is built from: a new value (another endpoint, profile, key) gets a
-# new client, the same values share one (boto3 clients are thread-safe, and building one
-# costs ~0.1-0.5 s of CPU).
-_CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-               "TAGGER_S3_MAX_ATTEMPTS")
-
-
-def create_s3_client():
-    """A boto3 S3 client configured from the standard AWS settings, with adaptive retries
-    (throttling, 5xx and dropped connections are retried with backoff; attempts from
-    TAGGER_S3_MAX_ATTEMPTS, default 8). Shared per process and settings."""
-    import boto3
-    from botocore.config import Config
-
-    # A digest, so that no secret sits in a long-lived structure.
-    key = hashlib.sha256(repr((os.getpid(), *(os.environ.get(k) for k in _CLIENT_ENV))).encode()).digest()
-    with _CLIENTS_LOCK:
-        if key not in _CLIENTS:
-            config = Config(
-                retries={"mode": "adaptive",
-                         "max_attempts": int(os.environ.get("TAGGER_S3_MAX_ATTEMPTS", 8))},
-                max_pool_connections=64,
-                connect_timeout=10,
-                read_timeout=60,
-            )
-            _CLIENTS[key] = boto3.session.Session().client("s3", config=config)
-        return _CLIENTS[key]
-
-
-class Storage:
+class Storage(ABC):
     """Files under a root URI. Paths are '/'-separated and relative to the root."""
 
     uri: str
@@ -95,25 +78,79 @@ class Storage:
     def url(self, path: str = "") -> str:
         return f"{self.uri.rstrip('/')}/{path}" if path else self.uri
 
-    # The backends implement these.
-    def read_bytes(self, path: str) -> bytes: ...
-    def write_bytes(self, path: str, data: bytes) -> None: ...
-    def upload(self, local_file: Path, path: str) -> None: ...
-    def exists(self, path: str) -> bool: ...
-    def list(self, prefix: str = "") -> list[str]: ...
-    def delete(self, path: str) -> None: ...
-    def version(self, path: str) -> str | None: ...
+    @abstractmethod
+    def read_bytes(self, path: str, max_bytes: int | None = None) -> bytes:
+        """The file's bytes; FileNotFoundError if absent. With `max_bytes`, a larger file is
+        refused with TooLarge before its content is read."""
 
+    @abstractmethod
+    def read_with_version(self, path: str) -> tuple[bytes, str] | None:
+        """(bytes, version) of one and the same state of the file; None if absent."""
+
+    @abstractmethod
+    def write_bytes(self, path: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def create_if_absent(self, path: str, data: bytes) -> bool:
+        """Write the file only if nothing is there; False (nothing written) if something is."""
+
+    @abstractmethod
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        """Replace the file only if it is still at `version` (from `version` or
+        `read_with_version`); False (nothing written) if it changed or is gone."""
+
+    @abstractmethod
+    def upload(self, local_file: Path, path: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    @abstractmethod
+    def delete(self, path: str) -> None: ...
+
+    @abstractmethod
+    def version(self, path: str) -> str | None:
+        """A cheap change key (size and mtime locally, the ETag on S3); None if absent."""
+
+    @abstractmethod
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:
         """A local file with the content of `path` for libraries that need a file name."""
-        raise NotImplementedError
+
+    def local_path(self, path: str) -> Path | None:
+        """The file's path on this machine's file system, or None where it has none (S3):
+        what a kernel lock (flock) needs."""
+        return None
 
     def delete_prefix(self, prefix: str) -> int:
         paths = self.list(prefix)
         for p in paths:
             self.delete(p)
         return len(paths)
+
+
+# --- local files ---------------------------------------------------------------------------
+
+
+def _stat_version(st: os.stat_result) -> str:
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def _read_bounded(f: BinaryIO, uri: str, max_bytes: int | None) -> bytes:
+    """Read an open file whole, or refuse with TooLarge before reading past `max_bytes`
+    (fstat first; then at most max_bytes + 1 bytes, in case it grew since)."""
+    if max_bytes is None:
+        return f.read()
+    size = os.fstat(f.fileno()).st_size
+    if size > max_bytes:
+        raise TooLarge(uri, size, max_bytes)
+    data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(uri, len(data), max_bytes)
+    return data
 
 
 class LocalStorage(Storage):
@@ -130,13 +167,27 @@ class LocalStorage(Storage):
             raise StorageError(f"Path {path!r} escapes the root {self.uri}")
         return full
 
-    def read_bytes(self, path: str) -> bytes:
+    def local_path(self, path: str) -> Path:
+        return self._path(path)
+
+    def read_bytes(self, path: str, max_bytes: int | None = None) -> bytes:
         try:
-            return self._path(path).read_bytes()
+            with open(self._path(path), "rb") as f:
+                return _read_bounded(f, self.url(path), max_bytes)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.url(path)} does not exist") from None
 
-    def _commit(self, write, path: str) -> None:
+    def read_with_version(self, path: str) -> tuple[bytes, str] | None:
+        try:
+            with open(self._path(path), "rb") as f:
+                return f.read(), _stat_version(os.fstat(f.fileno()))
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _staged(self, write: Callable[[Path], object], path: str) -> Iterator[tuple[Path, Path]]:
+        """(temporary file holding the new content, target) for a commit step; the
+        temporary file is always removed afterwards."""
         target = self._path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -144,15 +195,66 @@ class LocalStorage(Storage):
             write(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
+            yield tmp, target
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _commit(self, write: Callable[[Path], object], path: str) -> None:
+        with self._staged(write, path) as (tmp, target):
+            os.replace(tmp, target)
 
     def write_bytes(self, path: str, data: bytes) -> None:
         self._commit(lambda tmp: tmp.write_bytes(data), path)
 
     def upload(self, local_file: Path, path: str) -> None:
         self._commit(lambda tmp: shutil.copyfile(local_file, tmp), path)
+
+    def create_if_absent(self, path: str, data: bytes) -> bool:
+        # link() of the finished temporary file fails if the name exists, and a reader
+        # never sees a part: O_EXCL and then writing would show an empty or half file.
+        with self._staged(lambda tmp: tmp.write_bytes(data), path) as (tmp, target):
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            except OSError as e:  # a file system without hard links (FAT, some FUSE mounts)
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                return self._create_exclusive(target, data)
+        return True
+
+    @staticmethod
+    def _create_exclusive(target: Path, data: bytes) -> bool:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        # Comparing and renaming are two steps. A short flock on the file being replaced
+        # makes them one for every other replace_if: a second caller that waited on the same
+        # file then finds the name pointing at the new file, whose version differs. Readers
+        # never wait (rename is atomic) and the kernel drops the flock if the process dies.
+        # The version is size and mtime: two writes of equal size within one clock tick of
+        # the file system look the same, as they do to `version`.
+        with self._staged(lambda tmp: tmp.write_bytes(data), path) as (tmp, target):
+            try:
+                fd = os.open(target, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _stat_version(os.fstat(fd)) != version or not _same_file(fd, target):
+                    return False
+                os.replace(tmp, target)
+            finally:
+                os.close(fd)
+        return True
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()
@@ -176,119 +278,33 @@ class LocalStorage(Storage):
 
     def version(self, path: str) -> str | None:
         try:
-            st = self._path(path).stat()
+            return _stat_version(self._path(path).stat())
         except FileNotFoundError:
             return None
-        return f"{st.st_size}-{st.st_mtime_ns}"
 
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:
         yield self._path(path)
 
 
-class S3Storage(Storage):
-    def __init__(self, uri: str, client=None):
-        self.bucket, self.prefix = split_s3(uri)
-        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self._client = client
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (not replaced since it was opened)."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
-    @cached_property
-    def client(self):
-        return self._client or create_s3_client()
 
-    def _key(self, path: str) -> str:
-        if ".." in path.split("/"):
-            raise StorageError(f"Path {path!r} escapes the root {self.uri}")
-        return f"{self.prefix}/{path}".lstrip("/") if self.prefix else path
-
-    @contextmanager
-    def translate_errors(self, what: str, path: str) -> Iterator[None]:
-        """botocore's errors, once its retries are spent, as one StorageError naming the URI
-        (never the credentials) and what to do."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            yield
-        except ClientError as e:
-            err = e.response.get("Error", {})
-            raise StorageError(
-                f"S3 {what} of {self.url(path)} failed: {err.get('Code')} {err.get('Message', '')}".rstrip()
-                + ". Check the bucket, the permissions and AWS_ENDPOINT_URL; a re-run continues "
-                "where this one stopped."
-            ) from e
-        except BotoCoreError as e:
-            raise StorageError(
-                f"S3 {what} of {self.url(path)} failed after retries ({type(e).__name__}: {e}). The "
-                "endpoint is unreachable or overloaded; a re-run continues where this one stopped "
-                "(more attempts: TAGGER_S3_MAX_ATTEMPTS)."
-            ) from e
-
-    def read_bytes(self, path: str) -> bytes:
-        with self.translate_errors("read", path):
-            try:
-                return self.client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
-            except self.client.exceptions.NoSuchKey:
-                raise FileNotFoundError(f"{self.url(path)} does not exist") from None
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        with self.translate_errors("write", path):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
-
-    def upload(self, local_file: Path, path: str) -> None:
-        from boto3.exceptions import S3UploadFailedError
-
-        try:
-            with self.translate_errors("upload", path):
-                self.client.upload_file(str(local_file), self.bucket, self._key(path))
-        except S3UploadFailedError as e:  # s3transfer's wrapper around the same errors
-            raise StorageError(f"S3 upload of {self.url(path)} failed: {e}. A re-run continues "
-                               "where this one stopped.") from e
-
-    def exists(self, path: str) -> bool:
-        return self.version(path) is not None
-
-    def list(self, prefix: str = "") -> list[str]:
-        key_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        out = []
-        with self.translate_errors("listing", prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=key_prefix
-            ):
-                for obj in page.get("Contents", []):
-                    rel = obj["Key"][strip:]
-                    if not any(part.startswith(".") for part in rel.split("/")):
-                        out.append(rel)
-        return sorted(out)
-
-    def delete(self, path: str) -> None:
-        with self.translate_errors("delete", path):
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
-
-    def version(self, path: str) -> str | None:
-        from botocore.exceptions import ClientError
-
-        with self.translate_errors("HEAD", path):
-            try:
-                head = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                    return None
-                raise
-        return head["ETag"].strip('"')
-
-    @contextmanager
-    def local_copy(self, path: str) -> Iterator[Path]:
-        with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
-            local = Path(tmp) / Path(path).name
-            with self.translate_errors("download", path):
-                self.client.download_file(self.bucket, self._key(path), str(local))
-            yield local
+# --- opening a root or a file ---------------------------------------------------------------
 
 
 def open_storage(uri: str | Path) -> Storage:
     """The storage for a root URI: `s3://bucket/prefix` or a local folder."""
-    return S3Storage(str(uri)) if is_s3(str(uri)) else LocalStorage(uri)
+    if is_s3(str(uri)):
+        from tagger.io.s3 import S3Storage  # here: s3.py builds on this module
+
+        return S3Storage(str(uri))
+    return LocalStorage(uri)
 
 
 def open_file(uri: str | Path) -> tuple[Storage, str]:
@@ -296,41 +312,53 @@ def open_file(uri: str | Path) -> tuple[Storage, str]:
     uri = str(uri)
     if is_s3(uri):
         parent, _, name = uri.rpartition("/")
-        return S3Storage(parent), name
+        return open_storage(parent), name
     path = Path(uri).expanduser().resolve()
     return LocalStorage(path.parent), path.name
 
 
-# --- Parquet -----------------------------------------------------------------------------
+class FileReader:
+    """Reads single files named by s3:// URIs or local paths, such as a catalog's images.
+
+    S3 files are read through one storage per bucket, kept for the reader's life (one
+    client and its connection pool for a run, not one per file). Local paths are taken as
+    they are, without resolving them again: the caller has resolved and checked them, and
+    a nightly re-ingest asks for the version of every image (one stat each)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, Storage] = {}
+
+    def _s3(self, uri: str) -> tuple[Storage, str]:
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        storage = self._buckets.get(bucket)
+        if storage is None:
+            storage = self._buckets.setdefault(bucket, open_storage(f"s3://{bucket}"))
+        return storage, key
+
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The file's bytes; `max_bytes` as in `Storage.read_bytes`."""
+        if is_s3(uri):
+            storage, key = self._s3(uri)
+            return storage.read_bytes(key, max_bytes)
+        try:
+            with open(uri, "rb") as f:
+                return _read_bounded(f, uri, max_bytes)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{uri} does not exist") from None
+
+    def version(self, uri: str) -> str | None:
+        """`Storage.version` of the file; None if absent."""
+        if is_s3(uri):
+            storage, key = self._s3(uri)
+            return storage.version(key)
+        try:
+            return _stat_version(os.stat(uri))
+        except FileNotFoundError:
+            return None
 
 
-def write_table(storage: Storage, path: str, table: pa.Table) -> None:
-    """Write one Parquet file atomically and log its row count and URI."""
-    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
-        local = Path(tmp) / "part.parquet"
-        pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
-        storage.upload(local, path)
-    log.info("wrote %d rows to %s", table.num_rows, storage.url(path))
-
-
-def read_table(storage: Storage, path: str, schema: pa.Schema | None = None,
-               defaults: dict | None = None) -> pa.Table:
-    """Read one Parquet file; cast to `schema` when given (column order and types).
-    `defaults`: values for columns that files written by older versions lack."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
-    for name, value in (defaults or {}).items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.array([value] * table.num_rows,
-                                                       type=schema.field(name).type))
-    return table.select(schema.names).cast(schema) if schema is not None else table
-
-
-def read_tables(storage: Storage, prefix: str, schema: pa.Schema) -> pa.Table:
-    """Concatenate every Parquet file under `prefix` (empty table with `schema` if none)."""
-    parts = [read_table(storage, p, schema) for p in storage.list(prefix) if p.endswith(".parquet")]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
-
-
-def read_table_or_empty(storage: Storage, path: str, schema: pa.Schema,
-                        defaults: dict | None = None) -> pa.Table:
-    return read_table(storage, path, schema, defaults) if storage.exists(path) else schema.empty_table()
+__all__ = [
+    "FileReader", "LocalStorage", "Storage", "StorageError", "TooLarge", "is_s3", "open_file",
+    "open_storage", "PARQUET_OPTIONS", "ROW_GROUP_ROWS", "read_table", "read_table_or_empty",
+    "read_tables", "write_table",
+]

@@ -1,0 +1,123 @@
+"""New images -> image shards: fetch each changed image, hash it, normalise it once per
+distinct content, and write the new ones to Parquet shards of `shard_size` images whose
+names derive from their content (a re-run after a crash writes the same names)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from catalog_schemas.tables import IMAGES
+from tagger.config import IngestConfig
+from tagger.data.images import ImageError, normalise_image
+from tagger.ingest.rejects import Problem, Rejects
+from tagger.ingest.rows import CatalogRow
+from tagger.ingest.source import ImageSource, too_large_detail
+from tagger.io.parquet import write_table
+from tagger.io.storage import Storage, TooLarge
+from tagger.lake import IMAGES_PREFIX
+
+
+def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str],
+                config: IngestConfig) -> Problem | None:
+    """Fill in the row's hash (and its normalised image if its content is new); the
+    problem that rejects the row, or None."""
+    try:
+        data = source.read(row.image_uri)
+    except FileNotFoundError:
+        return Problem("fetch", "missing_file", f"image {row.image_uri} does not exist")
+    except TooLarge as e:
+        return Problem("fetch", "file_too_large", too_large_detail(row.image_uri, e))
+    except IsADirectoryError:
+        return Problem("fetch", "not_a_file", f"image {row.image_uri} is a directory")
+    except Exception as e:  # retries are the storage layer's; what is left is a reject
+        return Problem("fetch", "fetch_error", f"image {row.image_uri}: {type(e).__name__}: {e}")
+    row.image_hash = hashlib.sha256(data).hexdigest()
+    if row.image_hash in known:
+        row.image_shard = known[row.image_hash]
+        return None
+    try:
+        row.stored = normalise_image(
+            data, max_side=config.image_max_side, quality=config.jpeg_quality,
+            max_pixels=config.max_pixels,
+        )
+    except ImageError as e:
+        return Problem("decode", e.reason, f"image {row.image_uri}: {e.detail}")
+    return None
+
+
+def write_shard(storage: Storage, rows: Sequence[CatalogRow]) -> str:
+    """One Parquet shard of new images; its name is derived from its content (idempotent)."""
+    unique = {r.image_hash: r.stored for r in rows}
+    hashes = sorted(unique)
+    name = "shard-" + hashlib.sha256("".join(hashes).encode()).hexdigest()[:20] + ".parquet"
+    path = f"{IMAGES_PREFIX}/{name}"
+    if not storage.exists(path):
+        table = pa.table(
+            {
+                "image_hash": hashes,
+                "width": [unique[h][1] for h in hashes],
+                "height": [unique[h][2] for h in hashes],
+                "data": [unique[h][0] for h in hashes],
+            },
+            schema=IMAGES,
+        )
+        write_table(storage, path, table)
+    for r in rows:
+        r.image_shard, r.stored = name, None
+    return name
+
+
+class ShardWriter:
+    """Holds normalised new images until a shard of exactly `shard_size` distinct ones is
+    full, then writes it; `known` (hash -> shard) grows with every shard written."""
+
+    def __init__(self, storage: Storage, known: dict[str, str], shard_size: int):
+        self.storage, self.known, self.shard_size = storage, known, shard_size
+        self.pending: list[CatalogRow] = []
+        self.shards: list[str] = []
+        self.images_stored = 0
+
+    def add(self, row: CatalogRow) -> None:
+        self.pending.append(row)
+
+    def flush(self, final: bool = False) -> None:
+        """Write every full shard (and the rest too when `final`)."""
+        groups: dict[str, list[CatalogRow]] = {}
+        for r in self.pending:
+            groups.setdefault(r.image_hash, []).append(r)
+        hashes = list(groups)
+        while len(hashes) >= self.shard_size or (final and hashes):
+            batch, hashes = hashes[:self.shard_size], hashes[self.shard_size:]
+            name = write_shard(self.storage, [r for h in batch for r in groups[h]])
+            self.known.update({h: name for h in batch})
+            self.images_stored += len(batch)
+            self.shards.append(name)
+        self.pending = [r for h in hashes for r in groups[h]]
+
+
+def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: ShardWriter,
+                    config: IngestConfig, rejects: Rejects) -> int:
+    """Fetch every row's image on `config.workers` threads, a shard's worth at a time, and
+    write shards as they fill up; returns the number of images fetched."""
+    fetched = 0
+    bar = tqdm(total=len(rows), desc="ingest images", unit="img", disable=None)
+    with ThreadPoolExecutor(config.workers) as pool:
+        for start in range(0, len(rows), config.shard_size):
+            chunk = rows[start:start + config.shard_size]
+            problems = pool.map(lambda r: fetch_image(r, source, writer.known, config), chunk)
+            for row, problem in zip(chunk, problems):
+                fetched += 1
+                if problem:
+                    rejects.add(row.index, row.product_id, problem)
+                elif row.stored is not None:
+                    writer.add(row)
+            bar.update(len(chunk))
+            writer.flush()
+        writer.flush(final=True)
+    bar.close()
+    return fetched

@@ -1,0 +1,96 @@
+"""The layers hold: only tagger/io talks to S3 (boto3, botocore, s3transfer), catalog_schemas
+imports nothing of ours, and the tagger library runs without the flows or Prefect.
+
+The source is read with `ast`, not imported: an import inside a function counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("tagger", "flows", "catalog_schemas")
+
+# (who, what it may not import, why)
+RULES = [
+    (lambda path: not path.startswith("tagger/io/"), ("boto3", "botocore", "s3transfer"),
+     "only tagger/io talks to S3"),
+    (lambda path: path.startswith("catalog_schemas/"), ("tagger", "flows"),
+     "catalog_schemas imports nothing of ours"),
+    (lambda path: path.startswith("tagger/"), ("flows", "prefect"),
+     "tagger runs and is tested without the flows or Prefect"),
+]
+
+
+def imported_modules(source: str, path: str) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in `source`, the file at `path`
+    (relative to the repository root, used to resolve relative imports), including
+    importlib.import_module("...") and __import__("...") of a constant name."""
+    package = path.removesuffix(".py").split("/")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(source, filename=path)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            if node.module:
+                found.append((node.lineno, ".".join(base + [node.module])))
+            else:  # `from . import x`: the names are modules of the package
+                found += [(node.lineno, ".".join(base + [alias.name])) for alias in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def violations(source: str, path: str) -> list[str]:
+    """'path:line: imports X (why)' for every import in `source` that a rule forbids."""
+    out = []
+    for line, module in imported_modules(source, path):
+        top = module.split(".")[0]
+        for applies, forbidden, why in RULES:
+            if applies(path) and top in forbidden:
+                out.append(f"{path}:{line}: imports {module} ({why})")
+    return out
+
+
+def _sources() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def test_the_package_keeps_its_layers():
+    assert len(_sources()) > 30  # the walk found the package
+    found = [v for p in _sources()
+             for v in violations(p.read_text(encoding="utf-8"), p.relative_to(ROOT).as_posix())]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path, source, expected", [
+    ("tagger/ingest/source.py", "import boto3\n", ["tagger/ingest/source.py:1: imports boto3"]),
+    ("tagger/ingest/source.py", "def f():\n    from botocore.exceptions import ClientError\n",
+     ["tagger/ingest/source.py:2: imports botocore.exceptions"]),
+    ("flows/ingest.py", "import s3transfer.manager\n", ["flows/ingest.py:1: imports s3transfer.manager"]),
+    ("tagger/tag/run.py", "x = importlib.import_module('boto3')\n", ["tagger/tag/run.py:1: imports boto3"]),
+    ("catalog_schemas/tables.py", "from tagger.lake import PRODUCTS_PATH\n",
+     ["catalog_schemas/tables.py:1: imports tagger.lake"]),
+    ("catalog_schemas/tables.py", "import flows.ingest\n", ["catalog_schemas/tables.py:1: imports flows.ingest"]),
+    ("tagger/cli.py", "from prefect import flow\n", ["tagger/cli.py:1: imports prefect"]),
+    ("tagger/cli.py", "import flows._common\n", ["tagger/cli.py:1: imports flows._common"]),
+    # allowed
+    ("tagger/io/s3.py", "import boto3\nfrom botocore.config import Config\n", []),
+    ("flows/ingest.py", "from prefect import flow\nfrom tagger.ingest import ingest_catalog\n", []),
+    ("tagger/ingest/run.py", "from . import rows\nfrom .source import ImageSource\n", []),
+    ("catalog_schemas/tables.py", "import pyarrow as pa\nfrom catalog_schemas.taxonomy import Taxonomy\n", []),
+])
+def test_the_checker_names_file_and_line(path, source, expected):
+    got = violations(source, path)
+    assert [v.split(" (")[0] for v in got] == expected
+
+
+def test_relative_imports_resolve_inside_their_package():
+    assert imported_modules("from . import rows\nfrom ..io.storage import open_file\n",
+                            "tagger/ingest/run.py") == [(1, "tagger.ingest.rows"), (2, "tagger.io.storage")]
