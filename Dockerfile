@@ -5,8 +5,10 @@
 #
 # torch and torchvision are the versions the test suite runs on (torch 2.14.1+cu130,
 # torchvision 0.29.1+cu130); tests/test_docker.py fails when these pins and the tested
-# versions part. The base is the official PyTorch image of that torch release (CUDA 13.0
-# runtime, cuDNN 9), so pip keeps its torch and installs only the rest.
+# versions part. The base is PyTorch's image for that torch release (CUDA 13.0 runtime,
+# cuDNN 9; its tag follows their naming: this image is not built in CI, which has no Docker
+# engine), so pip keeps its torch and installs only the rest; should the base carry another
+# torch, pip takes the pinned one from TORCH_INDEX_URL and the build checks the result.
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 ARG CUDA_VERSION=13.0
