@@ -57,7 +57,7 @@ class EmaChoice(_Part):
     registered: Literal["raw", "ema"] = Field(description="The weights in model.safetensors.")
 
 
-class TrainingData(_Part):
+class DataSnapshot(_Part):
     """What the model was trained and validated on."""
 
     snapshot: str = Field(description="Hash of the product ids, image hashes and labels trained on.")
@@ -111,7 +111,7 @@ class ModelCard(BaseModel):
     pos_weight: PerValue = Field(default_factory=dict, description="BCE pos_weight per value used in training.")
     metrics: dict[str, Any] = Field(description="Validation metrics (tagger.quality.metrics.compute_metrics).")
     config: dict[str, Any] = Field(description="The resolved TrainConfig of the run.")
-    data: TrainingData
+    data: DataSnapshot
     history: list[Epoch] = Field(default_factory=list, description="One entry per trained epoch.")
     training: TrainingRun
     weights_sha256: str | None = Field(None, description="sha256 of model.safetensors, set at registration.")
