@@ -51,15 +51,16 @@ def test_launcher_starts_torchrun_for_two_gpus(trained_lake, monkeypatch):
 # train_model as it is, with two things held still that differ between 1 and 2 processes
 # by construction, not by a DDP bug: augmentation (random crops and flips per sample and
 # process) is off, and BatchNorm uses fixed statistics (per-process batch statistics over
-# 8 instead of 16 images change the gradient by ~60% at init; train.py uses SyncBatchNorm
+# 8 instead of 16 images change the gradient by ~60% at init; tagger/train/run.py uses SyncBatchNorm
 # on GPUs, which gloo on the CPU does not support).
 _TRAIN_LIKE_FOR_LIKE = """
 import sys
 import torch
 import tagger.train.run as T
+import tagger.train.split as S
 from tagger.config import TrainConfig
-make = T.create_transforms
-T.create_transforms = lambda size, train: make(size, train=False)
+make = S.create_transforms  # the one create_datasets calls
+S.create_transforms = lambda size, train: make(size, train=False)
 torch.nn.modules.batchnorm._BatchNorm.train = lambda self, mode=True: torch.nn.Module.train(self, False)
 version = T.train_model(sys.argv[1], TrainConfig.model_validate_json(sys.argv[2]))
 if version:

@@ -14,7 +14,9 @@ from tagger.model.versions import read_card
 from tagger.io.storage import open_storage
 from tagger.lake import read_latest
 from tagger.tag.run import tag_catalog
-from tagger.train.run import choose_thresholds, create_ema, train_model
+from tagger.train.loop import create_ema
+from tagger.train.register import choose_thresholds
+from tagger.train.run import train_model
 from tests.conftest import DEMO_TAXONOMY, TINY_TRAIN
 
 

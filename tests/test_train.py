@@ -1,14 +1,13 @@
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from catalog_schemas.taxonomy import Taxonomy
 from tagger.train import run as train_mod
 from tagger.model.versions import list_versions, load_model, read_card
 from tagger.io.storage import open_storage
-from tagger.train.run import create_scheduler, split_train_val, train_model
+from tagger.train.loop import create_scheduler
+from tagger.train.run import train_model
+from tagger.train.split import split_train_val
 from tests.conftest import TINY_TRAIN
 
 
@@ -88,12 +87,12 @@ def test_resume_continues_from_the_last_epoch(trained_lake, monkeypatch, caplog)
     def crash(*a, **k):
         raise RuntimeError("killed after the epoch")
 
-    monkeypatch.setattr(train_mod, "_evaluate_and_register", crash)
+    monkeypatch.setattr(train_mod, "evaluate_and_register", crash)
     with pytest.raises(RuntimeError, match="killed"):
         train_model(str(lake), cfg)
     assert len(open_storage(lake).list("checkpoints")) == 1
     monkeypatch.undo()
-    caplog.set_level("INFO", logger="tagger.train.run")
+    caplog.set_level("INFO", logger="tagger.train.checkpoints")
     version = train_model(str(lake), cfg.model_copy(update=dict(epochs=2, resume=True)))
     assert "resumed from epoch 1" in caplog.text
     history = read_card(open_storage(lake), version).history

@@ -1,1 +1,10 @@
-"""Training: split, fit, register a model version (tagger.train.run.train_model)."""
+"""Training: split, fit, register a model version (`train_model`, tagger.train.run).
+
+run (train_model: the steps in order), split (training data and the train/validation split),
+loop (one epoch), checkpoints (save, resume), register (validation, thresholds, the model
+card), losses, launch (one process per GPU under torchrun).
+"""
+
+from tagger.train.run import train_model
+
+__all__ = ["train_model"]

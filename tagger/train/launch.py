@@ -1,7 +1,7 @@
 """Use every GPU of the machine: one training process per GPU under torchrun, else in-process.
 
 The train flow calls `run_training`; on a worker with more than one CUDA GPU it starts
-`torchrun --nproc_per_node=<gpus> -m tagger.cli train ...` (DDP, NCCL; see tagger/train.py)
+`torchrun --nproc_per_node=<gpus> -m tagger.cli train ...` (DDP, NCCL; see tagger/train/run.py)
 and returns the version that rank 0 registered. `batch_size` stays per device, so the global
 batch grows with the number of GPUs (as in torchvision's references).
 """

@@ -1,0 +1,185 @@
+"""After the last epoch: validate, choose thresholds, write the card and report, register.
+
+The validation split is scored with the raw weights and, with an EMA, with its weights too;
+the one with the higher mAP is registered. Per-attribute temperatures are fitted on the
+validation logits (`calibrate`), then the decision thresholds (max F1 per value, or fixed)
+and, with `min_precision`, the auto-publish thresholds. The model card records all of it
+with the resolved config, the data snapshot and the epoch history; the report and the
+weights go next to it under models/<version>/.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from catalog_schemas.card import DataConfig, ModelCard
+from tagger.config import TrainConfig
+from tagger.data.dataset import ProductImages
+from tagger.data.loader import create_loader
+from tagger.data.transforms import BatchNormalize
+from tagger.io.storage import Storage
+from tagger.labels import values_from_vector
+from tagger.lake import model_path
+from tagger.model.backbones import get_backbone
+from tagger.model.predict import predict_scores
+from tagger.model.versions import new_version, register_model
+from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
+from tagger.quality.evaluate import calibration_metrics, compute_evaluation, write_evaluation_report
+from tagger.quality.report import card_summary
+from tagger.quality.thresholds import precision_thresholds, tune_thresholds
+from tagger.train.split import TrainingData
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the registration needs to know about the run that trained the model."""
+
+    config: TrainConfig  # resolved (tagger.train.run.resolve_config)
+    data: TrainingData
+    val_idx: np.ndarray  # rows of `data` in the validation split
+    val_ds: ProductImages
+    n_train: int
+    pos_weight: np.ndarray  # per output, as trained with
+    data_config: DataConfig
+    device: torch.device
+    world_size: int
+    history: list[dict]  # one entry per epoch
+    seconds: float  # from the start of train_model to validation
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation split scored by the weights to register, and what was chosen on it."""
+
+    model: nn.Module  # the raw weights or their EMA, whichever validated better
+    targets: np.ndarray
+    mask: np.ndarray
+    scores: np.ndarray  # calibrated
+    temperatures: dict[str, float]  # per attribute; empty without calibration
+    thresholds: np.ndarray
+    auto_thresholds: np.ndarray | None
+    ema: dict  # the EMA choice for the card; empty without EMA
+    decisions: np.ndarray
+    metrics: dict
+
+
+def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.ndarray, np.ndarray | None]:
+    """(decision thresholds, auto-publish thresholds or None) per output.
+
+    With min_precision, a value's tags are emitted from min(decision, auto-publish)
+    threshold: where the precision target is met below the max-F1 cut, there is no review
+    band; otherwise tags between the two are marked needs_review."""
+    if config.thresholds == "fixed":
+        thresholds = np.full(scores.shape[1], config.fixed_threshold, dtype=np.float32)
+    else:
+        thresholds = tune_thresholds(scores, targets, mask)
+    if config.min_precision is None:
+        return thresholds, None
+    auto = precision_thresholds(scores, targets, mask, config.min_precision)
+    return np.minimum(thresholds, auto), auto
+
+
+def validate(model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> Validation:
+    """Score the validation split, calibrate, choose thresholds and compute the metrics."""
+    config, taxonomy = run.config, run.data.taxonomy
+    loader = create_loader(run.val_ds, config.batch_size, config.workers, device=run.device)
+    model, logits, ema_info = _validation_logits(model, ema, loader, run.device, config,
+                                                 BatchNormalize.from_config(run.data_config, reuse=True))
+    targets, mask = run.data.targets[run.val_idx], run.data.mask[run.val_idx]
+    temperatures = fit_temperatures(logits, targets, mask, taxonomy.slices) if config.calibrate else {}
+    scores = apply_temperature(logits, temperature_vector(temperatures, taxonomy.slices,
+                                                          taxonomy.num_outputs))
+    thresholds, auto = choose_thresholds(config, scores, targets, mask)
+    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, thresholds, auto,
+                                            config.min_precision)
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures)
+    metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
+    return Validation(model, targets, mask, scores, temperatures, thresholds, auto, ema_info,
+                      decisions, metrics)
+
+
+def _validation_logits(model: nn.Module, ema: ModelEmaV3 | None, loader: DataLoader, device: torch.device,
+                       config: TrainConfig, normalize: BatchNormalize) -> tuple[nn.Module, np.ndarray, dict]:
+    """Validation logits of the raw weights, or of their EMA when its mAP is higher."""
+
+    def run(net: nn.Module, desc: str) -> np.ndarray:
+        return predict_scores(net, loader, device, channels_last=config.channels_last,
+                              amp=config.amp, desc=desc, logits=True, normalize=normalize)
+
+    logits = run(model, "validate")
+    if ema is None:
+        return model, logits, {}
+    ema_logits = run(ema.module, "validate EMA")
+    targets, mask = loader.dataset.targets, loader.dataset.mask
+    raw_ap, ema_ap = _mean_ap(targets, mask, logits), _mean_ap(targets, mask, ema_logits)
+    chosen = "ema" if ema_ap > raw_ap else "raw"
+    log.info("validation mAP: raw weights %.4f, EMA %.4f; registering %s", raw_ap, ema_ap, chosen)
+    info = dict(decay=config.ema_decay, val_mAP_raw=round(raw_ap, 5), val_mAP_ema=round(ema_ap, 5),
+                registered=chosen)
+    return (ema.module, ema_logits, info) if chosen == "ema" else (model, logits, info)
+
+
+def _mean_ap(targets: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> float:
+    """Mean AP over the outputs with both positives and negatives among the known labels."""
+    from sklearn.metrics import average_precision_score
+
+    aps = [average_precision_score(targets[mask[:, k], k], logits[mask[:, k], k])
+           for k in range(logits.shape[1]) if 0 < targets[mask[:, k], k].sum() < mask[:, k].sum()]
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def build_card(version: str, run: RunFacts, val: Validation, lake: str) -> ModelCard:
+    """The model card of `version`: what was trained, how, on what, and how it validated."""
+    config, data, taxonomy = run.config, run.data, run.data.taxonomy
+    return ModelCard(
+        version=version,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        backbone=config.backbone,
+        timm_name=get_backbone(config.backbone).timm_name,
+        image_size=config.image_size,
+        data_config=run.data_config,
+        taxonomy=taxonomy,
+        thresholds=values_from_vector(taxonomy, val.thresholds),
+        auto_thresholds=(None if val.auto_thresholds is None
+                         else values_from_vector(taxonomy, val.auto_thresholds)),
+        min_precision=config.min_precision,
+        temperature=val.temperatures,
+        ema=val.ema or None,
+        pos_weight=values_from_vector(taxonomy, run.pos_weight),
+        metrics=val.metrics,
+        config=config.model_dump(mode="json"),
+        data=dict(snapshot=data.snapshot, products=len(data.product_ids), train=run.n_train,
+                  validation=len(run.val_idx), lake=lake),
+        history=run.history,
+        training=dict(device=str(run.device), world_size=run.world_size, seconds=round(run.seconds, 1),
+                      torch=torch.__version__, timm=timm.__version__),
+    )
+
+
+def evaluate_and_register(storage: Storage, model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> str:
+    """Validate, write the report and register the model with its card; returns the version."""
+    val = validate(model, ema, run)
+    version = new_version()
+    card = build_card(version, run, val, storage.uri)
+    write_evaluation_report(storage, model_path(version), f"Model {version}", card_summary(card),
+                            run.data.taxonomy, card.thresholds, val.targets, val.mask, val.scores,
+                            val.decisions, val.metrics, auto_thresholds=card.auto_thresholds)
+    register_model(storage, val.model, card)
+    m = val.metrics
+    log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",
+             version, m["micro_f1"] or 0, m["macro_f1"] or 0, m["mAP"] or 0, len(run.val_idx))
+    return version
