@@ -21,8 +21,8 @@ Per catalog size N, in one run of this script:
 Peak RSS is the high-water mark of the tag run alone: the child imports torch and loads
 the model first, then resets VmHWM (/proc/self/clear_refs) and reads it after the run
 (ru_maxrss where /proc is missing). `--chunk-size` (TagConfig.chunk_size) and
-`--latest-batch-rows` (tagger.tag.run.LATEST_BATCH_ROWS) are below the smallest catalog, so
-every size is scored and merged in pieces and the bounded part is the same at both sizes;
+`--latest-batch-rows` (tagger.tag.streams.BATCH_ROWS) are below the smallest catalog, so
+every size is scored, read and merged in pieces and the bounded part is the same at both sizes;
 what grows with N is what a run holds per product. `--trace` adds one more child per size
 (a full run under tracemalloc, not timed) with the Python heap peak and its sites.
 
@@ -192,7 +192,7 @@ def child(lake: str, mode: str, chunk_size: int, batch_size: int, latest_batch_r
     """One tag run (full or incremental) in this process; its seconds, counts and peak RSS."""
     import torch  # noqa: F401  (imported before the baseline is taken)
 
-    import tagger.tag.run
+    import tagger.tag.streams
     from tagger.config import TagConfig
     from tagger.model.versions import load_model
     from tagger.io.storage import open_storage
@@ -200,7 +200,7 @@ def child(lake: str, mode: str, chunk_size: int, batch_size: int, latest_batch_r
 
     config = TagConfig(chunk_size=chunk_size, batch_size=batch_size, workers=0, device="cpu",
                        runtime=runtime)
-    tagger.tag.run.LATEST_BATCH_ROWS = latest_batch_rows
+    tagger.tag.streams.BATCH_ROWS = latest_batch_rows
     model, card = load_model(open_storage(lake))  # code paths and allocator warm before the baseline
     used = _export_once(model, card, config)  # once per model version and machine: not a night's cost
     if gc_freeze:  # what is imported and loaded so far is never scanned by the cyclic GC again
@@ -233,11 +233,12 @@ def _traced_peak_sites(lake: str, mode: str, chunk_size: int, batch_size: int, l
     import torch  # noqa: F401
 
     import tagger.tag.run as tags_module
+    import tagger.tag.streams
     from tagger.config import TagConfig
     from tagger.model.versions import load_model
     from tagger.io.storage import open_storage
 
-    tags_module.LATEST_BATCH_ROWS = latest_batch_rows
+    tagger.tag.streams.BATCH_ROWS = latest_batch_rows
     load_model(open_storage(lake))
     snapshots, original = [], tags_module.compute_tag_changes
 
@@ -360,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--chunk-size", type=int, default=500, help="TagConfig.chunk_size")
     p.add_argument("--batch-size", type=int, default=64, help="TagConfig.batch_size")
     p.add_argument("--latest-batch-rows", type=int, default=2048,
-                   help="tagger.tag.run.LATEST_BATCH_ROWS: latest-table rows merged at once")
+                   help="tagger.tag.streams.BATCH_ROWS: rows of the products, state and latest "
+                   "tables read (and latest rows merged) at once")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"], help="TagConfig.runtime")
     p.add_argument("--gc-freeze", action="store_true",
                    help="gc.freeze() in each tag process after imports and the model load")

@@ -1,7 +1,7 @@
 """What the data looks like: table schemas and the taxonomy format. Imports nothing of ours."""
 
 from catalog_schemas.card import CARD_FORMAT, CardError, ModelCard, parse_card
-from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS, TAG_HISTORY, TAG_LATEST
+from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS, TAG_HISTORY, TAG_LATEST, TAG_STATE
 from catalog_schemas.taxonomy import (
     Attribute,
     CatalogMapping,
@@ -13,7 +13,7 @@ from catalog_schemas.taxonomy import (
 
 __all__ = [
     "CARD_FORMAT", "CardError", "ModelCard", "parse_card",
-    "IMAGES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST",
+    "IMAGES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST", "TAG_STATE",
     "Attribute", "CatalogMapping", "Taxonomy", "TaxonomyError", "load_taxonomy",
     "shipped_taxonomy",
 ]

@@ -85,3 +85,15 @@ TAG_LATEST = _schema(
     *_TAG_COLUMNS,
 )
 
+TAG_STATE = _schema(
+    "tag_state",
+    "What each current product was last tagged from, one row per product, replaced by every "
+    "run that tags or removes products. A run tags a product again only when its image, its "
+    "row or the model differs from its row here, so products where every attribute abstained "
+    "(no tag rows at all) are not re-tagged every night.",
+    ("product_id", pa.string(), False, "Product id; the rows are sorted by it."),
+    ("image_hash", pa.string(), False, "image_hash of the product row that was tagged."),
+    ("product_updated_at", UTC_TS, False, "updated_at of the product row that was tagged."),
+    ("model_version", pa.string(), False, "Model version that tagged the product."),
+    ("run_id", pa.string(), False, "Tag run that last tagged the product."),
+)

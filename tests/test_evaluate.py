@@ -7,7 +7,6 @@ from catalog_schemas.taxonomy import load_taxonomy
 from tagger.cli import main
 from tagger.quality.evaluate import compute_evaluation, evaluate_model
 from tagger.demo.sample import generate_catalog
-from tests.conftest import DEMO_TAXONOMY
 
 TAX = load_taxonomy("""
 name: t

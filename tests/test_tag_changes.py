@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from catalog_schemas.tables import TAG_LATEST
 from tagger.ingest.rejects import read_reject_counts
-from tagger.tag.run import compute_tag_changes
+from tagger.tag.changes import compute_tag_changes
 
 
 def _tags(rows):

@@ -11,9 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import tagger.tag.run as tags
-from catalog_schemas.tables import TAG_LATEST
+from catalog_schemas.tables import TAG_LATEST, TAG_STATE
 from tagger.io.storage import open_storage, read_table, write_table
+from tagger.lake import LATEST_PATH, PRODUCTS_PATH, STATE_PATH
+from tagger.tag import streams
+from tagger.tag.merge import merge_latest
+from tagger.tag.plan import scan_products, select_products
+from tagger.tag.rows import PRODUCT_SCHEMA, TAG_ORDER
+from tagger.tag.run import _write_state
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 ATTRS = [("colour", ["red", "blue"]), ("pattern", ["solid", "dotted"]), ("features", ["logo", "zip"])]
@@ -28,16 +33,16 @@ def _rows(pids: list[str], run_id: str, rng: random.Random) -> pa.Table:
                     rows.append(dict(product_id=pid, attribute=attribute, value=value, score=0.7,
                                      source="model", image_hash="h" + pid, needs_review=False,
                                      model_version="m1", run_id=run_id, tagged_at=NOW))
-    return pa.Table.from_pylist(rows, schema=TAG_LATEST).sort_by(tags.TAG_ORDER)
+    return pa.Table.from_pylist(rows, schema=TAG_LATEST).sort_by(TAG_ORDER)
 
 
 @pytest.mark.parametrize("batch_rows", [1, 3, 7, 1000])
 def test_streamed_merge_equals_whole_table_merge(tmp_path, monkeypatch, batch_rows):
-    monkeypatch.setattr(tags, "LATEST_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(streams, "BATCH_ROWS", batch_rows)
     rng = random.Random(batch_rows)
     storage = open_storage(tmp_path / "lake")
     before = [f"P{i:03d}" for i in range(1, 40)]
-    write_table(storage, tags.LATEST_PATH, _rows(before, "night1", rng))
+    write_table(storage, LATEST_PATH, _rows(before, "night1", rng))
     removed = {"P001", "P017", "P039"}
     retagged = ["P002", "P018", "P038"]
     new = ["P000", "P0175", "P050", "P051"]  # before the first, between two, after the last
@@ -47,12 +52,12 @@ def test_streamed_merge_equals_whole_table_merge(tmp_path, monkeypatch, batch_ro
     current_ids = pa.chunked_array([pa.array(current)])
 
     out = tmp_path / "merged.parquet"
-    merged = tags._merge_latest(storage, fresh, tagged_ids, current_ids, out, {"run_id": "night2"})
+    merged = merge_latest(storage, fresh, tagged_ids, current_ids, out, {"run_id": "night2"})
 
-    previous = read_table(storage, tags.LATEST_PATH, TAG_LATEST)
+    previous = read_table(storage, LATEST_PATH, TAG_LATEST)
     keep = pc.and_(pc.invert(pc.is_in(previous["product_id"], value_set=tagged_ids)),
                    pc.is_in(previous["product_id"], value_set=current_ids))
-    expected = pa.concat_tables([previous.filter(keep), fresh]).sort_by(tags.TAG_ORDER)
+    expected = pa.concat_tables([previous.filter(keep), fresh]).sort_by(TAG_ORDER)
     import pyarrow.parquet as pq
 
     got = pq.read_table(out).cast(TAG_LATEST)
@@ -68,21 +73,21 @@ def test_streamed_merge_equals_whole_table_merge(tmp_path, monkeypatch, batch_ro
 
 def test_unsorted_previous_table_loses_no_row(tmp_path, monkeypatch):
     """A latest table not in TAG_ORDER (not written by us) still merges to the right rows."""
-    monkeypatch.setattr(tags, "LATEST_BATCH_ROWS", 5)
+    monkeypatch.setattr(streams, "BATCH_ROWS", 5)
     rng = random.Random(0)
     storage = open_storage(tmp_path / "lake")
     previous = _rows([f"P{i:03d}" for i in range(30)], "night1", rng)
     shuffled = previous.take(pa.array(rng.sample(range(previous.num_rows), previous.num_rows)))
-    write_table(storage, tags.LATEST_PATH, shuffled)
+    write_table(storage, LATEST_PATH, shuffled)
     fresh = _rows(["P003", "P100"], "night2", rng)
     current = pa.chunked_array([pa.array([f"P{i:03d}" for i in range(1, 30)] + ["P100"])])
-    tags._merge_latest(storage, fresh, pa.chunked_array([pa.array(["P003", "P100"])]), current,
+    merge_latest(storage, fresh, pa.chunked_array([pa.array(["P003", "P100"])]), current,
                        tmp_path / "m.parquet", {})
     import pyarrow.parquet as pq
 
-    got = pq.read_table(tmp_path / "m.parquet").cast(TAG_LATEST).sort_by(tags.TAG_ORDER)
+    got = pq.read_table(tmp_path / "m.parquet").cast(TAG_LATEST).sort_by(TAG_ORDER)
     keep = pc.invert(pc.is_in(previous["product_id"], value_set=pa.array(["P000", "P003"])))
-    assert got.equals(pa.concat_tables([previous.filter(keep), fresh]).sort_by(tags.TAG_ORDER))
+    assert got.equals(pa.concat_tables([previous.filter(keep), fresh]).sort_by(TAG_ORDER))
 
 
 def test_arrow_selection_matches_the_row_rule():
@@ -100,14 +105,14 @@ def test_arrow_selection_matches_the_row_rule():
             image_hash=hashes[i] if rng.random() < 0.9 else "other",
             product_updated_at=ts[i] if rng.random() < 0.9 else datetime(2025, 1, 1, tzinfo=timezone.utc),
             model_version="m1" if rng.random() < 0.9 else "m0", run_id="r"))
-    state = pa.Table.from_pylist(sorted(state_rows, key=lambda r: r["product_id"]), schema=tags.STATE)
+    state = pa.Table.from_pylist(sorted(state_rows, key=lambda r: r["product_id"]), schema=TAG_STATE)
     by_id = {s["product_id"]: s for s in state_rows}
     expected = [i for i in range(n) if (s := by_id.get(ids[i])) is None or s["model_version"] != "m1"
                 or s["image_hash"] != hashes[i] or s["product_updated_at"] != ts[i]]
     assert 50 < len(expected) < n
-    assert tags.select_products(products, state, "m1", full=False).tolist() == expected
-    assert tags.select_products(products, state, "m1", full=True).tolist() == list(range(n))
-    assert tags.select_products(products, tags.STATE.empty_table(), "m1", False).tolist() == list(range(n))
+    assert select_products(products, state, "m1", full=False).tolist() == expected
+    assert select_products(products, state, "m1", full=True).tolist() == list(range(n))
+    assert select_products(products, TAG_STATE.empty_table(), "m1", False).tolist() == list(range(n))
 
 
 def _catalog_tables(rng: np.random.Generator, n: int = 120):
@@ -118,14 +123,14 @@ def _catalog_tables(rng: np.random.Generator, n: int = 120):
     products = pa.Table.from_pylist(
         [dict(product_id=p, category=None, image_hash=f"h{p}", image_shard="s.parquet",
               labels=[("colour", ["red"])], updated_at=t) for p, t in zip(ids, ts)],
-        schema=tags.PRODUCT_SCHEMA)
+        schema=PRODUCT_SCHEMA)
     state_rows = [dict(product_id=p, image_hash=f"h{p}" if rng.random() < 0.9 else "old",
                        product_updated_at=t, model_version="m1" if rng.random() < 0.9 else "m0",
                        run_id="r")
                   for p, t in zip(ids, ts) if rng.random() < 0.8]
     state_rows += [dict(product_id=f"P{i:04d}x", image_hash="h", product_updated_at=NOW,
                         model_version="m1", run_id="r") for i in (5, 60, n - 1)]  # gone products
-    state = pa.Table.from_pylist(sorted(state_rows, key=lambda r: r["product_id"]), schema=tags.STATE)
+    state = pa.Table.from_pylist(sorted(state_rows, key=lambda r: r["product_id"]), schema=TAG_STATE)
     return products, state
 
 
@@ -135,25 +140,25 @@ def test_streamed_scan_and_state_equal_whole_tables(tmp_path, monkeypatch, batch
     """scan_products and _write_state read products and state in batches, in step; they give
     what select_products and a whole-table state update give, whatever the batch size, and
     fall back to whole tables for a state not sorted by product id."""
-    monkeypatch.setattr(tags, "SCAN_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(streams, "BATCH_ROWS", batch_rows)
     rng = np.random.default_rng(batch_rows)
     products, state = _catalog_tables(rng)
     storage = open_storage(tmp_path / "lake")
-    write_table(storage, tags.PRODUCTS_PATH, products)
+    write_table(storage, PRODUCTS_PATH, products)
     written = state.take(pa.array(rng.permutation(state.num_rows))) if shuffled_state else state
-    write_table(storage, tags.STATE_PATH, written)
+    write_table(storage, STATE_PATH, written)
 
-    scan = tags.scan_products(storage, "m1")
-    expected = products.take(tags.select_products(products, state, "m1", full=False))
+    scan = scan_products(storage, "m1")
+    expected = products.take(select_products(products, state, "m1", full=False))
     assert 10 < expected.num_rows < products.num_rows
     assert scan.todo.equals(expected) and scan.products == products.num_rows
     assert scan.ids.to_pylist() == products["product_id"].to_pylist()
-    assert tags.scan_products(storage, "m1", full=True).todo.equals(products)
+    assert scan_products(storage, "m1", full=True).todo.equals(products)
     wanted = ["P0003", "P0050", "P0119", "nope"]
-    assert tags.scan_products(storage, "m1", wanted=wanted).todo["product_id"].to_pylist() == wanted[:3]
+    assert scan_products(storage, "m1", wanted=wanted).todo["product_id"].to_pylist() == wanted[:3]
 
-    tags._write_state(storage, scan.todo, scan.ids, "m2", "night2")
-    got = read_table(storage, tags.STATE_PATH, tags.STATE)
+    _write_state(storage, scan.todo, scan.ids, "m2", "night2")
+    got = read_table(storage, STATE_PATH, TAG_STATE)
     todo = set(scan.todo["product_id"].to_pylist())
     current = set(products["product_id"].to_pylist())
     kept = [r for r in state.to_pylist() if r["product_id"] in current and r["product_id"] not in todo]

@@ -15,23 +15,17 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
-from tagger.quality import plots
 from tagger.config import TagConfig
-from tagger.data.dataset import ProductImages
-from tagger.data.transforms import BatchNormalize, create_transforms
 from tagger.ingest.run import ingest_catalog
-from tagger.lake import read_products
-from tagger.quality.calibration import apply_temperature, expected_calibration_error
-from tagger.quality.metrics import compute_metrics, compute_review_metrics
-from tagger.model.device import resolve_device
-from tagger.data.loader import create_loader
-from tagger.model.scoring import card_arrays
-from tagger.model.versions import load_model
-from tagger.lake import EVALUATIONS, model_path
-from tagger.quality.report import render_metrics_markdown
-from tagger.model.runtime import predict_with_runtime
 from tagger.io.storage import Storage, open_storage
 from tagger.labels import encode_labels, single_slices
+from tagger.lake import EVALUATIONS, model_path, read_products
+from tagger.model.scoring import card_arrays, score_images
+from tagger.model.versions import load_model
+from tagger.quality import plots
+from tagger.quality.calibration import apply_temperature, expected_calibration_error
+from tagger.quality.metrics import compute_metrics, compute_review_metrics
+from tagger.quality.report import render_metrics_markdown
 from tagger.quality.thresholds import compute_decisions, review_flags
 
 log = logging.getLogger(__name__)
@@ -113,51 +107,32 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     """Evaluate a registered model on a labelled catalog export; returns the metrics summary.
 
     The export is ingested (with the same validation and rejects as any ingest) into
-    `evaluations/<name>/` of the lake, never into the lake's own catalog.
+    `evaluations/<name>/` of the lake, never into the lake's own catalog. Its images are
+    scored exactly as a tag run scores them (tagger.model.scoring).
     """
     config = config or TagConfig()
     storage = open_storage(lake)
     model, card = load_model(storage, model_version)
-    tax = card.taxonomy
-    if taxonomy:
-        given = load_taxonomy(taxonomy)
-        if given.outputs != tax.outputs:
-            raise ValueError(
-                f"Taxonomy {taxonomy} does not match model {card.version}: the model has "
-                f"{tax.num_outputs} outputs, the file {given.num_outputs}. Evaluate with the "
-                "taxonomy the model was trained on (its card holds it)."
-            )
-        tax = tax.model_copy(update={"catalog": given.catalog})  # the export's column mapping
+    tax = _export_taxonomy(card.taxonomy, taxonomy, card.version)
     name = name or f"{PurePosixPath(str(catalog)).stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     eval_lake = storage.url(f"{EVALUATIONS}/{name}")
     ingested = ingest_catalog(str(catalog), tax, eval_lake, run_id=f"evaluate-{name}")
-    products = read_products(open_storage(eval_lake)).to_pylist()
-    targets, mask = encode_labels(tax, [dict(p["labels"]) for p in products],
-                                  [p["category"] for p in products])
-    known = mask.any(axis=1)
-    products = [p for p, k in zip(products, known) if k]
-    targets, mask = targets[known], mask[known]
+    products, targets, mask = _labelled_products(eval_lake, tax)
 
-    transform = create_transforms(card.data_config.image_size, train=False)
-    normalize = BatchNormalize.from_config(card.data_config, reuse=True)
-    ds = ProductImages(eval_lake, [p["image_shard"] for p in products],
-                       [p["image_hash"] for p in products], transform)
-    device = resolve_device(config.device)
-    logits = predict_with_runtime(model, create_loader(ds, config.batch_size, config.workers, device=device),
-                                  device, runtime=config.runtime, precision=config.precision,
-                                  desc="evaluate", logits=True, normalize=normalize)
+    scored = score_images(model, card, eval_lake, [p["image_shard"] for p in products],
+                          [p["image_hash"] for p in products], config, desc="evaluate")
     arrays = card_arrays(card)
-    scores = apply_temperature(logits, arrays.temperature)
-    decisions, metrics = compute_evaluation(tax, targets, mask, scores, arrays.thresholds,
+    decisions, metrics = compute_evaluation(tax, targets, mask, scored.scores, arrays.thresholds,
                                             arrays.auto_thresholds, card.min_precision)
-    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, card.temperature)
+    metrics["calibration"] = calibration_metrics(scored.logits, scored.scores, targets, mask,
+                                                 card.temperature)
     metrics["split"] = f"catalog {catalog} ({len(products)} labelled products, never trained on)"
     intro = (f"Model **{card.version}** ({card.backbone}, {card.image_size} px) on "
              f"`{catalog}`: {len(products)} labelled products, {ingested.rejected} rows rejected "
              f"at ingest (see `{eval_lake}/catalog/rejects/`).")
     report = write_evaluation_report(
         storage, model_path(card.version, f"evaluations/{name}"), f"Evaluation {name}", intro,
-        tax, card.thresholds, targets, mask, scores, decisions, metrics,
+        tax, card.thresholds, targets, mask, scored.scores, decisions, metrics,
         auto_thresholds=card.auto_thresholds,
     )
     summary = {k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP", "hamming_loss")}
@@ -170,3 +145,26 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
         calibration=metrics["calibration"], review=metrics.get("review"),
     )
     return summary
+
+
+def _export_taxonomy(tax: Taxonomy, path: str | None, version: str) -> Taxonomy:
+    """The model's taxonomy with the column mapping of the taxonomy file `path`, if given."""
+    if not path:
+        return tax
+    given = load_taxonomy(path)
+    if given.outputs != tax.outputs:
+        raise ValueError(
+            f"Taxonomy {path} does not match model {version}: the model has "
+            f"{tax.num_outputs} outputs, the file {given.num_outputs}. Evaluate with the "
+            "taxonomy the model was trained on (its card holds it)."
+        )
+    return tax.model_copy(update={"catalog": given.catalog})  # the export's column mapping
+
+
+def _labelled_products(eval_lake: str, tax: Taxonomy) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """The ingested products with at least one known label, and their targets and mask."""
+    products = read_products(open_storage(eval_lake)).to_pylist()
+    targets, mask = encode_labels(tax, [dict(p["labels"]) for p in products],
+                                  [p["category"] for p in products])
+    known = mask.any(axis=1)
+    return [p for p, k in zip(products, known) if k], targets[known], mask[known]

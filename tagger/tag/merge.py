@@ -1,0 +1,139 @@
+"""The new latest and state tables, merged as sorted streams into local files.
+
+Latest: the previous table without the re-tagged products and those gone from the catalog,
+plus the run's rows. State: the tagged products' rows replace theirs, products gone from
+the catalog drop out. Both previous tables are read BATCH_ROWS rows at a time and merged in
+product id order with the run's rows (all sorted), so what is held is a batch and the run's
+own rows, not the whole table. The caller uploads the files (tagger.tag.run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from catalog_schemas.tables import TAG_LATEST, TAG_STATE
+from tagger.io.storage import PARQUET_OPTIONS, ROW_GROUP_ROWS, Storage, read_table_or_empty
+from tagger.lake import LATEST_PATH, STATE_PATH
+from tagger.tag import streams
+from tagger.tag.rows import TAG_ORDER
+from tagger.tag.streams import Unsorted, bisect_ids, member, open_parquet, sorted_batches, sorted_unique
+
+
+@dataclass
+class Merged:
+    """What merging the latest table did."""
+
+    rows: int = 0
+    previous_rows: int = 0
+    removed: int = 0
+    tags_per_attribute: dict[str, int] = field(default_factory=dict)
+    previous_affected: pa.Table | None = None  # previous rows of re-tagged and removed products
+
+
+def merge_latest(storage: Storage, fresh: pa.Table, tagged_ids: pa.ChunkedArray | pa.Array,
+                 current_ids: pa.ChunkedArray | pa.Array, out: Path, meta: dict[str, str]) -> Merged:
+    """Write the new latest table to `out`: the previous one without the re-tagged products
+    and those gone from the catalog, plus `fresh` (the run's rows, sorted by TAG_ORDER).
+    `current_ids`: every product id of the catalog, sorted (scan_products' ids)."""
+    with open_parquet(storage, LATEST_PATH) as previous:
+        return _merge(previous, fresh, tagged_ids, current_ids, out, meta)
+
+
+def _latest_batches(f: pq.ParquetFile | None) -> Iterator[pa.Table]:
+    """The previous latest table in batches of BATCH_ROWS rows, as TAG_LATEST tables."""
+    for batch in f.iter_batches(batch_size=streams.BATCH_ROWS) if f is not None else ():
+        t = pa.Table.from_batches([batch])
+        if "needs_review" not in t.column_names:  # written before needs_review: all published
+            t = t.append_column("needs_review", pa.repeat(pa.scalar(False), t.num_rows))
+        yield t.select(TAG_LATEST.names).cast(TAG_LATEST)
+
+
+def _count_attributes(counts: dict[str, int], part: pa.Table) -> None:
+    for vc in pc.value_counts(part["attribute"]).to_pylist():
+        counts[vc["values"]] = counts.get(vc["values"], 0) + vc["counts"]
+
+
+def _merge(previous: pq.ParquetFile | None, fresh: pa.Table, tagged_ids, current_ids, out: Path,
+           meta: dict[str, str]) -> Merged:
+    merged = Merged()
+    current = current_ids.combine_chunks() if isinstance(current_ids, pa.ChunkedArray) else current_ids
+    tagged_ids = tagged_ids if isinstance(tagged_ids, pa.ChunkedArray) else pa.chunked_array([tagged_ids])
+    retagged = sorted_unique(tagged_ids)
+    ids = fresh["product_id"].combine_chunks()
+    done, dropped, gone_ids = 0, [], []
+    schema = TAG_LATEST.with_metadata({**TAG_LATEST.metadata, **meta})
+    with pq.ParquetWriter(out, schema, **PARQUET_OPTIONS) as writer:
+        def emit(part: pa.Table) -> None:
+            if part.num_rows:
+                writer.write_table(part.replace_schema_metadata(schema.metadata),
+                                   row_group_size=streams.BATCH_ROWS)
+                merged.rows += part.num_rows
+                _count_attributes(merged.tags_per_attribute, part)
+
+        for batch in _latest_batches(previous):
+            merged.previous_rows += batch.num_rows
+            gone = pc.invert(member(batch["product_id"], current))  # products no longer in the catalog
+            gone_ids.append(pc.unique(batch["product_id"].filter(gone)))
+            drop = pc.or_(gone, member(batch["product_id"], retagged))
+            dropped.append(batch.filter(drop))
+            kept = batch.filter(pc.invert(drop))
+            # fresh rows up to this batch's last product (ids never overlap with kept rows)
+            upto = bisect_ids(ids, batch["product_id"][-1].as_py(), done) if batch.num_rows else done
+            if upto > done:
+                kept = pa.concat_tables([kept, fresh.slice(done, upto - done)]).sort_by(TAG_ORDER)
+            done = upto
+            emit(kept)
+        emit(fresh.slice(done))
+    merged.removed = pc.count_distinct(pa.chunked_array(gone_ids, pa.string())).as_py()
+    merged.previous_affected = pa.concat_tables(dropped) if dropped else TAG_LATEST.empty_table()
+    return merged
+
+
+def state_rows(tagged: pa.Table, model_version: str, run_id: str) -> pa.Table:
+    """TAG_STATE rows of the products a run tagged (PRODUCT_COLUMNS rows), sorted."""
+    n = tagged.num_rows
+    return pa.table([tagged["product_id"], tagged["image_hash"], tagged["updated_at"],
+                     pa.repeat(pa.scalar(model_version, pa.string()), n),
+                     pa.repeat(pa.scalar(run_id, pa.string()), n)], schema=TAG_STATE).sort_by("product_id")
+
+
+def merge_state(storage: Storage, new: pa.Table, current_ids: pa.Array, out: Path) -> None:
+    """Write the new state table to `out`: the previous one without the products in `new`
+    (state_rows) and those gone from the catalog, plus `new`."""
+    with open_parquet(storage, STATE_PATH) as previous:
+        try:
+            _merge_state_streamed(previous, new, current_ids, out)
+        except Unsorted:  # a state table not written by us: whole-table update
+            _merge_state_whole(read_table_or_empty(storage, STATE_PATH, TAG_STATE), new, current_ids, out)
+
+
+def _merge_state_streamed(previous: pq.ParquetFile | None, new: pa.Table, current_ids: pa.Array,
+                          out: Path) -> None:
+    new_ids = new["product_id"].combine_chunks()
+    drop = sorted_unique(new["product_id"])
+    with pq.ParquetWriter(out, TAG_STATE, **PARQUET_OPTIONS) as writer:
+        done = 0
+        for batch in sorted_batches(previous, TAG_STATE):
+            ids = batch["product_id"]
+            kept = batch.filter(pc.and_(pc.invert(member(ids, drop)), member(ids, current_ids)))
+            upto = bisect_ids(new_ids, ids[-1].as_py(), done)
+            if upto > done:
+                kept = pa.concat_tables([kept, new.slice(done, upto - done)]).sort_by("product_id")
+                done = upto
+            if kept.num_rows:
+                writer.write_table(kept, row_group_size=ROW_GROUP_ROWS)
+        writer.write_table(new.slice(done), row_group_size=ROW_GROUP_ROWS)
+
+
+def _merge_state_whole(state: pa.Table, new: pa.Table, current_ids: pa.Array, out: Path) -> None:
+    drop = sorted_unique(new["product_id"])
+    keep = pc.and_(pc.invert(pc.is_in(state["product_id"], value_set=drop)),
+                   pc.is_in(state["product_id"], value_set=current_ids))
+    pq.write_table(pa.concat_tables([state.filter(keep), new]).sort_by("product_id"), out,
+                   row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
