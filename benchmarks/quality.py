@@ -40,7 +40,7 @@ import pandas as pd  # noqa: E402
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
-from tagger.quality.evaluate import evaluate_model  # noqa: E402
+from tagger.model.evaluate import evaluate_model  # noqa: E402
 from tagger.ingest.run import ingest_catalog  # noqa: E402
 from tagger.model.versions import read_card  # noqa: E402
 from tagger.io.storage import open_storage  # noqa: E402

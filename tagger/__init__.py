@@ -18,7 +18,7 @@ _ENTRY_POINTS = {
     "ingest_catalog": "tagger.ingest.run",
     "train_model": "tagger.train.run",
     "tag_catalog": "tagger.tag.run",
-    "evaluate_model": "tagger.quality.evaluate",
+    "evaluate_model": "tagger.model.evaluate",
     "load_config": "tagger.config",
     "load_settings": "tagger.config",
     "IngestConfig": "tagger.config",

@@ -65,7 +65,7 @@ def cmd_tag(args) -> int:
 
 def cmd_evaluate(args) -> int:
     config = config_from_args(TagConfig, args)
-    from tagger.quality.evaluate import evaluate_model
+    from tagger.model.evaluate import evaluate_model
 
     _print_json(evaluate_model(args.lake, args.catalog, model_version=args.model,
                                taxonomy=args.taxonomy, name=args.name, config=config))

@@ -5,7 +5,8 @@ import pytest
 
 from catalog_schemas.taxonomy import load_taxonomy
 from tagger.cli import main
-from tagger.quality.evaluate import compute_evaluation, evaluate_model
+from tagger.model.evaluate import evaluate_model
+from tagger.quality.evaluation import compute_evaluation
 from tagger.demo.sample import generate_catalog
 
 TAX = load_taxonomy("""

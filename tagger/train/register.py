@@ -33,7 +33,12 @@ from tagger.model.backbones import get_backbone
 from tagger.model.predict import predict_scores
 from tagger.model.versions import new_version, register_model
 from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
-from tagger.quality.evaluate import calibration_metrics, compute_evaluation, write_evaluation_report
+from tagger.quality.evaluation import (
+    Evaluated,
+    calibration_metrics,
+    compute_evaluation,
+    write_evaluation_report,
+)
 from tagger.quality.report import card_summary
 from tagger.quality.thresholds import precision_thresholds, tune_thresholds
 from tagger.train.split import TrainingData
@@ -175,9 +180,10 @@ def evaluate_and_register(storage: Storage, model: nn.Module, ema: ModelEmaV3 | 
     val = validate(model, ema, run)
     version = new_version()
     card = build_card(version, run, val, storage.uri)
+    evaluated = Evaluated(run.data.taxonomy, val.targets, val.mask, val.scores, val.decisions,
+                          val.metrics, card.thresholds, card.auto_thresholds)
     write_evaluation_report(storage, model_path(version), f"Model {version}", card_summary(card),
-                            run.data.taxonomy, card.thresholds, val.targets, val.mask, val.scores,
-                            val.decisions, val.metrics, auto_thresholds=card.auto_thresholds)
+                            evaluated)
     register_model(storage, val.model, card)
     m = val.metrics
     log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",

@@ -1,0 +1,111 @@
+"""An evaluation of decisions against labels: metrics, calibration, and the report.
+
+Used after training (the validation split, under models/<version>/) and by `tagger evaluate`
+(tagger/model/evaluate.py) on any labelled catalog export the model never saw
+(models/<version>/evaluations/<name>/). Unknown labels stay unknown: only known entries
+count, exactly as training masks them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from catalog_schemas.taxonomy import Taxonomy
+from tagger.io.storage import Storage
+from tagger.labels import single_slices
+from tagger.quality import plots
+from tagger.quality.calibration import apply_temperature, expected_calibration_error
+from tagger.quality.metrics import compute_metrics, compute_review_metrics
+from tagger.quality.report import render_metrics_markdown
+from tagger.quality.thresholds import compute_decisions, review_flags
+
+log = logging.getLogger(__name__)
+
+
+def compute_evaluation(taxonomy: Taxonomy, targets, mask, scores, thresholds,
+                       auto_thresholds=None, min_precision: float | None = None) -> tuple[np.ndarray, dict]:
+    """(decisions, metrics) with single attributes decoded as one choice; with auto-publish
+    thresholds, metrics["review"] says how the decisions split into auto and review."""
+    singles = single_slices(taxonomy)
+    decisions = compute_decisions(scores, thresholds, list(singles.values()))
+    metrics = compute_metrics(targets, mask, scores, decisions, taxonomy.outputs, singles)
+    if auto_thresholds is not None:
+        review = review_flags(scores, decisions, auto_thresholds)
+        metrics["review"] = {"min_precision": min_precision, **compute_review_metrics(
+            np.asarray(targets) > 0.5, np.asarray(mask, dtype=bool), decisions, review)}
+    return decisions, metrics
+
+
+def calibration_metrics(logits, scores, targets, mask, temperatures: dict) -> dict:
+    """ECE of the uncalibrated scores (sigmoid of the logits) and of the scores used."""
+    return {"temperature": temperatures or None,
+            "ece_before": expected_calibration_error(apply_temperature(logits), targets, mask),
+            "ece_after": expected_calibration_error(scores, targets, mask)}
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What a report shows: labels, scores and decisions of the same products ([N, K] arrays
+    in output order), their metrics, and the thresholds by attribute and value."""
+
+    taxonomy: Taxonomy
+    targets: np.ndarray
+    mask: np.ndarray
+    scores: np.ndarray
+    decisions: np.ndarray
+    metrics: dict
+    thresholds: dict[str, dict[str, float]]
+    auto_thresholds: dict[str, dict[str, float | None]] | None = None
+
+
+def _pr_curves(taxonomy, targets, mask, scores, metrics, n: int = 4):
+    """The n best and n worst values by AP among those with at least 5 known positives."""
+    ranked = []
+    for k, (attr, value) in enumerate(taxonomy.outputs):
+        vm = metrics["per_value"][attr][value]
+        if vm["ap"] is not None and vm["support"] >= 5:
+            ranked.append((vm["ap"], k, f"{attr}={value}"))
+    ranked.sort()
+    picked = ranked[:n] + ranked[-n:] if len(ranked) > 2 * n else ranked
+    return [(label, targets[mask[:, k], k], scores[mask[:, k], k], ap) for ap, k, label in picked]
+
+
+def _single_choices(taxonomy, targets, mask, decisions, attr) -> tuple[list[str], list[str]]:
+    sl = taxonomy.slices[attr]
+    values = taxonomy.attribute(attr).values
+    rows = mask[:, sl].all(axis=1) & (targets[:, sl].sum(axis=1) == 1)
+    true = [values[i] for i in targets[rows, sl].argmax(axis=1)]
+    dec = decisions[rows, sl]
+    pred = [values[i] if d.any() else "(none)" for i, d in zip(dec.argmax(axis=1), dec)]
+    return true, pred
+
+
+def write_evaluation_report(storage: Storage, prefix: str, title: str, intro: str,
+                            evaluated: Evaluated) -> str:
+    """report.md, metrics.json and PNG plots under `prefix`; returns the report's URI."""
+    e = evaluated
+    images: dict[str, str] = {}
+
+    def put(name: str, data: bytes, caption: str):
+        storage.write_bytes(f"{prefix}/{name}", data)
+        images[caption] = name
+
+    put("per_attribute.png", plots.plot_attributes(e.metrics["per_attribute"]), "Per attribute")
+    curves = _pr_curves(e.taxonomy, e.targets, e.mask, e.scores, e.metrics)
+    if curves:
+        put("pr_curves.png", plots.plot_pr_curves(curves), "Precision-recall: best and worst values")
+    for attr in single_slices(e.taxonomy):
+        true, pred = _single_choices(e.taxonomy, e.targets, e.mask, e.decisions, attr)
+        if true:
+            put(f"confusion_{attr}.png", plots.plot_confusion(attr, true, pred), f"Confusion: {attr}")
+    kinds = {a.name: a.kind for a in e.taxonomy.attributes}
+    md = render_metrics_markdown(title, intro, e.metrics, e.thresholds, kinds, images=images,
+                                 auto_thresholds=e.auto_thresholds)
+    storage.write_bytes(f"{prefix}/report.md", md.encode())
+    storage.write_bytes(f"{prefix}/metrics.json", json.dumps(e.metrics, indent=2).encode())
+    log.info("wrote evaluation report %s", storage.url(f"{prefix}/report.md"))
+    return storage.url(f"{prefix}/report.md")
