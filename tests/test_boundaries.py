@@ -1,5 +1,6 @@
 """The layers hold: only tagger/io talks to S3 (boto3, botocore, s3transfer), catalog_schemas
-imports nothing of ours, and the tagger library runs without the flows or Prefect.
+imports nothing of ours, the tagger library runs without the flows or Prefect, and inside
+tagger a room imports only rooms below it (FLOORS), so the rooms never import in a circle.
 
 The source is read with `ast`, not imported: an import inside a function counts too."""
 
@@ -47,14 +48,47 @@ def imported_modules(source: str, path: str) -> list[tuple[int, str]]:
     return found
 
 
+# The rooms of tagger from the ground up: a module may import its own room and rooms on
+# lower floors, never one on its own floor or above (so rooms never import in a circle). The
+# most specific prefix decides: the backbone registry is a pure declaration that the config's
+# backbone dropdown needs, so it stands below the config.
+FLOORS = {
+    "tagger.model.backbones": 0,
+    "tagger.config": 1, "tagger.labels": 1,
+    "tagger.io": 2,
+    "tagger.lake": 3,
+    "tagger.data": 4, "tagger.quality": 4,
+    "tagger.ingest": 5,
+    "tagger.model": 6,
+    "tagger.train": 7, "tagger.tag": 7,
+    "tagger.demo": 8,
+    "tagger.cli": 9, "tagger": 9,
+}
+
+
+def floor(module: str) -> tuple[str, int] | None:
+    """(room, floor) of a tagger module by its most specific prefix in FLOORS."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in FLOORS:
+            return prefix, FLOORS[prefix]
+    return None
+
+
 def violations(source: str, path: str) -> list[str]:
     """'path:line: imports X (why)' for every import in `source` that a rule forbids."""
     out = []
+    me = floor(path.removesuffix(".py").removesuffix("/__init__").replace("/", "."))
     for line, module in imported_modules(source, path):
         top = module.split(".")[0]
         for applies, forbidden, why in RULES:
             if applies(path) and top in forbidden:
                 out.append(f"{path}:{line}: imports {module} ({why})")
+        there = floor(module) if top == "tagger" and module != "tagger" else None
+        if me and there and there[0] != me[0] and there[1] >= me[1]:
+            out.append(f"{path}:{line}: imports {module} ({me[0]} on floor {me[1]} may import only "
+                       f"rooms below it; {there[0]} is on floor {there[1]})")
     return out
 
 
@@ -80,7 +114,18 @@ def test_the_package_keeps_its_layers():
     ("catalog_schemas/tables.py", "import flows.ingest\n", ["catalog_schemas/tables.py:1: imports flows.ingest"]),
     ("tagger/cli.py", "from prefect import flow\n", ["tagger/cli.py:1: imports prefect"]),
     ("tagger/cli.py", "import flows._common\n", ["tagger/cli.py:1: imports flows._common"]),
+    ("tagger/io/storage.py", "from tagger.lake import PRODUCTS_PATH\n",
+     ["tagger/io/storage.py:1: imports tagger.lake"]),
+    ("tagger/quality/evaluation.py", "from tagger.model.versions import load_model\n",
+     ["tagger/quality/evaluation.py:1: imports tagger.model.versions"]),
+    ("tagger/tag/run.py", "from tagger.train.run import train_model\n",
+     ["tagger/tag/run.py:1: imports tagger.train.run"]),
+    ("tagger/config.py", "from tagger.model.factory import create_model\n",
+     ["tagger/config.py:1: imports tagger.model.factory"]),
     # allowed
+    ("tagger/config.py", "from tagger.model.backbones import BACKBONES\n", []),
+    ("tagger/tag/run.py", "from tagger.model.scoring import score_images\nfrom tagger.tag.plan import TagPlan\n", []),
+    ("tagger/model/evaluate.py", "from tagger.ingest.run import ingest_catalog\n", []),
     ("tagger/io/s3.py", "import boto3\nfrom botocore.config import Config\n", []),
     ("flows/ingest.py", "from prefect import flow\nfrom tagger.ingest import ingest_catalog\n", []),
     ("tagger/ingest/run.py", "from . import rows\nfrom .source import ImageSource\n", []),
