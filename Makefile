@@ -27,7 +27,7 @@ demo: setup
 test: setup browser
 	$(BIN)/python -m pytest
 
-# tests/test_ui.py drives the Prefect UI in Debian's Chromium (playwright over CDP), never
+# tests/flows/test_ui.py drives the Prefect UI in Debian's Chromium (playwright over CDP), never
 # in a browser that `playwright install` downloads: such downloads fail on this project's
 # machines. Installed here when missing and we are root with apt-get; otherwise a message,
 # and the other tests still run (test_ui.py then fails saying what is missing).
@@ -35,13 +35,13 @@ CHROMIUM := /usr/bin/chromium
 browser:
 	@test -x $(CHROMIUM) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "make: installing Debian's chromium for tests/test_ui.py"; \
+	    echo "make: installing Debian's chromium for tests/flows/test_ui.py"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	        --no-install-recommends chromium >/dev/null; } \
-	    || echo "make: apt-get install chromium failed (see above); tests/test_ui.py will fail"; \
+	    || echo "make: apt-get install chromium failed (see above); tests/flows/test_ui.py will fail"; \
 	  else \
 	    echo "make: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get)."; \
-	    echo "      Install it: sudo apt-get install chromium  (else tests/test_ui.py fails)"; \
+	    echo "      Install it: sudo apt-get install chromium  (else tests/flows/test_ui.py fails)"; \
 	  fi; }
 
 test-fast: setup

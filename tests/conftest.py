@@ -25,7 +25,9 @@ from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
 from tests.s3server import S3Server, free_port  # noqa: E402,F401  (free_port: used by other tests)
 
-SHARED_CATALOG = Path(__file__).resolve().parents[2] / "shared/datasets/fashion-product-images-small"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_CATALOG = ROOT.parent / "shared/datasets/fashion-product-images-small"
 DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
 
 # The smallest honest training run: timm's test network, tiny images, 2 epochs, no workers.

@@ -14,8 +14,9 @@ from tagger.io.storage import open_storage
 from tagger.lake import read_latest, read_products
 from tagger.model.versions import list_versions, load_model
 from tagger.tag.run import tag_catalog
+from tests.conftest import FIXTURES
 
-OLD_LAKE = Path(__file__).parent / "fixtures" / "lake_v0"
+OLD_LAKE = FIXTURES / "lake_v0"
 
 
 @pytest.fixture

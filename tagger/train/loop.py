@@ -4,7 +4,7 @@ Masked BCE with logits (or focal / ASL, tagger.train.losses) and per-output pos_
 AdamW with a linear warm-up and cosine decay stepped every batch, an EMA of the weights,
 AMP and channels_last on CUDA. Under DDP each rank's loss is weighted by its share of the
 global batch's known labels, so N processes learn what one process with the global batch
-learns (tests/test_ddp.py).
+learns (tests/train/test_ddp.py).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def _create_model(config: TrainConfig, num_outputs: int, procs: Processes) -> tu
 def _create_train_loader(train_ds: ProductImages, config: TrainConfig,
                          procs: Processes) -> tuple[DistributedSampler, DataLoader]:
     # One sampler for one process or many: N processes with batch b draw exactly the global
-    # batches that one process draws with batch N*b (tests/test_ddp.py compares the two).
+    # batches that one process draws with batch N*b (tests/train/test_ddp.py compares the two).
     sampler = DistributedSampler(train_ds, num_replicas=procs.world_size, rank=procs.rank,
                                  seed=config.seed, drop_last=True)
     loader = create_loader(train_ds, config.batch_size, config.workers, shuffle=True,

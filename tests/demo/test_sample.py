@@ -12,8 +12,9 @@ import yaml
 from PIL import Image
 
 from tagger.demo.sample import COLUMNS, Product, generate_catalog, render_product
+from tests.conftest import ROOT
 
-TAXONOMY = Path(__file__).resolve().parents[1] / "catalog_schemas" / "taxonomies" / "demo.yaml"
+TAXONOMY = ROOT / "catalog_schemas" / "taxonomies" / "demo.yaml"
 BAD_IDS = ["BAD-MISSING", "BAD-HTML", "BAD-LABEL"]
 N = 120
 

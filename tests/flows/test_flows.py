@@ -79,7 +79,7 @@ def test_retries_only_on_transient_errors(prefect_api):
             run(exc)
         assert len(calls) == tries, exc
 
-    from tests.test_retry import storage_error
+    from tests.flows.test_retry import storage_error
 
     denied = storage_error(403, "AccessDenied")  # through Prefect's state: the cause survives
 

@@ -3,7 +3,6 @@ newer, foreign or broken card, and one function from a card to the arrays scorin
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from tagger.io.storage import open_storage
 from tagger.labels import values_from_vector, vector_from_values
 from tagger.model.scoring import card_arrays
 from tagger.model.versions import read_card
+from tests.conftest import FIXTURES
 
-OLD_LAKE = Path(__file__).parent / "fixtures" / "lake_v0"
+OLD_LAKE = FIXTURES / "lake_v0"
 [OLD_CARD] = OLD_LAKE.glob("models/*/card.json")
 
 
