@@ -79,9 +79,9 @@ def test_retries_only_on_transient_errors(prefect_api):
             run(exc)
         assert len(calls) == tries, exc
 
-    from tests.flows.test_retry import storage_error
+    from tests.flows.test_retry import client_error, storage_error
 
-    denied = storage_error(403, "AccessDenied")  # through Prefect's state: the cause survives
+    denied = storage_error(client_error(403, "AccessDenied"))  # through Prefect's state: the cause survives
 
     @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_on_transient)
     def s3_denied() -> None:
