@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 # Light on purpose (pydantic, yaml): `tagger --help` builds every parser without torch or
 # timm; the cmd_* functions import the heavy modules they need.
 from tagger.config import FROM_BACKBONE, IngestConfig, TagConfig, TrainConfig, load_config
-from tagger.model.backbones import BACKBONES
+from tagger.backbones import BACKBONES
 
 log = logging.getLogger("tagger")
 

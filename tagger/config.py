@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone
+from tagger.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone
 
 BackboneName = Literal[tuple(BACKBONES)]  # a dropdown in the Prefect UI
 Device = Annotated[Literal["auto", "cpu", "cuda"], Field(
@@ -66,7 +66,7 @@ class TrainConfig(_Config):
 
     backbone: BackboneName = Field(
         DEFAULT_BACKBONE,
-        description="Backbone (tagger/model/backbones.py). efficientnet_b4: strong accuracy "
+        description="Backbone (tagger/backbones.py). efficientnet_b4: strong accuracy "
         "per FLOP on product photos, and 380 px keeps small details visible.",
     )
     image_size: int | None = Field(
@@ -199,7 +199,7 @@ class TrainConfig(_Config):
 
 
 # TrainConfig fields that, left unset, take the backbone's own value: the training defaults a
-# registry entry carries (tagger/model/backbones.py; tagger/train/run.py resolve_config).
+# registry entry carries (tagger/backbones.py; tagger/train/run.py resolve_config).
 FROM_BACKBONE = frozenset(f.name for f in fields(Backbone)) & set(TrainConfig.model_fields)
 
 

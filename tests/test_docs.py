@@ -17,7 +17,7 @@ _FENCE = re.compile(r"^```.*?^```[ \t]*$", flags=re.M | re.S)
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", flags=re.M)
-# Repository paths quoted in backticks: `tagger/model/backbones.py`, `flows/tag.py:tag`.
+# Repository paths quoted in backticks: `tagger/backbones.py`, `flows/tag.py:tag`.
 _REPO_PATH = re.compile(r"`((?:tagger|flows|catalog_schemas|tests|benchmarks|docs)/[\w./-]*)(?::\w+)?`")
 
 

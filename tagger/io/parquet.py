@@ -7,13 +7,10 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:  # storage.py re-exports this module's names, so it cannot be imported here
-    from tagger.io.storage import Storage
+from tagger.io.base import Storage
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.config import load_settings
-from tagger.io.storage import Storage, StorageError, TooLarge
+from tagger.io.base import Storage, StorageError, TooLarge
 
 _CLIENTS: dict[bytes, object] = {}
 _CLIENTS_LOCK = threading.Lock()

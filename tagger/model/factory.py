@@ -8,7 +8,7 @@ import logging
 from torch import nn
 
 from catalog_schemas.card import DataConfig
-from tagger.model.backbones import get_backbone
+from tagger.backbones import get_backbone
 from tagger.model.device import unwrap
 from tagger.model.weights import WeightsError, read_state_dict
 

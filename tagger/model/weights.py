@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tagger.io.storage import open_file
-from tagger.model.backbones import get_backbone
+from tagger.backbones import get_backbone
 from tagger.model.device import unwrap
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from tagger.data.transforms import BatchNormalize
 from tagger.io.storage import Storage
 from tagger.labels import values_from_vector
 from tagger.lake import model_path
-from tagger.model.backbones import get_backbone
+from tagger.backbones import get_backbone
 from tagger.model.predict import predict_scores
 from tagger.model.versions import new_version, register_model
 from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector

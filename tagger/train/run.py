@@ -30,7 +30,7 @@ from tagger.data.dataset import ProductImages
 from tagger.data.loader import create_loader
 from tagger.data.transforms import BatchNormalize
 from tagger.io.storage import open_storage
-from tagger.model.backbones import get_backbone
+from tagger.backbones import get_backbone
 from tagger.model.device import resolve_device
 from tagger.model.factory import create_model, data_config
 from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_training, save_checkpoint

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tagger.config import TrainConfig
-from tagger.model.backbones import BACKBONES, DEFAULT_BACKBONE
+from tagger.backbones import BACKBONES, DEFAULT_BACKBONE
 from tagger.model.versions import list_versions, read_card
 from tagger.io.storage import open_storage
 from tests.conftest import DEMO_TAXONOMY

@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tagger.model.backbones import BACKBONES, get_backbone
+from tagger.backbones import BACKBONES, get_backbone
 from tagger.model.factory import create_model
 from tagger.model.weights import WeightsError, load_weights, read_state_dict, save_weights
 

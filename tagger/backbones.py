@@ -50,4 +50,4 @@ def get_backbone(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         known = ", ".join(BACKBONES)
-        raise ValueError(f"Unknown backbone {name!r}. Known: {known} (see tagger/model/backbones.py)") from None
+        raise ValueError(f"Unknown backbone {name!r}. Known: {known} (see tagger/backbones.py)") from None
