@@ -129,10 +129,24 @@ def decode_image(
     """
     if not data:
         raise ImageError("empty", "The image data is empty (0 bytes).")
-
+    img = _open(data)
+    _check_declared_size(img, max_pixels, min_side)
+    _load(img, draft_side)
     try:
-        # Image.open only parses headers; pixel data is decoded by load() below.
-        img = Image.open(io.BytesIO(data), formats=_open_formats())
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception as exc:
+        # A malformed EXIF block should not cost us an otherwise good photo.
+        logger.warning("Ignoring unreadable EXIF orientation (%s: %s)", type(exc).__name__, exc)
+    try:
+        return _to_rgb(img)
+    except Exception as exc:
+        raise ImageError("decode_error", f"Cannot convert {img.format} mode {img.mode} to RGB ({exc}).") from exc
+
+
+def _open(data: bytes) -> Image.Image:
+    """The image with its headers parsed and no pixel data decoded yet (load() does that)."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_open_formats())
     except Image.DecompressionBombError as exc:
         raise ImageError("too_large", f"Image exceeds Pillow's decompression-bomb limit: {exc}") from exc
     except Exception as exc:
@@ -145,6 +159,8 @@ def decode_image(
             ) from exc
         raise ImageError("decode_error", f"Could not open image ({type(exc).__name__}: {exc}).") from exc
 
+
+def _check_declared_size(img: Image.Image, max_pixels: int, min_side: int) -> None:
     # Both checks use the declared size, so a bomb is rejected without allocating.
     w, h = img.size
     if w * h > max_pixels:
@@ -152,27 +168,20 @@ def decode_image(
     if min(w, h) < min_side:
         raise ImageError("too_small", f"Image is {w}x{h}; each side must be at least {min_side} px.")
 
+
+def _load(img: Image.Image, draft_side: int | None) -> None:
+    """Decode the pixels (first frame only for animations; LOAD_TRUNCATED_IMAGES stays off),
+    at a reduced JPEG scale when `draft_side` allows."""
     try:
         if draft_side is not None and img.format in ("JPEG", "MPO"):
             _apply_draft(img, draft_side)
-        img.load()  # first frame only for animations; LOAD_TRUNCATED_IMAGES stays off
+        img.load()
     except Image.DecompressionBombError as exc:
         raise ImageError("too_large", f"Image exceeds Pillow's decompression-bomb limit: {exc}") from exc
     except Exception as exc:
         if _looks_truncated(exc):
             raise ImageError("truncated", f"Image data is truncated or corrupt ({exc}).") from exc
         raise ImageError("decode_error", f"Could not decode {img.format} image ({type(exc).__name__}: {exc}).") from exc
-
-    try:
-        ImageOps.exif_transpose(img, in_place=True)
-    except Exception as exc:
-        # A malformed EXIF block should not cost us an otherwise good photo.
-        logger.warning("Ignoring unreadable EXIF orientation (%s: %s)", type(exc).__name__, exc)
-
-    try:
-        return _to_rgb(img)
-    except Exception as exc:
-        raise ImageError("decode_error", f"Cannot convert {img.format} mode {img.mode} to RGB ({exc}).") from exc
 
 
 def normalise_image(
