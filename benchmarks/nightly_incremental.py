@@ -128,7 +128,7 @@ def register_random_model(lake: str, taxonomy_path: str, backbone: str, image_si
     from catalog_schemas.card import ModelCard
     from catalog_schemas.taxonomy import load_taxonomy
     from tagger.io.storage import open_storage
-    from tagger.model.backbones import get_backbone
+    from tagger.backbones import get_backbone
     from tagger.model.factory import create_model, data_config
     from tagger.model.versions import new_version, register_model
 

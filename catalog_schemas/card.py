@@ -95,7 +95,7 @@ class ModelCard(BaseModel):
     format: int = Field(CARD_FORMAT, ge=1, description="Card format (CARD_FORMAT).")
     version: str = Field(description="Model version: sortable time stamp + salt.")
     created_at: str = Field(description="When the card was written (ISO 8601, UTC).")
-    backbone: str = Field(description="Short backbone name (tagger/model/backbones.py).")
+    backbone: str = Field(description="Short backbone name (tagger/backbones.py).")
     timm_name: str = Field(description="The timm architecture the backbone names.")
     image_size: int = Field(ge=8, description="Input size the model was trained at.")
     data_config: DataConfig
