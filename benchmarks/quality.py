@@ -159,7 +159,7 @@ def screen(work: Path, base: dict, train_csv: Path, products: int) -> None:
             "|---|---|---|---|---|"]
     for name, options in SCREEN.items():
         version, seconds = _train(lake, base, dict(options, min_precision=None))
-        s = summarise(read_card(open_storage(lake), version)["metrics"])
+        s = summarise(read_card(open_storage(lake), version).metrics)
         rows.append(f"| {name} | {_f(s['mean_top1'])} | {_f(s['mean_macro_f1'])} | {_f(s['mAP'])} "
                     f"| {seconds:.0f} |")
         print(rows[-1], flush=True)
