@@ -7,7 +7,8 @@ that is not ours, broken, or from a newer version of the format fails when it is
 saying which.
 
 `format` is the card format, not the model version. Cards written before the field
-existed are format 1: the fields below are exactly what those cards hold. A change that
+existed are format 1; every field added since has a default that reads those cards as
+they were meant (format 2 added `head`, sigmoid for older cards). A change that
 old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
 misreading it.
 """
@@ -29,7 +30,9 @@ from pydantic import (
 
 from catalog_schemas.taxonomy import Taxonomy
 
-CARD_FORMAT = 1
+# 2: `head` (a softmax head's scores are softmaxes; an older reader would take them for
+# sigmoids). A card without `format` is format 1.
+CARD_FORMAT = 2
 
 
 class CardError(ValueError):
@@ -64,6 +67,7 @@ class DataSnapshot(_Part):
     products: int = Field(ge=0, description="Labelled products of the lake.")
     train: int = Field(ge=0, description="Products in the training split.")
     validation: int = Field(ge=0, description="Products in the validation split.")
+    test: int = Field(0, ge=0, description="Products in the test split (0: none; cards before test splits).")
     lake: str = Field(description="Lake root the model was trained in (informative only).")
 
 
@@ -97,6 +101,9 @@ class ModelCard(BaseModel):
     created_at: str = Field(description="When the card was written (ISO 8601, UTC).")
     backbone: str = Field(description="Short backbone name (tagger/backbones.py).")
     timm_name: str = Field(description="The timm architecture the backbone names.")
+    head: Literal["sigmoid", "softmax"] = Field(
+        "sigmoid", description="How `single` attributes score: a sigmoid per value, or one softmax "
+        "per attribute with its argmax value decided (TrainConfig.head). Cards before format 2: sigmoid.")
     image_size: int = Field(ge=8, description="Input size the model was trained at.")
     data_config: DataConfig
     taxonomy: Taxonomy = Field(description="The taxonomy trained on: one output per (attribute, value).")
@@ -109,7 +116,12 @@ class ModelCard(BaseModel):
         default_factory=dict, description="Temperature per attribute (empty: uncalibrated).")
     ema: EmaChoice | None = Field(None, description="The EMA choice (None: trained without EMA).")
     pos_weight: PerValue = Field(default_factory=dict, description="BCE pos_weight per value used in training.")
-    metrics: dict[str, Any] = Field(description="Validation metrics (tagger.quality.metrics.compute_metrics).")
+    metrics: dict[str, Any] = Field(
+        description="Validation metrics (tagger.quality.metrics.compute_metrics): thresholds and "
+        "temperatures were tuned on this split, so its F1 figures are optimistic.")
+    test_metrics: dict[str, Any] | None = Field(
+        None, description="The same metrics on the test split, on which nothing was chosen: the "
+        "figures to trust. None: trained without a test split.")
     config: dict[str, Any] = Field(description="The resolved TrainConfig of the run.")
     data: DataSnapshot
     history: list[Epoch] = Field(default_factory=list, description="One entry per trained epoch.")
@@ -126,6 +138,12 @@ class ModelCard(BaseModel):
         return taxonomy.to_dict()  # as the taxonomy's own YAML/JSON: unset fields left out
 
     @model_validator(mode="after")
+    def _head_needs_format_2(self) -> ModelCard:
+        if self.head != "sigmoid" and self.format < 2:
+            raise ValueError(f"head {self.head!r} needs card format 2 or later, the card says {self.format}")
+        return self
+
+    @model_validator(mode="after")
     def _thresholds_cover_outputs(self) -> ModelCard:
         for name, table in (("thresholds", self.thresholds), ("auto_thresholds", self.auto_thresholds)):
             if table is None:
@@ -135,6 +153,14 @@ class ModelCard(BaseModel):
                 raise ValueError(f"{name} lack {', '.join(missing[:5])}"
                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         return self
+
+    @property
+    def headline(self) -> tuple[str, dict[str, Any]]:
+        """(split, metrics) to show a person first: the test split's where there is one,
+        else validation's (tuned on it; say so)."""
+        if self.test_metrics is not None:
+            return "test", self.test_metrics
+        return "validation", self.metrics
 
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode()
@@ -153,7 +179,8 @@ def parse_card(data: bytes | str | dict, where: str = "card.json") -> ModelCard:
             raise CardError(f"Model card {where} is not JSON ({e}): an incomplete copy?") from None
     if not isinstance(data, dict):
         raise CardError(f"Model card {where} is not a JSON object: not a model card of ours.")
-    fmt = data.get("format", 1)
+    data = {"format": 1, **data}  # cards written before the field existed
+    fmt = data["format"]
     if isinstance(fmt, int) and fmt > CARD_FORMAT:
         raise CardError(f"Model card {where} has format {fmt}, newer than this product-tagger "
                         f"reads ({CARD_FORMAT}): upgrade product-tagger to use this model.")

@@ -14,6 +14,7 @@ A taxonomy is one YAML file::
         kind: single
         values: [short, long, sleeveless]
         categories: [tops, dresses]   # masked for products of other categories
+        weight: 1.0             # optional: importance of its loss term (default 1)
     catalog:                    # optional: how a catalog export maps onto products
       id: id
       category: category
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 
@@ -60,6 +61,19 @@ class Attribute(BaseModel):
         default=None, description="Catalog column holding the labels; defaults to `name`."
     )
     description: str = ""
+    weight: float = Field(
+        default=1.0, ge=0,
+        description="Importance weight of the attribute's loss term in training (1: as every "
+        "other attribute; 0: not trained on). Leaves thresholds and metrics as they are.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_weight(self, handler):
+        # Taxonomies written before `weight` existed serialise exactly as they were.
+        data = handler(self)
+        if self.weight == 1.0 and isinstance(data, dict):
+            data.pop("weight", None)
+        return data
 
     @field_validator("name")
     @classmethod

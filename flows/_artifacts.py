@@ -18,11 +18,12 @@ def publish_model(card: ModelCard) -> None:
     """The model report (markdown, key model-report) and per-attribute metrics (table)."""
     md = render_card_markdown(card) + f"\nStored at `{card.data.lake}/models/{card.version}/`.\n"
     create_markdown_artifact(md, key="model-report", description=f"Model {card.version}")
+    split, metrics = card.headline  # the test split's figures where the card has them
     rows = [dict(attribute=a, accuracy=_f(m.get("accuracy")), coverage=_f(m.get("coverage")),
                  top1=_f(m.get("top1_accuracy")), macro_f1=_f(m.get("macro_f1")), known=m.get("known"))
-            for a, m in card.metrics["per_attribute"].items()]
+            for a, m in metrics["per_attribute"].items()]
     create_table_artifact(rows, key="model-metrics",
-                          description=f"Per-attribute validation metrics of model {card.version}")
+                          description=f"Per-attribute {split} metrics of model {card.version}")
 
 
 def publish_tagging(result: dict, rejects: dict) -> None:

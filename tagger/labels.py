@@ -118,6 +118,12 @@ def single_slices(taxonomy: Taxonomy) -> dict[str, slice]:
     return {a.name: taxonomy.slices[a.name] for a in taxonomy.attributes if a.kind == "single"}
 
 
+def softmax_slices(taxonomy: Taxonomy, head: str) -> tuple[slice, ...]:
+    """The output slices a head scores as one softmax each: every `single` attribute's for
+    head softmax, none for sigmoid."""
+    return tuple(single_slices(taxonomy).values()) if head == "softmax" else ()
+
+
 def decode_decisions(taxonomy: Taxonomy, decisions: np.ndarray) -> list[list[tuple[str, str, int]]]:
     """Per row, the (attribute, value, output index) of every True decision."""
     outputs = taxonomy.outputs

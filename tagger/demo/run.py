@@ -29,8 +29,8 @@ DEMO_TRAIN = TrainConfig(
 
 
 def chance_accuracy(card: ModelCard, attribute: str) -> float | None:
-    """Accuracy of always answering the most frequent value (from validation support)."""
-    per_value = card.metrics["per_value"].get(attribute, {})
+    """Accuracy of always answering the most frequent value (on the split the card leads with)."""
+    per_value = card.headline[1]["per_value"].get(attribute, {})
     supports = [v["support"] for v in per_value.values()]
     known = max((v["known"] for v in per_value.values()), default=0)
     return max(supports) / known if known and supports else None
@@ -40,14 +40,15 @@ def summarise(lake: str, version: str) -> str:
     """What was made, where it is, how good the model is, and how to read the tags."""
     storage = open_storage(lake)
     card = read_card(storage, version)
-    m = card.metrics
+    split, m = card.headline
+    products = card.data.test if split == "test" else card.data.validation
     lines = [
         "",
         f"model      {storage.url(f'models/{version}')}  ({card.backbone}, {card.image_size} px)",
         f"tags       {storage.url('tags/latest/')}  (history: {storage.url('tags/history/')})",
         f"rejects    {storage.url('catalog/rejects/')}",
         "",
-        f"validation ({card.data.validation} products): micro-F1 {m['micro_f1']:.3f}  "
+        f"{split} ({products} products): micro-F1 {m['micro_f1']:.3f}  "
         f"macro-F1 {m['macro_f1']:.3f}  mAP {m['mAP']:.3f}  Hamming loss {m['hamming_loss']:.3f}",
         f"{'attribute':<16}{'accuracy':>10}{'chance':>10}{'macro-F1':>10}",
     ]

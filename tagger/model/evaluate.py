@@ -54,9 +54,10 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
                           [p["image_hash"] for p in products], config, desc="evaluate")
     arrays = card_arrays(card)
     decisions, metrics = compute_evaluation(tax, targets, mask, scored.scores, arrays.thresholds,
-                                            arrays.auto_thresholds, card.min_precision)
+                                            arrays.auto_thresholds, card.min_precision,
+                                            argmax_slices=arrays.softmax_slices)
     metrics["calibration"] = calibration_metrics(scored.logits, scored.scores, targets, mask,
-                                                 card.temperature)
+                                                 card.temperature, arrays.softmax_slices)
     metrics["split"] = f"catalog {catalog} ({len(products)} labelled products, never trained on)"
     intro = (f"Model **{card.version}** ({card.backbone}, {card.image_size} px) on "
              f"`{catalog}`: {len(products)} labelled products, {ingested.rejected} rows rejected "

@@ -23,7 +23,7 @@ from tagger.config import TagConfig
 from tagger.data.dataset import ProductImages
 from tagger.data.loader import create_loader
 from tagger.data.transforms import BatchNormalize, create_transforms
-from tagger.labels import vector_from_values
+from tagger.labels import softmax_slices, vector_from_values
 from tagger.model.device import resolve_device
 from tagger.model.runtime import predict_with_runtime
 from tagger.quality.calibration import apply_temperature, temperature_vector
@@ -36,17 +36,22 @@ class CardArrays:
     thresholds: np.ndarray  # decision threshold per output
     auto_thresholds: np.ndarray | None  # auto-publish threshold (+inf: never); None: no target
     temperature: np.ndarray  # 1.0 where the card has no temperature
+    softmax_slices: tuple[slice, ...] = ()  # attributes scored as one softmax, argmax decided
+
+
 
 
 def card_arrays(card: ModelCard) -> CardArrays:
-    """The card's thresholds, auto-publish thresholds and temperatures as output vectors."""
+    """The card's thresholds, auto-publish thresholds and temperatures as output vectors,
+    and the slices its head scores as softmaxes."""
     tax = card.taxonomy
     try:
         thresholds = vector_from_values(tax, card.thresholds)
         auto = None if not card.auto_thresholds else vector_from_values(tax, card.auto_thresholds)
     except ValueError as e:  # parse_card checks this too; a card built in memory may not be
         raise CardError(f"Model {card.version}: {e}") from None
-    return CardArrays(thresholds, auto, temperature_vector(card.temperature, tax.slices, tax.num_outputs))
+    return CardArrays(thresholds, auto, temperature_vector(card.temperature, tax.slices, tax.num_outputs),
+                      softmax_slices(tax, card.head))
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class Scores:
     """float32 [N, K] per image, in output order."""
 
     logits: np.ndarray  # raw model outputs
-    scores: np.ndarray  # sigmoid(logit / T) with the card's temperatures: what decisions use
+    scores: np.ndarray  # sigmoid(logit / T), or a softmax head's softmax(logits / T), with
+    # the card's temperatures: what decisions use
 
 
 class ImageScorer:
@@ -78,7 +84,8 @@ class ImageScorer:
         logits = predict_with_runtime(self.model, loader, self.device, runtime=self.config.runtime,
                                       precision=self.config.precision, desc=desc, logits=True,
                                       normalize=self._normalize)
-        return Scores(logits, apply_temperature(logits, self.arrays.temperature))
+        return Scores(logits, apply_temperature(logits, self.arrays.temperature,
+                                                self.arrays.softmax_slices))
 
 
 def score_images(model: nn.Module, card: ModelCard, lake: str, shards: Sequence[str],

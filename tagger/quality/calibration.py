@@ -6,16 +6,17 @@ pushes every score up. One temperature per attribute, fitted on the validation s
 turns logits into calibrated probabilities, ``sigmoid(logit / T)``. It is monotone, so it
 changes no ranking (AP) and, with thresholds tuned after it, no max-F1 decision; it makes
 the scores readable ("0.9" means nine in ten are right) and the precision targets of
-`thresholds.precision_thresholds` meaningful.
+`thresholds.precision_thresholds` meaningful. For a softmax head's attribute the
+temperature divides its logits before the softmax: ``softmax(logits / T)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, log_expit
+from scipy.special import expit, log_expit, log_softmax, softmax
 
 T_MIN, T_MAX = 0.05, 20.0
 
@@ -25,26 +26,42 @@ def _nll(logits: np.ndarray, positive: np.ndarray, temperature: float) -> float:
     return float(-(np.where(positive, log_expit(z), log_expit(-z))).mean())
 
 
+def _softmax_nll(logits: np.ndarray, label: np.ndarray, temperature: float) -> float:
+    z = log_softmax(logits / temperature, axis=1)
+    return float(-z[np.arange(len(z)), label].mean())
+
+
+def _search(nll) -> float:
+    res = minimize_scalar(lambda log_t: nll(float(np.exp(log_t))),
+                          bounds=(np.log(T_MIN), np.log(T_MAX)), method="bounded",
+                          options={"xatol": 1e-4})
+    return round(float(np.exp(res.x)), 5)
+
+
 def fit_temperatures(
-    logits: np.ndarray, targets: np.ndarray, mask: np.ndarray, slices: Mapping[str, slice]
+    logits: np.ndarray, targets: np.ndarray, mask: np.ndarray, slices: Mapping[str, slice],
+    softmax_slices: Collection[slice] = (),
 ) -> dict[str, float]:
-    """One temperature per attribute minimising the BCE (negative log-likelihood) of its
-    known entries, searched in [T_MIN, T_MAX] on a log scale. An attribute without both a
-    known positive and a known negative keeps 1.0."""
+    """One temperature per attribute minimising the negative log-likelihood of its known
+    labels, searched in [T_MIN, T_MAX] on a log scale. Sigmoid outputs: the BCE of the known
+    entries; an attribute without both a known positive and a known negative keeps 1.0. An
+    attribute whose slice is in `softmax_slices`: the cross-entropy of its softmax over the
+    rows known with exactly one value; without rows of two different values it keeps 1.0."""
     logits = np.asarray(logits, dtype=np.float64)
     positive = np.asarray(targets) > 0.5
     known = np.asarray(mask, dtype=bool)
     out = {}
     for attribute, sl in slices.items():
+        if sl in softmax_slices:
+            rows = known[:, sl].all(axis=1) & (positive[:, sl].sum(axis=1) == 1)
+            z, label = logits[rows, sl], positive[rows, sl].argmax(axis=1)
+            informative = len(np.unique(label)) > 1
+            out[attribute] = _search(lambda t: _softmax_nll(z, label, t)) if informative else 1.0
+            continue
         k = known[:, sl]
         z, y = logits[:, sl][k], positive[:, sl][k]
-        if not (y.any() and (~y).any()):
-            out[attribute] = 1.0
-            continue
-        res = minimize_scalar(lambda log_t: _nll(z, y, float(np.exp(log_t))),
-                              bounds=(np.log(T_MIN), np.log(T_MAX)), method="bounded",
-                              options={"xatol": 1e-4})
-        out[attribute] = round(float(np.exp(res.x)), 5)
+        informative = y.any() and (~y).any()
+        out[attribute] = _search(lambda t: _nll(z, y, t)) if informative else 1.0
     return out
 
 
@@ -58,9 +75,16 @@ def temperature_vector(temperatures: Mapping[str, float] | None, slices: Mapping
     return out
 
 
-def apply_temperature(logits: np.ndarray, temperature: np.ndarray | float = 1.0) -> np.ndarray:
-    """float32 scores sigmoid(logit / T)."""
-    return expit(np.asarray(logits, dtype=np.float32) / np.asarray(temperature, dtype=np.float32))
+def apply_temperature(logits: np.ndarray, temperature: np.ndarray | float = 1.0,
+                      softmax_slices: Collection[slice] = ()) -> np.ndarray:
+    """float32 scores sigmoid(logit / T); within each of `softmax_slices` (the attributes of
+    a softmax head) softmax(logits[:, slice] / T) instead, so the slice's scores sum to 1.
+    `temperature`: a scalar or one per output ([K])."""
+    z = np.asarray(logits, dtype=np.float32) / np.asarray(temperature, dtype=np.float32)
+    scores = expit(z)
+    for sl in softmax_slices:
+        scores[:, sl] = softmax(z[:, sl], axis=1)
+    return scores
 
 
 def expected_calibration_error(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,18 +21,21 @@ from tagger.labels import single_slices
 from tagger.quality import plots
 from tagger.quality.calibration import apply_temperature, expected_calibration_error
 from tagger.quality.metrics import compute_metrics, compute_review_metrics
-from tagger.quality.report import render_metrics_markdown
+from tagger.quality.report import render_metrics_markdown, render_tuned_on
 from tagger.quality.thresholds import compute_decisions, review_flags
 
 log = logging.getLogger(__name__)
 
 
 def compute_evaluation(taxonomy: Taxonomy, targets, mask, scores, thresholds,
-                       auto_thresholds=None, min_precision: float | None = None) -> tuple[np.ndarray, dict]:
-    """(decisions, metrics) with single attributes decoded as one choice; with auto-publish
-    thresholds, metrics["review"] says how the decisions split into auto and review."""
+                       auto_thresholds=None, min_precision: float | None = None,
+                       argmax_slices: Collection[slice] = ()) -> tuple[np.ndarray, dict]:
+    """(decisions, metrics) with single attributes decoded as one choice (those in
+    `argmax_slices`, a softmax head's, as their argmax value or none: compute_decisions); with
+    auto-publish thresholds, metrics["review"] says how the decisions split into auto and review."""
     singles = single_slices(taxonomy)
-    decisions = compute_decisions(scores, thresholds, list(singles.values()))
+    decisions = compute_decisions(scores, thresholds, list(singles.values()),
+                                  argmax_slices=argmax_slices)
     metrics = compute_metrics(targets, mask, scores, decisions, taxonomy.outputs, singles)
     if auto_thresholds is not None:
         review = review_flags(scores, decisions, auto_thresholds)
@@ -40,10 +44,13 @@ def compute_evaluation(taxonomy: Taxonomy, targets, mask, scores, thresholds,
     return decisions, metrics
 
 
-def calibration_metrics(logits, scores, targets, mask, temperatures: dict) -> dict:
-    """ECE of the uncalibrated scores (sigmoid of the logits) and of the scores used."""
+def calibration_metrics(logits, scores, targets, mask, temperatures: dict,
+                        softmax_slices: tuple[slice, ...] = ()) -> dict:
+    """ECE of the uncalibrated scores (the head's sigmoid or softmax of the logits, T = 1) and
+    of the scores used."""
+    raw = apply_temperature(logits, 1.0, softmax_slices)
     return {"temperature": temperatures or None,
-            "ece_before": expected_calibration_error(apply_temperature(logits), targets, mask),
+            "ece_before": expected_calibration_error(raw, targets, mask),
             "ece_after": expected_calibration_error(scores, targets, mask)}
 
 
@@ -85,8 +92,10 @@ def _single_choices(taxonomy, targets, mask, decisions, attr) -> tuple[list[str]
 
 
 def write_evaluation_report(storage: Storage, prefix: str, title: str, intro: str,
-                            evaluated: Evaluated) -> str:
-    """report.md, metrics.json and PNG plots under `prefix`; returns the report's URI."""
+                            evaluated: Evaluated, *, tuned_on: Evaluated | None = None) -> str:
+    """report.md, metrics.json and PNG plots under `prefix`; returns the report's URI.
+    `tuned_on`: the split the thresholds were tuned on, reported after `evaluated` (which is
+    then the held-out split) and kept in metrics.json under "validation"."""
     e = evaluated
     images: dict[str, str] = {}
 
@@ -105,7 +114,11 @@ def write_evaluation_report(storage: Storage, prefix: str, title: str, intro: st
     kinds = {a.name: a.kind for a in e.taxonomy.attributes}
     md = render_metrics_markdown(title, intro, e.metrics, e.thresholds, kinds, images=images,
                                  auto_thresholds=e.auto_thresholds)
+    metrics = e.metrics
+    if tuned_on is not None:
+        md += render_tuned_on(tuned_on.metrics, kinds)
+        metrics = {**metrics, "validation": tuned_on.metrics}
     storage.write_bytes(f"{prefix}/report.md", md.encode())
-    storage.write_bytes(f"{prefix}/metrics.json", json.dumps(e.metrics, indent=2).encode())
+    storage.write_bytes(f"{prefix}/metrics.json", json.dumps(metrics, indent=2).encode())
     log.info("wrote evaluation report %s", storage.url(f"{prefix}/report.md"))
     return storage.url(f"{prefix}/report.md")

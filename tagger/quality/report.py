@@ -9,6 +9,30 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _overall(m: dict) -> list[str]:
+    return ["| micro-F1 | macro-F1 | mAP | Hamming loss |", "|---|---|---|---|",
+            f"| {_f(m['micro_f1'])} | {_f(m['macro_f1'])} | {_f(m['mAP'])} | {_f(m['hamming_loss'])} |",
+            "", f"_{m.get('split', '')}_" if m.get("split") else ""]
+
+
+def _per_attribute(m: dict, kinds: dict[str, str]) -> list[str]:
+    lines = ["| attribute | kind | accuracy | coverage | top-1 | macro-F1 | products with a label |",
+             "|---|---|---|---|---|---|---|"]
+    for attr, am in m["per_attribute"].items():
+        lines.append(f"| {attr} | {kinds.get(attr, '')} | {_f(am.get('accuracy'))} | "
+                     f"{_f(am.get('coverage'))} | {_f(am.get('top1_accuracy'))} | "
+                     f"{_f(am.get('macro_f1'))} | {am.get('known', '-')} |")
+    return lines
+
+
+def render_tuned_on(metrics: dict, kinds: dict[str, str]) -> str:
+    """A section with the validation split's figures, marked as the split the thresholds and
+    temperatures were tuned on (so its F1 figures are optimistic), for beside the test's."""
+    lines = ["", "## Validation split (tuned on it: F1 figures are optimistic)", "",
+             *_overall(metrics), "", *_per_attribute(metrics, kinds)]
+    return "\n".join(lines) + "\n"
+
+
 def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: dict,
                             kinds: dict[str, str], *, images: dict[str, str] | None = None,
                             worst: int = 10, auto_thresholds: dict | None = None) -> str:
@@ -16,21 +40,12 @@ def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: d
     to a relative PNG path to embed."""
     m = metrics
     lines = [
-        f"# {title}", "", intro, "",
-        "| micro-F1 | macro-F1 | mAP | Hamming loss |", "|---|---|---|---|",
-        f"| {_f(m['micro_f1'])} | {_f(m['macro_f1'])} | {_f(m['mAP'])} | {_f(m['hamming_loss'])} |",
-        "", f"_{m.get('split', '')}_" if m.get("split") else "",
+        f"# {title}", "", intro, "", *_overall(m),
         "## Per attribute", "",
         "Single attributes: *accuracy* counts abstentions (no value passed its threshold) as "
         "wrong; *top-1* always takes the highest-scoring value, as single-label classifiers "
-        "are usually scored.", "",
-        "| attribute | kind | accuracy | coverage | top-1 | macro-F1 | products with a label |",
-        "|---|---|---|---|---|---|---|",
+        "are usually scored.", "", *_per_attribute(m, kinds),
     ]
-    for attr, am in m["per_attribute"].items():
-        lines.append(f"| {attr} | {kinds.get(attr, '')} | {_f(am.get('accuracy'))} | "
-                     f"{_f(am.get('coverage'))} | {_f(am.get('top1_accuracy'))} | "
-                     f"{_f(am.get('macro_f1'))} | {am.get('known', '-')} |")
     if m.get("calibration"):
         c = m["calibration"]
         temps = ", ".join(f"{a} {t:.2f}" for a, t in (c.get("temperature") or {}).items())
@@ -64,16 +79,21 @@ def render_metrics_markdown(title: str, intro: str, metrics: dict, thresholds: d
 
 def card_summary(card: ModelCard) -> str:
     """One sentence: what was trained, on what, where, how long."""
+    tested = f", tested on {card.data.test} no choice was made on" if card.data.test else ""
     return (
         f"Backbone **{card.backbone}** at {card.image_size} px, trained on "
-        f"{card.data.train} products, validated on {card.data.validation} "
+        f"{card.data.train} products, validated on {card.data.validation}{tested} "
         f"(data snapshot `{card.data.snapshot}`) in {card.training.seconds:.0f} s "
         f"on {card.training.device} x{card.training.world_size}."
     )
 
 
 def render_card_markdown(card: ModelCard, *, images: dict[str, str] | None = None) -> str:
+    """The card's report: the test split's figures first, where there are any, then the
+    validation split's, marked as tuned on."""
     kinds = {a.name: a.kind for a in card.taxonomy.attributes}
-    return render_metrics_markdown(f"Model {card.version}", card_summary(card), card.metrics,
-                                   card.thresholds, kinds, images=images,
-                                   auto_thresholds=card.auto_thresholds)
+    _, metrics = card.headline
+    md = render_metrics_markdown(f"Model {card.version}", card_summary(card), metrics,
+                                 card.thresholds, kinds, images=images,
+                                 auto_thresholds=card.auto_thresholds)
+    return md + (render_tuned_on(card.metrics, kinds) if card.test_metrics is not None else "")

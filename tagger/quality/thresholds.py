@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
@@ -110,23 +110,36 @@ def compute_decisions(
     scores: np.ndarray,
     thresholds: np.ndarray,
     single_slices: Sequence[slice],
+    *,
+    argmax_slices: Collection[slice] = (),
 ) -> np.ndarray:
     """Boolean decisions [N,K] from scores and per-output thresholds.
 
     Outputs outside every single slice: ``score >= threshold``. Within a single
     slice at most one value per row is chosen: the highest-scoring value among
-    those passing their threshold, none if none passes. Equal scores resolve
-    to the first value in the slice.
+    those passing their threshold, none if none passes. Within a slice of
+    `argmax_slices` (a softmax head's attribute): the highest-scoring value of
+    all, chosen only if it passes its own threshold, else none (abstain). Equal
+    scores resolve to the first value in the slice.
     """
     scores = np.asarray(scores)
     passes = scores >= np.asarray(thresholds)[None, :]
     decisions = passes.copy()
+    rows = np.arange(len(scores))
     for sl in single_slices:
+        if sl in argmax_slices:
+            continue
         block_pass = passes[:, sl]
         # Failing values can never win the argmax.
         block_scores = np.where(block_pass, scores[:, sl], -np.inf)
         winner = block_scores.argmax(axis=1)
         block = np.zeros_like(block_pass)
-        block[np.arange(len(block)), winner] = True
+        block[rows, winner] = True
         decisions[:, sl] = block & block_pass.any(axis=1, keepdims=True)
+    for sl in argmax_slices:
+        block_pass = passes[:, sl]
+        winner = scores[:, sl].argmax(axis=1)
+        block = np.zeros_like(block_pass)
+        block[rows, winner] = block_pass[rows, winner]
+        decisions[:, sl] = block
     return decisions

@@ -9,6 +9,7 @@ TAG_ORDER whatever the sharding, when the run commits.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import numpy as np
@@ -32,13 +33,16 @@ Rows = dict[str, list]  # ROW_COLUMNS -> one list per column
 
 
 def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarray,
-                     thresholds: np.ndarray, auto_thresholds: np.ndarray | None = None) -> Rows:
+                     thresholds: np.ndarray, auto_thresholds: np.ndarray | None = None, *,
+                     argmax_slices: Collection[slice] = ()) -> Rows:
     """Column lists (ROW_COLUMNS) of tag rows: curated values where the catalog labels an
     attribute, else the model's decisions for attributes that apply to the product's
-    category; a decision below its auto-publish threshold needs review."""
+    category; a decision below its auto-publish threshold needs review. `argmax_slices`: a
+    softmax card's (CardArrays.softmax_slices), decided as their argmax value or none."""
     categories = [p["category"] for p in products]
     targets, curated = encode_labels(taxonomy, [dict(p["labels"]) for p in products], categories)
-    decisions = compute_decisions(scores, thresholds, list(single_slices(taxonomy).values()))
+    decisions = compute_decisions(scores, thresholds, list(single_slices(taxonomy).values()),
+                                  argmax_slices=argmax_slices)
     predicted = decisions & applicable_mask(taxonomy, categories) & ~curated
     emitted = predicted | (curated & (targets > 0))
     rows, cols = np.nonzero(emitted)

@@ -87,7 +87,8 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
                               desc=f"tag {start + len(chunk)}/{todo.num_rows}")
         arrays = scorer.arrays
         for k, v in compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
-                                     arrays.auto_thresholds).items():
+                                     arrays.auto_thresholds,
+                                     argmax_slices=arrays.softmax_slices).items():
             rows[k].extend(v)
     return rows
 

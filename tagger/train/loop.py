@@ -1,6 +1,7 @@
 """One epoch of training, and what it updates.
 
-Masked BCE with logits (or focal / ASL, tagger.train.losses) and per-output pos_weight,
+Masked BCE with logits (or focal / ASL, tagger.train.losses) and per-output pos_weight;
+with head softmax, one cross-entropy per `single` attribute (masked_multitask_loss);
 AdamW with a linear warm-up and cosine decay stepped every batch, an EMA of the weights,
 AMP and channels_last on CUDA. Under DDP each rank's loss is weighted by its share of the
 global batch's known labels, so N processes learn what one process with the global batch
@@ -12,8 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -25,10 +28,13 @@ from tqdm.auto import tqdm
 from tagger.config import TrainConfig
 from tagger.data.transforms import BatchNormalize, model_input
 from tagger.model.device import autocast, unwrap
-from tagger.train.losses import masked_multilabel_loss
+from tagger.labels import single_slices
+from tagger.train.losses import compute_class_weights, masked_multitask_loss
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
+
+    from catalog_schemas.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,18 @@ class Fit:
     pos_weight: torch.Tensor  # per output, on the device
     normalize: BatchNormalize  # uint8 batches -> model input, on the device
     device: torch.device
+    heads: tuple[slice, ...] = ()  # the attributes trained as one softmax (head softmax)
+    class_weight: torch.Tensor | None = None  # per output, on the device; softmax heads only
+    attribute_weights: torch.Tensor | None = None  # per output: its attribute's weight
+
+
+@dataclass(frozen=True)
+class TrainLabels:
+    """The training split's labels: what the loss's per-run arrays are computed from."""
+
+    taxonomy: Taxonomy
+    targets: np.ndarray  # [N, K]
+    mask: np.ndarray  # [N, K]
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: TrainConfig) -> LambdaLR:
@@ -73,15 +91,37 @@ def create_ema(model: nn.Module, config: TrainConfig) -> ModelEmaV3 | None:
 
 
 def create_fit(model: nn.Module, config: TrainConfig, steps_per_epoch: int, pos_weight: torch.Tensor,
-               normalize: BatchNormalize, device: torch.device) -> Fit:
+               normalize: BatchNormalize, device: torch.device, labels: TrainLabels | None = None) -> Fit:
     """AdamW, its schedule, the AMP grad scaler (fp16 only: bf16 needs none) and the EMA for
-    `model`, before any DDP or compile wrapping (a checkpoint loads into the plain model)."""
+    `model`, before any DDP or compile wrapping (a checkpoint loads into the plain model).
+    With the training split's `labels`: the softmax heads, class weights and attribute
+    weights of the loss (required for head softmax; without them every output is BCE with
+    attribute weight 1)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = create_scheduler(optimizer, steps_per_epoch, config)
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    return Fit(model, optimizer, scheduler, scaler, create_ema(model, config), pos_weight, normalize,
-               device)
+    fit = Fit(model, optimizer, scheduler, scaler, create_ema(model, config), pos_weight, normalize,
+              device)
+    if labels is None:
+        if config.head == "softmax":
+            raise ValueError("head softmax needs the training split's labels: "
+                             "create_fit(..., labels=TrainLabels(taxonomy, targets, mask))")
+        return fit
+    return _with_loss_arrays(fit, config, labels)
+
+
+def _with_loss_arrays(fit: Fit, config: TrainConfig, labels: TrainLabels) -> Fit:
+    """`fit` with the per-run arrays of masked_multitask_loss, on its device."""
+    tax = labels.taxonomy
+    heads = tuple(single_slices(tax).values()) if config.head == "softmax" else ()
+    class_weight = compute_class_weights(labels.targets, labels.mask, heads, config.class_weight,
+                                         config.pos_weight_max)
+    omega = np.ones(tax.num_outputs, dtype=np.float32)
+    for attr in tax.attributes:
+        omega[tax.slices[attr.name]] = attr.weight
+    return replace(fit, heads=heads, class_weight=torch.from_numpy(class_weight).to(fit.device),
+                   attribute_weights=torch.from_numpy(omega).to(fit.device))
 
 
 def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfig) -> float:
@@ -97,8 +137,14 @@ def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfi
         y, m = y.to(device, non_blocking=True), m.to(device, non_blocking=True)
         with autocast(device, config.amp):
             logits = model(x)
-        loss = masked_multilabel_loss(logits.float(), y, m, fit.pos_weight, kind=config.loss)
+        loss = masked_multitask_loss(logits.float(), y, m, fit.heads, fit.pos_weight, fit.class_weight,
+                                     label_smoothing=config.label_smoothing,
+                                     attribute_weights=fit.attribute_weights, kind=config.loss)
         fit.optimizer.zero_grad(set_to_none=True)
+        # The softmax heads' terms are means over each attribute's known rows; weighting them
+        # by the rank's share of all known labels, like the BCE term, is exact only where
+        # ranks know equally many of each attribute: under DDP they approximate the global
+        # batch's means (close for shuffled batches), they are not its exact gradient.
         fit.scaler.scale(loss * _share_of_known_labels(m)).backward()
         fit.scaler.step(fit.optimizer)
         fit.scaler.update()

@@ -27,10 +27,10 @@ from tagger.data.dataset import ProductImages
 from tagger.data.loader import create_loader
 from tagger.data.transforms import BatchNormalize
 from tagger.io.storage import Storage
-from tagger.labels import values_from_vector
 from tagger.lake import model_path
 from tagger.backbones import get_backbone
 from tagger.model.predict import predict_scores
+from tagger.labels import softmax_slices, values_from_vector
 from tagger.model.versions import new_version, register_model
 from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
 from tagger.quality.evaluation import (
@@ -64,6 +64,8 @@ class RunFacts:
     world_size: int
     history: list[dict]  # one entry per epoch
     seconds: float  # from the start of train_model to validation
+    test_idx: np.ndarray | None = None  # rows of `data` in the test split (none: no test split)
+    test_ds: ProductImages | None = None
 
 
 @dataclass(frozen=True)
@@ -102,24 +104,29 @@ def validate(model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> Validat
     """Score the validation split, calibrate, choose thresholds and compute the metrics."""
     config, taxonomy = run.config, run.data.taxonomy
     loader = create_loader(run.val_ds, config.batch_size, config.workers, device=run.device)
+    heads = softmax_slices(taxonomy, config.head)
     model, logits, ema_info = _validation_logits(model, ema, loader, run.device, config,
-                                                 BatchNormalize.from_config(run.data_config, reuse=True))
+                                                 BatchNormalize.from_config(run.data_config, reuse=True),
+                                                 heads)
     targets, mask = run.data.targets[run.val_idx], run.data.mask[run.val_idx]
-    temperatures = fit_temperatures(logits, targets, mask, taxonomy.slices) if config.calibrate else {}
+    temperatures = (fit_temperatures(logits, targets, mask, taxonomy.slices, heads)
+                    if config.calibrate else {})
     scores = apply_temperature(logits, temperature_vector(temperatures, taxonomy.slices,
-                                                          taxonomy.num_outputs))
+                                                          taxonomy.num_outputs), heads)
     thresholds, auto = choose_thresholds(config, scores, targets, mask)
     decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, thresholds, auto,
-                                            config.min_precision)
-    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures)
+                                            config.min_precision, argmax_slices=heads)
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures, heads)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     return Validation(model, targets, mask, scores, temperatures, thresholds, auto, ema_info,
                       decisions, metrics)
 
 
 def _validation_logits(model: nn.Module, ema: ModelEmaV3 | None, loader: DataLoader, device: torch.device,
-                       config: TrainConfig, normalize: BatchNormalize) -> tuple[nn.Module, np.ndarray, dict]:
-    """Validation logits of the raw weights, or of their EMA when its mAP is higher."""
+                       config: TrainConfig, normalize: BatchNormalize,
+                       heads: tuple[slice, ...] = ()) -> tuple[nn.Module, np.ndarray, dict]:
+    """Validation logits of the raw weights, or of their EMA when its mAP is higher (ranked
+    by the logits, or within the softmax `heads` by their softmax, which ranks differently)."""
 
     def run(net: nn.Module, desc: str) -> np.ndarray:
         return predict_scores(net, loader, device, channels_last=config.channels_last,
@@ -130,7 +137,14 @@ def _validation_logits(model: nn.Module, ema: ModelEmaV3 | None, loader: DataLoa
         return model, logits, {}
     ema_logits = run(ema.module, "validate EMA")
     targets, mask = loader.dataset.targets, loader.dataset.mask
-    raw_ap, ema_ap = _mean_ap(targets, mask, logits), _mean_ap(targets, mask, ema_logits)
+
+    def ranked(z: np.ndarray) -> np.ndarray:
+        out = z.copy()
+        for sl in heads:  # the other outputs keep their logits: sigmoid would not reorder them
+            out[:, sl] = apply_temperature(z[:, sl], 1.0, (slice(None),))
+        return out
+
+    raw_ap, ema_ap = _mean_ap(targets, mask, ranked(logits)), _mean_ap(targets, mask, ranked(ema_logits))
     chosen = "ema" if ema_ap > raw_ap else "raw"
     log.info("validation mAP: raw weights %.4f, EMA %.4f; registering %s", raw_ap, ema_ap, chosen)
     info = dict(decay=config.ema_decay, val_mAP_raw=round(raw_ap, 5), val_mAP_ema=round(ema_ap, 5),
@@ -147,7 +161,35 @@ def _mean_ap(targets: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> float
     return float(np.mean(aps)) if aps else 0.0
 
 
-def build_card(version: str, run: RunFacts, val: Validation, lake: str) -> ModelCard:
+def score_test_split(val: Validation, run: RunFacts) -> Evaluated | None:
+    """The test split scored by the registered weights with everything chosen on validation
+    (temperatures, thresholds, auto-publish thresholds) and chosen nothing itself: the
+    figures a user can trust. None without a test split."""
+    if run.test_ds is None or not len(run.test_ds):
+        return None
+    config, taxonomy = run.config, run.data.taxonomy
+    heads = softmax_slices(taxonomy, config.head)
+    loader = create_loader(run.test_ds, config.batch_size, config.workers, device=run.device)
+    logits = predict_scores(val.model, loader, run.device, channels_last=config.channels_last,
+                            amp=config.amp, desc="test", logits=True,
+                            normalize=BatchNormalize.from_config(run.data_config, reuse=True))
+    targets, mask = run.data.targets[run.test_idx], run.data.mask[run.test_idx]
+    scores = apply_temperature(logits, temperature_vector(val.temperatures, taxonomy.slices,
+                                                          taxonomy.num_outputs), heads)
+    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, val.thresholds,
+                                            val.auto_thresholds, config.min_precision,
+                                            argmax_slices=heads)
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, val.temperatures,
+                                                 heads)
+    metrics["split"] = ("test (held out from training and from every choice: thresholds, "
+                        "temperatures and the EMA choice were made on validation)")
+    return Evaluated(taxonomy, targets, mask, scores, decisions, metrics,
+                     values_from_vector(taxonomy, val.thresholds),
+                     None if val.auto_thresholds is None else values_from_vector(taxonomy, val.auto_thresholds))
+
+
+def build_card(version: str, run: RunFacts, val: Validation, lake: str,
+               tested: Evaluated | None = None) -> ModelCard:
     """The model card of `version`: what was trained, how, on what, and how it validated."""
     config, data, taxonomy = run.config, run.data, run.data.taxonomy
     return ModelCard(
@@ -155,6 +197,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str) -> Model
         created_at=datetime.now(timezone.utc).isoformat(),
         backbone=config.backbone,
         timm_name=get_backbone(config.backbone).timm_name,
+        head=config.head,
         image_size=config.image_size,
         data_config=run.data_config,
         taxonomy=taxonomy,
@@ -166,9 +209,11 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str) -> Model
         ema=val.ema or None,
         pos_weight=values_from_vector(taxonomy, run.pos_weight),
         metrics=val.metrics,
+        test_metrics=None if tested is None else tested.metrics,
         config=config.model_dump(mode="json"),
         data=dict(snapshot=data.snapshot, products=len(data.product_ids), train=run.n_train,
-                  validation=len(run.val_idx), lake=lake),
+                  validation=len(run.val_idx), test=0 if run.test_idx is None else len(run.test_idx),
+                  lake=lake),
         history=run.history,
         training=dict(device=str(run.device), world_size=run.world_size, seconds=round(run.seconds, 1),
                       torch=torch.__version__, timm=timm.__version__),
@@ -178,14 +223,16 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str) -> Model
 def evaluate_and_register(storage: Storage, model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> str:
     """Validate, write the report and register the model with its card; returns the version."""
     val = validate(model, ema, run)
+    tested = score_test_split(val, run)
     version = new_version()
-    card = build_card(version, run, val, storage.uri)
-    evaluated = Evaluated(run.data.taxonomy, val.targets, val.mask, val.scores, val.decisions,
+    card = build_card(version, run, val, storage.uri, tested)
+    validated = Evaluated(run.data.taxonomy, val.targets, val.mask, val.scores, val.decisions,
                           val.metrics, card.thresholds, card.auto_thresholds)
     write_evaluation_report(storage, model_path(version), f"Model {version}", card_summary(card),
-                            evaluated)
+                            tested or validated, tuned_on=validated if tested else None)
     register_model(storage, val.model, card)
-    m = val.metrics
-    log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d validation products",
-             version, m["micro_f1"] or 0, m["macro_f1"] or 0, m["mAP"] or 0, len(run.val_idx))
+    split, m = ("test", tested.metrics) if tested else ("validation", val.metrics)
+    log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d %s products", version,
+             m["micro_f1"] or 0, m["macro_f1"] or 0, m["mAP"] or 0,
+             len(run.test_idx) if tested else len(run.val_idx), split)
     return version

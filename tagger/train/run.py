@@ -34,10 +34,10 @@ from tagger.backbones import get_backbone
 from tagger.model.device import resolve_device
 from tagger.model.factory import create_model, data_config
 from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_training, save_checkpoint
-from tagger.train.loop import create_fit, train_one_epoch
+from tagger.train.loop import TrainLabels, create_fit, train_one_epoch
 from tagger.train.losses import compute_pos_weight
 from tagger.train.register import RunFacts, evaluate_and_register
-from tagger.train.split import create_datasets, load_training_data, split_train_val
+from tagger.train.split import create_datasets, load_training_data, split_products
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +124,20 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     torch.manual_seed(config.seed)
 
     data = load_training_data(storage)
-    train_idx, val_idx = split_train_val(data.targets, config.val_fraction, config.seed)
+    split = split_products(data.targets, config.val_fraction, config.test_fraction, config.seed)
+    train_idx = split.train
     pos_weight = compute_pos_weight(data.targets[train_idx], data.mask[train_idx],
                                     mode=config.pos_weight, max_weight=config.pos_weight_max)
-    log.info("training on %d products, validating on %d; %d outputs; device %s x%d",
-             len(train_idx), len(val_idx), data.taxonomy.num_outputs, procs.device, procs.world_size)
+    log.info("training on %d products, validating on %d, testing on %d; %d outputs; device %s x%d",
+             len(train_idx), len(split.validation), len(split.test), data.taxonomy.num_outputs,
+             procs.device, procs.world_size)
 
     model, dcfg = _create_model(config, data.taxonomy.num_outputs, procs)
-    train_ds, val_ds = create_datasets(lake, data, train_idx, val_idx, config.image_size)
+    train_ds, val_ds, test_ds = create_datasets(lake, data, split, config.image_size)
     sampler, train_loader = _create_train_loader(train_ds, config, procs)
     fit = create_fit(model, config, len(train_loader), torch.from_numpy(pos_weight).to(procs.device),
-                     BatchNormalize.from_config(dcfg), procs.device)
+                     BatchNormalize.from_config(dcfg), procs.device,
+                     labels=TrainLabels(data.taxonomy, data.targets[train_idx], data.mask[train_idx]))
     key = checkpoint_key(config, data.snapshot)
     start_epoch, history = resume_training(storage, key, fit) if config.resume else (0, [])
     fit = replace(fit, model=_wrap(model, config, procs))
@@ -150,8 +153,9 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
 
     version = None
     if procs.rank == 0:
-        run = RunFacts(config, data, val_idx, val_ds, len(train_idx), pos_weight, dcfg, procs.device,
-                       procs.world_size, history, time.perf_counter() - t_start)
+        run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
+                       procs.device, procs.world_size, history, time.perf_counter() - t_start,
+                       test_idx=split.test, test_ds=test_ds)
         version = evaluate_and_register(storage, model, fit.ema, run)
         delete_checkpoint(storage, key)
     _close_distributed(procs)

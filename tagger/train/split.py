@@ -1,4 +1,8 @@
-"""What a training run learns from: the lake's labelled products, split into train and validation.
+"""What a training run learns from: the lake's labelled products, split three ways.
+
+train is learned from; validation is where every choice is made (the EMA or raw weights,
+temperatures, thresholds, the precision target's cut); test is held out from all of it, so
+its figures are the ones a user can trust and the card and report lead with them.
 
 Products are read sorted by id and split by iterative stratification with a fixed seed, so a
 rerun on the same data splits the same way and rare values land on both sides. The snapshot
@@ -53,22 +57,53 @@ def load_training_data(storage: Storage) -> TrainingData:
 
 def split_train_val(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Multi-label stratified split (iterative stratification), so rare values land in both."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
     if len(targets) < 4:
         raise ValueError(f"Need at least 4 labelled products to train, found {len(targets)}.")
-    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros(len(targets)), targets.astype(int)))
-    return np.sort(train_idx), np.sort(val_idx)
+    return _stratified(np.arange(len(targets)), targets, val_fraction, seed)
 
 
-def create_datasets(lake: str, data: TrainingData, train_idx: np.ndarray, val_idx: np.ndarray,
-                    image_size: int) -> tuple[ProductImages, ProductImages]:
-    """(training, validation) datasets of the split: augmented for training, plain for validation."""
+@dataclass(frozen=True)
+class Split:
+    """Row indices of TrainingData, sorted, disjoint, together every row."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray  # empty with test_fraction 0
+
+
+def split_products(targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> Split:
+    """train / validation / test, each multi-label stratified. The test split is taken first,
+    then validation from the rest (its share of the rest scaled so that it is val_fraction of
+    the whole). With test_fraction 0 the split is split_train_val's, as before test splits."""
+    if test_fraction <= 0:
+        train, val = split_train_val(targets, val_fraction, seed)
+        return Split(train, val, np.zeros(0, dtype=train.dtype))
+    if len(targets) < 6:
+        raise ValueError(f"Need at least 6 labelled products to train with a test split, found "
+                         f"{len(targets)} (or set test_fraction 0).")
+    rest, test = _stratified(np.arange(len(targets)), targets, test_fraction, seed)
+    train, val = _stratified(rest, targets[rest], val_fraction / (1 - test_fraction), seed)
+    return Split(train, val, test)
+
+
+def _stratified(rows: np.ndarray, targets: np.ndarray, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) of `rows`, `fraction` of them held out, stratified on `targets`."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    kept, held = next(splitter.split(np.zeros(len(rows)), targets.astype(int)))
+    return np.sort(rows[kept]), np.sort(rows[held])
+
+
+def create_datasets(lake: str, data: TrainingData, split: Split, image_size: int
+                    ) -> tuple[ProductImages, ProductImages, ProductImages]:
+    """(training, validation, test) datasets of the split: augmented for training, plain for
+    the other two."""
 
     def subset(idx: np.ndarray, train: bool) -> ProductImages:
         tf = create_transforms(image_size, train=train)
         return ProductImages(lake, [data.shards[i] for i in idx], [data.hashes[i] for i in idx], tf,
                              data.targets[idx], data.mask[idx])
 
-    return subset(train_idx, True), subset(val_idx, False)
+    return subset(split.train, True), subset(split.validation, False), subset(split.test, False)

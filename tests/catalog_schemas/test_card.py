@@ -24,18 +24,39 @@ def _old() -> dict:
 
 def test_a_card_written_before_the_format_field_reads_as_format_1():
     card = parse_card(OLD_CARD.read_bytes())
-    assert card.format == 1 == CARD_FORMAT
+    assert card.format == 1 and CARD_FORMAT == 2
+    assert card.head == "sigmoid"  # cards before format 2 have sigmoid scores
     assert card.ema is not None and card.ema.registered in ("raw", "ema")
     assert card.data_config.image_size == card.image_size == 32
     assert card.taxonomy.name == "demo"
 
 
 def test_writing_a_card_keeps_every_field_it_was_read_with():
-    """Round trip: what an old card holds is written back unchanged (plus `format`)."""
+    """Round trip: what an old card holds is written back unchanged (plus the fields added
+    since, at the values that mean what the old card meant)."""
     old = _old()
     again = json.loads(parse_card(old).to_json())
-    assert again.pop("format") == CARD_FORMAT
+    assert again.pop("format") == 1
+    assert again.pop("head") == "sigmoid"
+    assert again.pop("test_metrics", None) is None
+    assert again["data"].pop("test", 0) == 0
     assert again == old
+
+
+def test_format_2_cards_say_their_head_and_older_formats_cannot_hold_softmax():
+    data = _old()
+    data.update(format=2, head="softmax")
+    card = parse_card(json.dumps(data))
+    assert card.format == 2 and card.head == "softmax"
+    assert json.loads(card.to_json())["head"] == "softmax"
+    assert card_arrays(card).softmax_slices == tuple(
+        sl for a, sl in card.taxonomy.slices.items() if card.taxonomy.attribute(a).kind == "single")
+    assert card_arrays(parse_card(_old())).softmax_slices == ()
+    data["format"] = 1
+    with pytest.raises(CardError, match="head 'softmax' needs card format 2"):
+        parse_card(json.dumps(data))
+    # a card built now (training) is format 2; the same fields read from card.json are format 1
+    assert "format" not in _old() and ModelCard.model_validate(_old()).format == CARD_FORMAT
 
 
 @pytest.mark.parametrize("change, match", [

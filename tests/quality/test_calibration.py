@@ -65,3 +65,31 @@ def test_temperature_vector_spreads_over_the_attribute_slice():
     v = temperature_vector({"a": 2.0, "gone": 3.0}, {"a": slice(1, 3), "b": slice(3, 4)}, 4)
     assert v.tolist() == [1.0, 2.0, 2.0, 1.0]
     assert temperature_vector(None, {"a": slice(0, 2)}, 2).tolist() == [1.0, 1.0]
+
+
+def test_softmax_slices_score_as_one_softmax_with_their_temperature():
+    ln3 = np.log(3.0)
+    logits = np.array([[0.0, 2 * ln3, 0.0]], dtype=np.float32)
+    t = np.array([2.0, 2.0, 1.0], dtype=np.float32)
+    scores = apply_temperature(logits, t, softmax_slices=[slice(0, 2)])
+    assert scores.dtype == np.float32
+    # softmax([0, 2 ln 3] / 2) = [1/4, 3/4]; output 2 stays sigmoid(0) = 1/2
+    np.testing.assert_allclose(scores, [[0.25, 0.75, 0.5]], rtol=1e-6)
+    np.testing.assert_array_equal(apply_temperature(logits, t), apply_temperature(logits, t, ()))
+
+
+def test_softmax_temperature_minimises_the_cross_entropy_of_known_rows():
+    # Two values, logits [ln 3, -ln 3] on every row; 3 known rows are value 0, one is value 1:
+    # the best probability of value 0 is 3/4, softmax([ln 3, -ln 3] / T) gives it at T = 2.
+    # (Sigmoids of the same entries are right at T = 1: sigmoid(ln 3) = 3/4.)
+    # A fifth row is unknown (masked) and would pull T down if counted.
+    ln3 = np.log(3.0)
+    z = np.array([[ln3, -ln3]] * 5)
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1]])
+    mask = np.array([[True, True]] * 4 + [[False, False]])
+    t = fit_temperatures(z, y, mask, {"a": slice(0, 2)}, softmax_slices=[slice(0, 2)])
+    assert t["a"] == pytest.approx(2.0, abs=1e-3)
+    assert fit_temperatures(z, y, mask, {"a": slice(0, 2)})["a"] == pytest.approx(1.0, abs=1e-3)
+    # one value only among the known rows: nothing to fit
+    same = np.array([[1, 0]] * 5)
+    assert fit_temperatures(z, same, mask, {"a": slice(0, 2)}, softmax_slices=[slice(0, 2)]) == {"a": 1.0}

@@ -111,3 +111,22 @@ def test_review_flags_mark_decisions_below_auto_publish():
     flags = review_flags(scores, decisions, np.array([0.8, np.inf], dtype=np.float32))
     assert flags.tolist() == [[False, True], [False, True]]
     assert not review_flags(scores, decisions, None).any()
+
+
+def test_softmax_head_decides_the_argmax_value_only_if_it_passes_its_threshold():
+    # Outputs 0-2: a softmax attribute; output 3: a multi value (score >= threshold).
+    scores = np.array([[0.5, 0.3, 0.2, 0.9],    # argmax 0 fails 0.6: abstain (value 1 passes)
+                       [0.2, 0.7, 0.1, 0.1],    # argmax 1 passes 0.25: value 1
+                       [0.4, 0.4, 0.2, 0.5],    # tie: the first value, 0, which fails: abstain
+                       [0.65, 0.2, 0.15, 0.0]])  # argmax 0 passes: value 0
+    thresholds = np.array([0.6, 0.25, 0.1, 0.5], dtype=np.float32)
+    single = [slice(0, 3)]
+    got = compute_decisions(scores, thresholds, single, argmax_slices=single)
+    assert got.tolist() == [[False, False, False, True],
+                            [False, True, False, False],
+                            [False, False, False, True],
+                            [True, False, False, False]]
+    # The sigmoid rule on the same scores: the best passing value.
+    today = compute_decisions(scores, thresholds, single)
+    assert today[:, :3].tolist() == [[False, True, False], [False, True, False],
+                                     [False, True, False], [True, False, False]]

@@ -7,7 +7,7 @@ from tagger.model.versions import list_versions, load_model, read_card
 from tagger.io.storage import open_storage
 from tagger.train.loop import create_scheduler
 from tagger.train.run import train_model
-from tagger.train.split import split_train_val
+from tagger.train.split import split_products, split_train_val
 from tests.conftest import TINY_TRAIN
 
 
@@ -23,6 +23,39 @@ def test_split_is_stratified_disjoint_and_reproducible():
     for k in range(6):
         if targets[:, k].sum() >= 4:
             assert targets[va, k].sum() > 0 and targets[tr, k].sum() > 0, k
+
+
+def test_three_way_split_is_disjoint_stratified_and_reproducible():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((400, 6)) < [0.5, 0.3, 0.1, 0.05, 0.02, 0.5]).astype(np.float32)
+    split = split_products(targets, 0.15, 0.15, seed=1)
+    parts = (split.train, split.validation, split.test)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(400))  # disjoint, complete
+    assert all(np.array_equal(p, np.sort(p)) for p in parts)
+    assert 50 <= len(split.validation) <= 70 and 50 <= len(split.test) <= 70
+    again = split_products(targets, 0.15, 0.15, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, (again.train, again.validation, again.test)))
+    other = split_products(targets, 0.15, 0.15, seed=2)
+    assert not np.array_equal(split.test, other.test)
+    for k in range(6):  # every value with >= 8 positives has some in each split
+        if targets[:, k].sum() >= 8:
+            assert all(targets[p, k].sum() > 0 for p in parts), k
+
+
+def test_without_a_test_split_the_split_is_the_two_way_one():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((100, 4)) < 0.3).astype(np.float32)
+    split = split_products(targets, 0.2, 0.0, seed=3)
+    tr, va = split_train_val(targets, 0.2, seed=3)
+    assert np.array_equal(split.train, tr) and np.array_equal(split.validation, va) and len(split.test) == 0
+
+
+def test_the_splits_must_leave_room_to_train():
+    with pytest.raises(ValueError, match="leave less than 10% to train on"):
+        type(TINY_TRAIN).model_validate({**TINY_TRAIN.model_dump(), "val_fraction": 0.5,
+                                         "test_fraction": 0.45})
+    type(TINY_TRAIN).model_validate({**TINY_TRAIN.model_dump(), "val_fraction": 0.5,
+                                     "test_fraction": 0.35})  # 15% left: fine
 
 
 def test_scheduler_warms_up_then_decays_to_one_percent():
@@ -51,11 +84,21 @@ def test_trained_model_is_registered_with_a_complete_card(trained_lake):
     assert {(a, v) for a, vals in card.thresholds.items() for v in vals} == set(taxonomy.outputs)
     assert all(0 <= t <= 1 for vals in card.thresholds.values() for t in vals.values())
     assert card.config["epochs"] == 2 and card.config["batch_size"] == 16
-    assert len(card.history) == 2 and card.data.train + card.data.validation == 60
-    for key in ("micro_f1", "macro_f1", "mAP", "hamming_loss", "per_attribute", "per_value"):
-        assert key in card.metrics
+    assert len(card.history) == 2 and card.data.train + card.data.validation + card.data.test == 60
+    assert card.data.test > 0 and card.headline[0] == "test"
+    for metrics in (card.metrics, card.test_metrics):
+        for key in ("micro_f1", "macro_f1", "mAP", "hamming_loss", "per_attribute", "per_value"):
+            assert key in metrics
+    assert card.test_metrics["split"].startswith("test") and card.metrics["split"].startswith("validation")
+    # products counted by the test metrics are the test split's, not validation's
+    assert max(am["known"] for am in card.test_metrics["per_attribute"].values()) == card.data.test
     assert storage.list("checkpoints") == []  # removed once the version is registered
-    assert "# Model" in storage.read_bytes(f"models/{version}/report.md").decode()
+    report = storage.read_bytes(f"models/{version}/report.md").decode()
+    assert "# Model" in report and report.index("_test (held out") < report.index("## Validation split")
+    import json
+    metrics_json = json.loads(storage.read_bytes(f"models/{version}/metrics.json"))
+    assert metrics_json["micro_f1"] == card.test_metrics["micro_f1"]
+    assert metrics_json["validation"]["micro_f1"] == card.metrics["micro_f1"]
     model, _ = load_model(storage, version)
     assert model(torch.randn(1, 3, 48, 48)).shape == (1, taxonomy.num_outputs)
 
