@@ -21,7 +21,7 @@ _ONNX_CACHE = tempfile.mkdtemp(prefix="tagger-test-onnx-")
 os.environ["TAGGER_ONNX_CACHE"] = _ONNX_CACHE
 atexit.register(shutil.rmtree, _ONNX_CACHE, ignore_errors=True)
 
-from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
+from catalog_schemas.taxonomy import load_taxonomy, shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
 from tests.s3server import S3Server, free_port  # noqa: E402,F401  (free_port: used by other tests)
 
@@ -29,6 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_CATALOG = ROOT.parent / "shared/datasets/fashion-product-images-small"
 DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
+# One single and one multi attribute: the smallest taxonomy with both kinds, for exact cases.
+SMALL_TAXONOMY = load_taxonomy("""
+name: t
+attributes:
+  - {name: colour, kind: single, values: [red, blue, green]}
+  - {name: features, kind: multi, values: [logo, zip]}
+""")
 
 # The smallest honest training run: timm's test network, tiny images, 2 epochs, no workers.
 TINY_TRAIN = TrainConfig(

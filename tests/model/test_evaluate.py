@@ -3,18 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from catalog_schemas.taxonomy import load_taxonomy
 from tagger.cli import main
 from tagger.model.evaluate import evaluate_model
 from tagger.quality.evaluation import compute_evaluation
 from tagger.demo.sample import generate_catalog
+from tests.conftest import SMALL_TAXONOMY as TAX
 
-TAX = load_taxonomy("""
-name: t
-attributes:
-  - {name: colour, kind: single, values: [red, blue, green]}
-  - {name: features, kind: multi, values: [logo, zip]}
-""")
 
 
 def test_single_attributes_are_decoded_as_one_choice_and_unknowns_ignored():

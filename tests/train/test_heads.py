@@ -8,7 +8,6 @@ import duckdb
 import numpy as np
 import pytest
 
-from catalog_schemas.taxonomy import load_taxonomy
 from tagger.config import TagConfig
 from tagger.demo.sample import generate_catalog
 from tagger.io.storage import open_storage
@@ -19,6 +18,7 @@ from tagger.model.versions import load_model, read_card
 from tagger.tag.rows import compute_tag_rows
 from tagger.tag.run import tag_catalog
 from tests.conftest import DEMO_TAXONOMY, TINY_TRAIN
+from tests.conftest import SMALL_TAXONOMY as TAX
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,6 @@ def test_softmax_model_registers_tags_scores_alike_in_both_runtimes_and_evaluate
     assert (lake / "models" / version / "evaluations" / "holdout" / "report.md").is_file()
 
 
-TAX = load_taxonomy("""
-name: t
-attributes:
-  - {name: colour, kind: single, values: [red, blue, green]}
-  - {name: features, kind: multi, values: [logo, zip]}
-""")
 
 
 def test_tag_rows_of_a_softmax_card_emit_the_argmax_value_or_nothing():
