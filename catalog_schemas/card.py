@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -72,9 +73,26 @@ class DataSnapshot(_Part):
 
 
 class Epoch(_Part):
+    """One trained epoch; the validation figures are of the weights the epoch would register
+    (raw or EMA), None on cards from before they were recorded."""
+
     epoch: int = Field(ge=1)
     train_loss: float
     seconds: float
+    val_loss: float | None = Field(None, description="The training loss function on validation (masked).")
+    val_mAP: float | None = Field(None, description="Validation mAP.")
+    val_accuracy: float | None = Field(
+        None, description="Mean over single attributes of their top-1 validation accuracy.")
+    val_attribute_accuracy: dict[str, float] | None = Field(
+        None, description="Top-1 validation accuracy per single attribute.")
+    weights: Literal["raw", "ema"] | None = Field(None, description="Which weights the figures are of.")
+    val_mAP_raw: float | None = Field(None, description="Validation mAP of the raw weights (with EMA).")
+    val_mAP_ema: float | None = Field(None, description="Validation mAP of the EMA weights (with EMA).")
+
+    @model_serializer(mode="wrap")
+    def _recorded_only(self, handler) -> dict:
+        # An epoch without validation figures is written as cards before them wrote it.
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class TrainingRun(_Part):
@@ -125,6 +143,9 @@ class ModelCard(BaseModel):
     config: dict[str, Any] = Field(description="The resolved TrainConfig of the run.")
     data: DataSnapshot
     history: list[Epoch] = Field(default_factory=list, description="One entry per trained epoch.")
+    best_epoch: int | None = Field(
+        None, ge=1, description="The epoch whose weights were registered: the highest validation "
+        "mAP (None: cards from before per-epoch validation, which registered the last).")
     training: TrainingRun
     weights_sha256: str | None = Field(None, description="sha256 of model.safetensors, set at registration.")
 
@@ -132,6 +153,13 @@ class ModelCard(BaseModel):
     @classmethod
     def _no_ema(cls, v):
         return None if v == {} else v  # cards of runs without EMA hold {}
+
+    @model_serializer(mode="wrap")
+    def _best_epoch_when_known(self, handler) -> dict:
+        data = handler(self)
+        if data.get("best_epoch") is None:  # an old card is written back as it was read
+            data.pop("best_epoch", None)
+        return data
 
     @field_serializer("taxonomy")
     def _taxonomy_as_written(self, taxonomy: Taxonomy) -> dict:

@@ -15,8 +15,11 @@ def _f(x) -> float | None:
 
 
 def publish_model(card: ModelCard) -> None:
-    """The model report (markdown, key model-report) and per-attribute metrics (table)."""
-    md = render_card_markdown(card) + f"\nStored at `{card.data.lake}/models/{card.version}/`.\n"
+    """The model report (markdown, key model-report), per-attribute metrics (table) and
+    the per-epoch training figures (table training-curves)."""
+    where = f"{card.data.lake}/models/{card.version}"
+    md = (render_card_markdown(card) + f"\nStored at `{where}/`; training curves: `{where}/curves.png` "
+          "(per epoch: table training-curves).\n")
     create_markdown_artifact(md, key="model-report", description=f"Model {card.version}")
     split, metrics = card.headline  # the test split's figures where the card has them
     rows = [dict(attribute=a, accuracy=_f(m.get("accuracy")), coverage=_f(m.get("coverage")),
@@ -24,6 +27,21 @@ def publish_model(card: ModelCard) -> None:
             for a, m in metrics["per_attribute"].items()]
     create_table_artifact(rows, key="model-metrics",
                           description=f"Per-attribute {split} metrics of model {card.version}")
+    _publish_training_curves(card)
+
+
+def _publish_training_curves(card: ModelCard) -> None:
+    """The per-epoch figures (table training-curves); a markdown artifact cannot embed the
+    lake's curves.png, so the description names it."""
+    rows = [dict(epoch=h.epoch, train_loss=_f(h.train_loss), val_loss=_f(h.val_loss),
+                 val_mAP=_f(h.val_mAP), val_accuracy=_f(h.val_accuracy), weights=h.weights,
+                 registered=h.epoch == card.best_epoch, seconds=h.seconds,
+                 **{f"accuracy_{a}": _f(v) for a, v in (h.val_attribute_accuracy or {}).items()})
+            for h in card.history]
+    create_table_artifact(rows, key="training-curves",
+                          description=f"Per-epoch training figures of model {card.version} "
+                          f"(registered: epoch {card.best_epoch or len(card.history)}); plots: "
+                          f"{card.data.lake}/models/{card.version}/curves.png")
 
 
 def publish_tagging(result: dict, rejects: dict) -> None:

@@ -78,6 +78,12 @@ class TrainConfig(_Config):
         description="Passes over the training split. 10: a pretrained backbone fine-tunes in "
         "a few epochs; the cosine decay and the EMA settle it in the last ones.",
     )
+    patience: int | None = Field(
+        None, ge=1, le=500,
+        description="Stop once validation mAP has not improved for this many epochs (the best "
+        "epoch is registered either way). Unset: train every epoch, as the cosine decay is "
+        "planned over all of them.",
+    )
     batch_size: int | None = Field(
         None, ge=1, le=4096,
         description="Per-device batch. Unset: the backbone's own, sized for a 24 GB GPU with AMP.",
@@ -215,7 +221,7 @@ class TrainConfig(_Config):
         "minute, readable in a flow run's log.",
     )
 
-    @field_validator("weights", "ema_decay", "min_precision", mode="before")
+    @field_validator("weights", "ema_decay", "min_precision", "patience", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
         return None if v == "" else v

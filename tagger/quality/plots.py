@@ -74,3 +74,30 @@ def plot_confusion(attribute: str, true: list[str], predicted: list[str], top: i
     ax.set_ylabel("true")
     ax.set_title(f"{attribute}: confusion (top {len(keep)} values)")
     return _png(fig)
+
+
+def plot_training_curves(history: list[dict]) -> bytes:
+    """Per epoch: train and validation loss, validation mAP and mean accuracy, and the
+    top-1 accuracy of each single attribute (from the card's history entries)."""
+    rows = [h if isinstance(h, dict) else h.model_dump() for h in history]
+    epochs = [h["epoch"] for h in rows]
+    series = lambda key: [np.nan if h.get(key) is None else h[key] for h in rows]  # noqa: E731
+    fig, (loss_ax, score_ax, attr_ax) = plt.subplots(1, 3, figsize=(14, 4))
+    loss_ax.plot(epochs, series("train_loss"), marker="o", label="train")
+    loss_ax.plot(epochs, series("val_loss"), marker="o", label="validation")
+    loss_ax.set_title("Loss")
+    score_ax.plot(epochs, series("val_mAP"), marker="o", label="validation mAP")
+    score_ax.plot(epochs, series("val_accuracy"), marker="o", label="validation mean accuracy")
+    score_ax.set_title("Validation mAP and mean accuracy")
+    attributes = sorted({a for h in rows for a in (h.get("val_attribute_accuracy") or {})})
+    for attr in attributes:
+        attr_ax.plot(epochs, [(h.get("val_attribute_accuracy") or {}).get(attr, np.nan) for h in rows],
+                     marker=".", label=attr)
+    attr_ax.set_title("Validation top-1 accuracy per attribute")
+    for ax in (loss_ax, score_ax, attr_ax):
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    score_ax.set_ylim(0, 1.02)
+    attr_ax.set_ylim(0, 1.02)
+    return _png(fig)

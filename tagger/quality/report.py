@@ -97,3 +97,15 @@ def render_card_markdown(card: ModelCard, *, images: dict[str, str] | None = Non
                                  card.thresholds, kinds, images=images,
                                  auto_thresholds=card.auto_thresholds)
     return md + (render_tuned_on(card.metrics, kinds) if card.test_metrics is not None else "")
+
+
+def render_training_curves(card: ModelCard, image: str) -> str:
+    """A section embedding the training curves PNG at the relative path `image`, saying
+    which epoch was registered."""
+    best = card.best_epoch
+    chosen = next((h for h in card.history if h.epoch == best), None)
+    which = (f"Epoch **{best}** of {len(card.history)} had the highest validation mAP "
+             f"({_f(chosen.val_mAP)}, {chosen.weights or 'raw'} weights): its weights are registered."
+             if chosen is not None and chosen.val_mAP is not None
+             else "No per-epoch validation: the last epoch's weights are registered.")
+    return "\n".join(["", "## Training curves", "", which, "", f"![Training curves]({image})"]) + "\n"

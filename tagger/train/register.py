@@ -1,11 +1,14 @@
 """After the last epoch: validate, choose thresholds, write the card and report, register.
 
-The validation split is scored with the raw weights and, with an EMA, with its weights too;
-the one with the higher mAP is registered. Per-attribute temperatures are fitted on the
+The weights come in chosen: those of the best epoch (tagger.train.epochs: raw or EMA, the
+highest validation mAP), with that choice in `RunFacts.ema_choice`. Called with an EMA
+instead, the validation split is scored with the raw weights and the EMA's, and the one
+with the higher mAP is registered. Per-attribute temperatures are fitted on the
 validation logits (`calibrate`), then the decision thresholds (max F1 per value, or fixed)
 and, with `min_precision`, the auto-publish thresholds. The model card records all of it
 with the resolved config, the data snapshot and the epoch history; the report and the
-weights go next to it under models/<version>/.
+weights go next to it under models/<version>/, with the training curves (curves.png,
+embedded in report.md) and the TensorBoard event files (tensorboard/).
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from tagger.quality.evaluation import (
     compute_evaluation,
     write_evaluation_report,
 )
-from tagger.quality.report import card_summary
+from tagger.quality.plots import plot_training_curves
+from tagger.quality.report import card_summary, render_training_curves
+from tagger.train.curves import EventLog
+from tagger.train.epochs import mean_ap, ranked
 from tagger.quality.thresholds import precision_thresholds, tune_thresholds
 from tagger.train.split import TrainingData
 
@@ -66,6 +72,9 @@ class RunFacts:
     seconds: float  # from the start of train_model to validation
     test_idx: np.ndarray | None = None  # rows of `data` in the test split (none: no test split)
     test_ds: ProductImages | None = None
+    best_epoch: int | None = None  # the epoch whose weights are registered (None: the last)
+    ema_choice: dict | None = None  # the best epoch's raw-vs-EMA choice (EmaChoice fields)
+    events: EventLog | None = None  # TensorBoard event files to store with the version
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,8 @@ def validate(model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> Validat
     model, logits, ema_info = _validation_logits(model, ema, loader, run.device, config,
                                                  BatchNormalize.from_config(run.data_config, reuse=True),
                                                  heads)
+    if ema is None and run.ema_choice:
+        ema_info = run.ema_choice  # made per epoch, on the same split
     targets, mask = run.data.targets[run.val_idx], run.data.mask[run.val_idx]
     temperatures = (fit_temperatures(logits, targets, mask, taxonomy.slices, heads)
                     if config.calibrate else {})
@@ -137,28 +148,13 @@ def _validation_logits(model: nn.Module, ema: ModelEmaV3 | None, loader: DataLoa
         return model, logits, {}
     ema_logits = run(ema.module, "validate EMA")
     targets, mask = loader.dataset.targets, loader.dataset.mask
-
-    def ranked(z: np.ndarray) -> np.ndarray:
-        out = z.copy()
-        for sl in heads:  # the other outputs keep their logits: sigmoid would not reorder them
-            out[:, sl] = apply_temperature(z[:, sl], 1.0, (slice(None),))
-        return out
-
-    raw_ap, ema_ap = _mean_ap(targets, mask, ranked(logits)), _mean_ap(targets, mask, ranked(ema_logits))
+    raw_ap = mean_ap(targets, mask, ranked(logits, heads))
+    ema_ap = mean_ap(targets, mask, ranked(ema_logits, heads))
     chosen = "ema" if ema_ap > raw_ap else "raw"
     log.info("validation mAP: raw weights %.4f, EMA %.4f; registering %s", raw_ap, ema_ap, chosen)
     info = dict(decay=config.ema_decay, val_mAP_raw=round(raw_ap, 5), val_mAP_ema=round(ema_ap, 5),
                 registered=chosen)
     return (ema.module, ema_logits, info) if chosen == "ema" else (model, logits, info)
-
-
-def _mean_ap(targets: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> float:
-    """Mean AP over the outputs with both positives and negatives among the known labels."""
-    from sklearn.metrics import average_precision_score
-
-    aps = [average_precision_score(targets[mask[:, k], k], logits[mask[:, k], k])
-           for k in range(logits.shape[1]) if 0 < targets[mask[:, k], k].sum() < mask[:, k].sum()]
-    return float(np.mean(aps)) if aps else 0.0
 
 
 def score_test_split(val: Validation, run: RunFacts) -> Evaluated | None:
@@ -215,6 +211,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
                   validation=len(run.val_idx), test=0 if run.test_idx is None else len(run.test_idx),
                   lake=lake),
         history=run.history,
+        best_epoch=run.best_epoch,
         training=dict(device=str(run.device), world_size=run.world_size, seconds=round(run.seconds, 1),
                       torch=torch.__version__, timm=timm.__version__),
     )
@@ -230,9 +227,21 @@ def evaluate_and_register(storage: Storage, model: nn.Module, ema: ModelEmaV3 | 
                           val.metrics, card.thresholds, card.auto_thresholds)
     write_evaluation_report(storage, model_path(version), f"Model {version}", card_summary(card),
                             tested or validated, tuned_on=validated if tested else None)
+    _store_training_curves(storage, model_path(version), card, run.events)
     register_model(storage, val.model, card)
     split, m = ("test", tested.metrics) if tested else ("validation", val.metrics)
     log.info("model %s: micro-F1 %.3f macro-F1 %.3f mAP %.3f on %d %s products", version,
              m["micro_f1"] or 0, m["macro_f1"] or 0, m["mAP"] or 0,
              len(run.test_idx) if tested else len(run.val_idx), split)
     return version
+
+
+def _store_training_curves(storage: Storage, prefix: str, card: ModelCard, events: EventLog | None) -> None:
+    """curves.png next to report.md, embedded in it, and the TensorBoard event files."""
+    if card.history:
+        storage.write_bytes(f"{prefix}/curves.png", plot_training_curves(card.history))
+        report = storage.read_bytes(f"{prefix}/report.md").decode()
+        storage.write_bytes(f"{prefix}/report.md",
+                            (report + render_training_curves(card, "curves.png")).encode())
+    if events is not None:
+        events.upload(storage, prefix)

@@ -2,12 +2,14 @@
 
 Masked BCE with logits and per-output pos_weight, AdamW with warm-up + cosine decay,
 AMP and channels_last on CUDA, DDP when started under torchrun (gloo on CPU, NCCL on
-GPUs), a checkpoint after every epoch and `resume` from it.
+GPUs), a checkpoint after every epoch and `resume` from it. After every epoch rank 0 scores
+the validation split (tagger.train.epochs); the epoch with the highest validation mAP is
+registered, and with `patience` training stops once it has not improved for that long.
 
 `train_model` is the whole run as a few named steps, each in the module named for it:
 split (the labelled products and their train/validation split), loop (one epoch:
-optimizer, schedule, EMA, the DDP loss weighting), checkpoints (save and resume) and
-register (validation, thresholds, the model card, the report, the registered version).
+optimizer, schedule, EMA, the DDP loss weighting), epochs (per-epoch validation and the best
+epoch), curves (TensorBoard event files), checkpoints (save and resume) and register (validation, thresholds, the model card, the report, the registered version).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -29,15 +32,20 @@ from tagger.config import FROM_BACKBONE, TrainConfig
 from tagger.data.dataset import ProductImages
 from tagger.data.loader import create_loader
 from tagger.data.transforms import BatchNormalize
-from tagger.io.storage import open_storage
+from tagger.io.storage import Storage, open_storage
 from tagger.backbones import get_backbone
 from tagger.model.device import resolve_device
 from tagger.model.factory import create_model, data_config
+from tagger.train.curves import EventLog
+from tagger.train.epochs import EpochWatch, epochs_without_improvement
 from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_training, save_checkpoint
 from tagger.train.loop import TrainLabels, create_fit, train_one_epoch
 from tagger.train.losses import compute_pos_weight
 from tagger.train.register import RunFacts, evaluate_and_register
 from tagger.train.split import create_datasets, load_training_data, split_products
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,38 @@ def _wrap(model: nn.Module, config: TrainConfig, procs: Processes) -> nn.Module:
     return torch.compile(net) if config.compile else net
 
 
+def _should_stop(history: list[dict], config: TrainConfig, procs: Processes) -> bool:
+    """Whether validation mAP has not improved for `patience` epochs; rank 0 decides (it
+    alone validates) and tells the others, which wait for it here."""
+    stop = (procs.rank == 0 and config.patience is not None
+            and epochs_without_improvement(history) >= config.patience)
+    if procs.world_size > 1:
+        flag = torch.tensor([int(stop)], device=procs.device)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    if stop and procs.rank == 0:
+        log.info("stopping after epoch %d: validation mAP has not improved for %d epochs",
+                 history[-1]["epoch"], config.patience)
+    return stop
+
+
+def _register_best(storage: Storage, model: nn.Module, ema: ModelEmaV3 | None, watch: EpochWatch,
+                   run: RunFacts) -> str:
+    """Register the best epoch's weights (loaded into `model`) with its raw-vs-EMA choice;
+    where no epoch was scored, the last epoch's, choosing between raw and EMA now."""
+    best = watch.best
+    if best is None:
+        return evaluate_and_register(storage, model, ema, replace(run, events=watch.events))
+    model.load_state_dict(best.state)
+    log.info("registering epoch %d of %d (%s weights)", best.epoch, len(run.history), best.weights)
+    entry = next(h for h in run.history if h["epoch"] == best.epoch)
+    choice = None if entry.get("val_mAP_ema") is None else dict(
+        decay=run.config.ema_decay, val_mAP_raw=entry["val_mAP_raw"],
+        val_mAP_ema=entry["val_mAP_ema"], registered=best.weights)
+    run = replace(run, best_epoch=best.epoch, ema_choice=choice, events=watch.events)
+    return evaluate_and_register(storage, model, None, run)
+
+
 def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     """Train, tune thresholds, evaluate and register a model; returns its version
     (None on non-zero ranks of a distributed run)."""
@@ -139,8 +179,14 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
                      BatchNormalize.from_config(dcfg), procs.device,
                      labels=TrainLabels(data.taxonomy, data.targets[train_idx], data.mask[train_idx]))
     key = checkpoint_key(config, data.snapshot)
-    start_epoch, history = resume_training(storage, key, fit) if config.resume else (0, [])
+    start_epoch, history, best = resume_training(storage, key, fit) if config.resume else (0, [], None)
     fit = replace(fit, model=_wrap(model, config, procs))
+    watch = None
+    if procs.rank == 0:  # rank 0 alone validates; the others wait for it in _should_stop
+        watch = EpochWatch(create_loader(val_ds, config.batch_size, config.workers, device=procs.device,
+                                         persistent=True), data.taxonomy, EventLog(), best)
+        for entry in history:  # the resumed epochs
+            watch.events.add_epoch(entry)
 
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
@@ -148,15 +194,21 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
         loss = train_one_epoch(fit, train_loader, epoch, config)
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 5),
                         "seconds": round(time.perf_counter() - t0, 1)})
-        if procs.rank == 0:
-            save_checkpoint(storage, key, fit, epoch, history)
+        if watch is not None:
+            watch.record(fit, config, history)
+            save_checkpoint(storage, key, fit, epoch, history, watch.best)
+        if _should_stop(history, config, procs):
+            break
 
     version = None
-    if procs.rank == 0:
-        run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
-                       procs.device, procs.world_size, history, time.perf_counter() - t_start,
-                       test_idx=split.test, test_ds=test_ds)
-        version = evaluate_and_register(storage, model, fit.ema, run)
+    if watch is not None:
+        try:
+            run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
+                           procs.device, procs.world_size, history, time.perf_counter() - t_start,
+                           test_idx=split.test, test_ds=test_ds)
+            version = _register_best(storage, model, fit.ema, watch, run)
+        finally:
+            watch.events.close()
         delete_checkpoint(storage, key)
     _close_distributed(procs)
     return version

@@ -140,3 +140,45 @@ def test_resume_continues_from_the_last_epoch(trained_lake, monkeypatch, caplog)
     assert "resumed from epoch 1" in caplog.text
     history = read_card(open_storage(lake), version).history
     assert [h.epoch for h in history] == [1, 2]
+
+
+@pytest.mark.slow
+def test_every_epoch_is_validated_and_the_best_one_registered(trained_lake):
+    from tagger.train.epochs import choose_best_epoch
+
+    lake, version = trained_lake
+    storage = open_storage(lake)
+    card = read_card(storage, version)
+    taxonomy = card.taxonomy
+    singles = {a.name for a in taxonomy.attributes if a.kind == "single"}
+    for h in card.history:
+        assert h.val_loss > 0 and 0 <= h.val_mAP <= 1 and 0 <= h.val_accuracy <= 1
+        assert set(h.val_attribute_accuracy) == singles
+        assert h.val_accuracy == pytest.approx(np.mean(list(h.val_attribute_accuracy.values())), abs=1e-5)
+        assert h.weights in ("raw", "ema") and h.val_mAP == max(h.val_mAP_raw, h.val_mAP_ema)
+    assert card.best_epoch == choose_best_epoch([h.model_dump() for h in card.history])
+    best = card.history[card.best_epoch - 1]
+    assert card.ema.registered == best.weights and card.ema.val_mAP_ema == best.val_mAP_ema
+    report = storage.read_bytes(f"models/{version}/report.md").decode()
+    assert "![Training curves](curves.png)" in report and f"Epoch **{card.best_epoch}** of 2" in report
+    assert storage.read_bytes(f"models/{version}/curves.png")[:4] == b"\x89PNG"
+    events = storage.list(f"models/{version}/tensorboard")
+    assert events and all("tfevents" in e for e in events)
+
+
+@pytest.mark.slow
+def test_patience_stops_when_validation_map_stops_improving(trained_lake, monkeypatch):
+    from tagger.train import epochs
+
+    lake, _ = trained_lake
+    maps = iter([0.5, 0.4, 0.3, 0.9])  # epoch 1 stays best; patience 2 stops after epoch 3
+    real = epochs.score_epoch
+
+    def scripted(*a, **k):
+        figures, net = real(*a, **k)
+        return {**figures, "val_mAP": next(maps)}, net
+
+    monkeypatch.setattr(epochs, "score_epoch", scripted)
+    version = train_model(str(lake), TINY_TRAIN.model_copy(update=dict(epochs=4, patience=2)))
+    card = read_card(open_storage(lake), version)
+    assert [h.epoch for h in card.history] == [1, 2, 3] and card.best_epoch == 1
