@@ -39,7 +39,7 @@ from tagger.model.factory import create_model, data_config
 from tagger.train.curves import EventLog
 from tagger.train.epochs import EpochWatch, epochs_without_improvement
 from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_training, save_checkpoint
-from tagger.train.loop import TrainLabels, create_fit, train_one_epoch
+from tagger.train.loop import Fit, TrainLabels, create_fit, train_one_epoch
 from tagger.train.losses import compute_pos_weight
 from tagger.train.register import RunFacts, evaluate_and_register
 from tagger.train.split import create_datasets, load_training_data, split_products
@@ -185,9 +185,30 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     if procs.rank == 0:  # rank 0 alone validates; the others wait for it in _should_stop
         watch = EpochWatch(create_loader(val_ds, config.batch_size, config.workers, device=procs.device,
                                          persistent=True), data.taxonomy, EventLog(), best)
+    version = None
+    try:
+        _train_epochs(storage, key, fit, sampler, train_loader, config, procs, watch, start_epoch, history)
+        if watch is not None:
+            run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
+                           procs.device, procs.world_size, history, time.perf_counter() - t_start,
+                           test_idx=split.test, test_ds=test_ds)
+            version = _register_best(storage, model, fit.ema, watch, run)
+            delete_checkpoint(storage, key)
+    finally:  # the local event files go, whether the run registered or failed
+        if watch is not None:
+            watch.events.close()
+    _close_distributed(procs)
+    return version
+
+
+def _train_epochs(storage: Storage, key: str, fit: Fit, sampler: DistributedSampler,
+                  train_loader: DataLoader, config: TrainConfig, procs: Processes,
+                  watch: EpochWatch | None, start_epoch: int, history: list[dict]) -> None:
+    """Epochs start_epoch.. into `history`: train, then (rank 0) validate and checkpoint; stop
+    early when patience runs out."""
+    if watch is not None:
         for entry in history:  # the resumed epochs
             watch.events.add_epoch(entry)
-
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -199,16 +220,3 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
             save_checkpoint(storage, key, fit, epoch, history, watch.best)
         if _should_stop(history, config, procs):
             break
-
-    version = None
-    if watch is not None:
-        try:
-            run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
-                           procs.device, procs.world_size, history, time.perf_counter() - t_start,
-                           test_idx=split.test, test_ds=test_ds)
-            version = _register_best(storage, model, fit.ema, watch, run)
-        finally:
-            watch.events.close()
-        delete_checkpoint(storage, key)
-    _close_distributed(procs)
-    return version

@@ -76,3 +76,23 @@ def test_without_tensorboard_one_line_says_how_to_get_it(monkeypatch, caplog, tm
     events.close()
     assert "pip install 'product-tagger[tensorboard]'" in caplog.text
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_run_leaves_no_local_event_files(trained_lake, monkeypatch):
+    import glob
+    import tempfile
+
+    from tagger.train import run as train_run
+    from tests.conftest import TINY_TRAIN
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the epoch broke")
+
+    pattern = f"{tempfile.gettempdir()}/tagger-tb-*"
+    before = set(glob.glob(pattern))
+    monkeypatch.setattr(train_run, "train_one_epoch", broken)
+    lake, _ = trained_lake
+    with pytest.raises(RuntimeError, match="the epoch broke"):
+        train_run.train_model(str(lake), TINY_TRAIN)
+    assert set(glob.glob(pattern)) == before
