@@ -49,8 +49,9 @@ def test_flows_end_to_end(prefect_api, catalog, tmp_path):
     md = [a for a in artifacts if a.key == "model-report"]
     assert md and f"# Model {version}" in md[0].data
     by_key = {a.key: a for a in sorted(artifacts, key=lambda a: a.created)}  # newest per key
-    assert {"model-metrics", "tag-summary", "tag-attributes"} <= set(by_key)
+    assert {"model-metrics", "training-curves", "tag-summary", "tag-attributes"} <= set(by_key)
     assert by_key["model-metrics"].type == "table"
+    assert by_key["training-curves"].type == "table"
     summary = by_key["tag-summary"].data  # the nightly run: one new product
     assert "1 of 61 products tagged" in summary and "Rejects of the last ingest: 3" in summary
     assert "products_changed" not in summary and "on 1 products" in summary
