@@ -9,7 +9,7 @@ the model's pure forward speed on in-memory tensors (the limit), from one run.
 - ours: the lake's image shards read in order through `ProductImages` + `create_loader`
   (workers when the job is big enough), scored by the runtime `TagConfig.runtime` chooses
   (`--runtime`, default auto: ONNX Runtime fp32 on the CPU unless bf16 is asked for, else torch
-  with channels_last and `TagConfig.precision`; tagger/runtime.py);
+  with channels_last and `TagConfig.precision`; tagger/model/runtime.py);
 - limit: the forward pass of that runtime on a batch already in memory (an ONNX Runtime
   session, or the torch model with the same memory format and precision);
 - also measured: our loader with the torch path (`torch_path`) and torch's own limit

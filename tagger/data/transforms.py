@@ -102,6 +102,6 @@ def model_input(x: torch.Tensor, normalize: BatchNormalize | None, device: torch
     if normalize is not None:
         return normalize(x, device, channels_last=channels_last)
     if not x.is_floating_point():
-        raise TypeError(f"a {x.dtype} image batch needs normalize= (tagger.data.BatchNormalize)")
+        raise TypeError(f"a {x.dtype} image batch needs normalize= (tagger.data.transforms.BatchNormalize)")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.to(device, non_blocking=True).contiguous(memory_format=fmt)

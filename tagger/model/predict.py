@@ -34,7 +34,7 @@ def predict_scores(
     loader must not shuffle).
 
     `precision` ('auto', 'fp32', 'bf16', 'fp16') overrides `amp`; see model.resolve_precision.
-    uint8 batches (tagger.data.create_transforms) need `normalize`; float ones are used as they are."""
+    uint8 batches (tagger.data.transforms.create_transforms) need `normalize`; float ones are used as they are."""
     if precision is not None:
         precision = resolve_precision(device, precision)
     model.eval().to(device)

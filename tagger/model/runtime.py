@@ -1,8 +1,8 @@
-"""Inference runtimes for scoring: PyTorch (tagger.predict) or ONNX Runtime on the CPU.
+"""Inference runtimes for scoring: PyTorch (tagger.model.predict) or ONNX Runtime on the CPU.
 
 Where inference runs in fp32 on a CPU (no native bf16), ONNX Runtime runs our EfficientNets
-about twice as fast as eager PyTorch (issue 6: efficientnet_b0 at 224 px, ~150 vs ~71 img/s
-on 2 threads; its graph optimisations and CPU kernels). `runtime='auto'`
+about twice as fast as eager PyTorch (benchmarks/tag_throughput.py: efficientnet_b0 at
+224 px, ~150 vs ~71 img/s on 2 threads; its graph optimisations and CPU kernels). `runtime='auto'`
 (TagConfig.runtime) takes it on every CPU unless bf16 is asked for explicitly: on a CPU
 with AVX512-BF16 (AMD EPYC, 2026-11-28) ONNX Runtime fp32 ran efficientnet_b0 at 111 img/s
 against torch bf16's 74, and bf16 changed 1.3% of thresholded decisions (fp32 ONNX: none).
@@ -242,7 +242,7 @@ def onnx_session(model: nn.Module, input_shape: tuple[int, ...], *, threads: int
 def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc: str = "predict",
                         threads: int | None = None, directory: Path | None = None,
                         normalize=None) -> np.ndarray:
-    """tagger.predict.predict_scores on ONNX Runtime (fp32, CPU): float32 [N, K] sigmoid
+    """tagger.model.predict.predict_scores on ONNX Runtime (fp32, CPU): float32 [N, K] sigmoid
     scores (raw logits with `logits`), rows in dataset order (the loader must not shuffle).
     uint8 batches need `normalize` (a BatchNormalize; its buffer is reused batch to batch).
     Export or session problems raise before the first batch is scored."""
@@ -272,7 +272,7 @@ def predict_with_runtime(model: nn.Module, loader, device: torch.device, *, runt
                          precision: str | None = "auto", desc: str = "predict",
                          logits: bool = False, normalize=None) -> np.ndarray:
     """Scores (or logits) with the runtime `runtime` resolves to: predict_scores_onnx or
-    tagger.predict.predict_scores. Under auto, a model the exporter cannot handle is scored
+    tagger.model.predict.predict_scores. Under auto, a model the exporter cannot handle is scored
     with torch (warning); a forced 'onnx' raises."""
     if resolve_runtime(runtime, device, precision or "auto") == "onnx":
         try:

@@ -1,4 +1,4 @@
-"""Two runs against one lake: the second waits or refuses with a clear message (tagger/lock.py).
+"""Two runs against one lake: the second waits or refuses with a clear message (tagger/io/lock.py).
 
 Every test uses real processes: the lock must hold across them, not just across threads.
 """

@@ -1,4 +1,4 @@
-"""ONNX Runtime scoring (tagger/runtime.py): same scores and decisions as torch fp32, the
+"""ONNX Runtime scoring (tagger/model/runtime.py): same scores and decisions as torch fp32, the
 choice under runtime=auto, forcing, a missing onnxruntime, and the export cache."""
 
 from __future__ import annotations
