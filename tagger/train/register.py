@@ -1,9 +1,7 @@
 """After the last epoch: validate, choose thresholds, write the card and report, register.
 
 The weights come in chosen: those of the best epoch (tagger.train.epochs: raw or EMA, the
-highest validation mAP), with that choice in `RunFacts.ema_choice`. Called with an EMA
-instead, the validation split is scored with the raw weights and the EMA's, and the one
-with the higher mAP is registered. Per-attribute temperatures are fitted on the
+highest validation mAP), with that choice in `RunFacts.ema_choice`. Per-attribute temperatures are fitted on the
 validation logits (`calibrate`), then the decision thresholds (max F1 per value, or fixed)
 and, with `min_precision`, the auto-publish thresholds. The model card records all of it
 with the resolved config, the data snapshot and the epoch history; the report and the
@@ -16,13 +14,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import numpy as np
 import timm
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from catalog_schemas.card import DataConfig, ModelCard
 from tagger.config import TrainConfig
@@ -45,12 +41,9 @@ from tagger.quality.evaluation import (
 from tagger.quality.plots import plot_training_curves
 from tagger.quality.report import card_summary, render_training_curves
 from tagger.train.curves import EventLog
-from tagger.train.epochs import mean_ap, ranked
 from tagger.quality.thresholds import precision_thresholds, tune_thresholds
 from tagger.train.split import TrainingData
 
-if TYPE_CHECKING:
-    from timm.utils import ModelEmaV3
 
 log = logging.getLogger(__name__)
 
@@ -109,52 +102,21 @@ def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.nd
     return np.minimum(thresholds, auto), auto
 
 
-def validate(model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> Validation:
-    """Score the validation split, calibrate, choose thresholds and compute the metrics."""
+def validate(model: nn.Module, run: RunFacts) -> Validation:
+    """Score the validation split with the weights to register, calibrate, choose the
+    thresholds and compute the metrics. The raw-vs-EMA choice was made per epoch
+    (tagger.train.epochs) and comes in `run.ema_choice`."""
     config, taxonomy = run.config, run.data.taxonomy
-    loader = create_loader(run.val_ds, config.batch_size, config.workers, device=run.device)
-    heads = softmax_slices(taxonomy, config.head)
-    model, logits, ema_info = _validation_logits(model, ema, loader, run.device, config,
-                                                 BatchNormalize.from_config(run.data_config, reuse=True),
-                                                 heads)
-    if ema is None and run.ema_choice:
-        ema_info = run.ema_choice  # made per epoch, on the same split
+    logits = _split_logits(model, run.val_ds, run, "validate")
     targets, mask = run.data.targets[run.val_idx], run.data.mask[run.val_idx]
-    temperatures = (fit_temperatures(logits, targets, mask, taxonomy.slices, heads)
+    temperatures = (fit_temperatures(logits, targets, mask, taxonomy.slices, _heads(run))
                     if config.calibrate else {})
-    scores = apply_temperature(logits, temperature_vector(temperatures, taxonomy.slices,
-                                                          taxonomy.num_outputs), heads)
+    scores = _calibrated(logits, temperatures, run)
     thresholds, auto = choose_thresholds(config, scores, targets, mask)
-    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, thresholds, auto,
-                                            config.min_precision, argmax_slices=heads)
-    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures, heads)
+    decisions, metrics = _evaluate_split(logits, scores, targets, mask, temperatures, thresholds, auto, run)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
-    return Validation(model, targets, mask, scores, temperatures, thresholds, auto, ema_info,
-                      decisions, metrics)
-
-
-def _validation_logits(model: nn.Module, ema: ModelEmaV3 | None, loader: DataLoader, device: torch.device,
-                       config: TrainConfig, normalize: BatchNormalize,
-                       heads: tuple[slice, ...] = ()) -> tuple[nn.Module, np.ndarray, dict]:
-    """Validation logits of the raw weights, or of their EMA when its mAP is higher (ranked
-    by the logits, or within the softmax `heads` by their softmax, which ranks differently)."""
-
-    def run(net: nn.Module, desc: str) -> np.ndarray:
-        return predict_scores(net, loader, device, channels_last=config.channels_last,
-                              amp=config.amp, desc=desc, logits=True, normalize=normalize)
-
-    logits = run(model, "validate")
-    if ema is None:
-        return model, logits, {}
-    ema_logits = run(ema.module, "validate EMA")
-    targets, mask = loader.dataset.targets, loader.dataset.mask
-    raw_ap = mean_ap(targets, mask, ranked(logits, heads))
-    ema_ap = mean_ap(targets, mask, ranked(ema_logits, heads))
-    chosen = "ema" if ema_ap > raw_ap else "raw"
-    log.info("validation mAP: raw weights %.4f, EMA %.4f; registering %s", raw_ap, ema_ap, chosen)
-    info = dict(decay=config.ema_decay, val_mAP_raw=round(raw_ap, 5), val_mAP_ema=round(ema_ap, 5),
-                registered=chosen)
-    return (ema.module, ema_logits, info) if chosen == "ema" else (model, logits, info)
+    return Validation(model, targets, mask, scores, temperatures, thresholds, auto,
+                      run.ema_choice or {}, decisions, metrics)
 
 
 def score_test_split(val: Validation, run: RunFacts) -> Evaluated | None:
@@ -163,25 +125,46 @@ def score_test_split(val: Validation, run: RunFacts) -> Evaluated | None:
     figures a user can trust. None without a test split."""
     if run.test_ds is None or not len(run.test_ds):
         return None
-    config, taxonomy = run.config, run.data.taxonomy
-    heads = softmax_slices(taxonomy, config.head)
-    loader = create_loader(run.test_ds, config.batch_size, config.workers, device=run.device)
-    logits = predict_scores(val.model, loader, run.device, channels_last=config.channels_last,
-                            amp=config.amp, desc="test", logits=True,
-                            normalize=BatchNormalize.from_config(run.data_config, reuse=True))
+    taxonomy = run.data.taxonomy
+    logits = _split_logits(val.model, run.test_ds, run, "test")
     targets, mask = run.data.targets[run.test_idx], run.data.mask[run.test_idx]
-    scores = apply_temperature(logits, temperature_vector(val.temperatures, taxonomy.slices,
-                                                          taxonomy.num_outputs), heads)
-    decisions, metrics = compute_evaluation(taxonomy, targets, mask, scores, val.thresholds,
-                                            val.auto_thresholds, config.min_precision,
-                                            argmax_slices=heads)
-    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, val.temperatures,
-                                                 heads)
+    scores = _calibrated(logits, val.temperatures, run)
+    decisions, metrics = _evaluate_split(logits, scores, targets, mask, val.temperatures,
+                                         val.thresholds, val.auto_thresholds, run)
     metrics["split"] = ("test (held out from training and from every choice: thresholds, "
                         "temperatures and the EMA choice were made on validation)")
     return Evaluated(taxonomy, targets, mask, scores, decisions, metrics,
                      values_from_vector(taxonomy, val.thresholds),
                      None if val.auto_thresholds is None else values_from_vector(taxonomy, val.auto_thresholds))
+
+
+def _heads(run: RunFacts) -> tuple[slice, ...]:
+    return softmax_slices(run.data.taxonomy, run.config.head)
+
+
+def _split_logits(model: nn.Module, ds: ProductImages, run: RunFacts, desc: str) -> np.ndarray:
+    config = run.config
+    loader = create_loader(ds, config.batch_size, config.workers, device=run.device)
+    return predict_scores(model, loader, run.device, channels_last=config.channels_last,
+                          amp=config.amp, desc=desc, logits=True,
+                          normalize=BatchNormalize.from_config(run.data_config, reuse=True))
+
+
+def _calibrated(logits: np.ndarray, temperatures: dict[str, float], run: RunFacts) -> np.ndarray:
+    tax = run.data.taxonomy
+    return apply_temperature(logits, temperature_vector(temperatures, tax.slices, tax.num_outputs),
+                             _heads(run))
+
+
+def _evaluate_split(logits, scores, targets, mask, temperatures: dict[str, float], thresholds,
+                    auto_thresholds, run: RunFacts) -> tuple[np.ndarray, dict]:
+    """(decisions, metrics with calibration) of one split, as validation and test share them."""
+    heads = _heads(run)
+    decisions, metrics = compute_evaluation(run.data.taxonomy, targets, mask, scores, thresholds,
+                                            auto_thresholds, run.config.min_precision,
+                                            argmax_slices=heads)
+    metrics["calibration"] = calibration_metrics(logits, scores, targets, mask, temperatures, heads)
+    return decisions, metrics
 
 
 def build_card(version: str, run: RunFacts, val: Validation, lake: str,
@@ -217,9 +200,9 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
     )
 
 
-def evaluate_and_register(storage: Storage, model: nn.Module, ema: ModelEmaV3 | None, run: RunFacts) -> str:
+def evaluate_and_register(storage: Storage, model: nn.Module, run: RunFacts) -> str:
     """Validate, write the report and register the model with its card; returns the version."""
-    val = validate(model, ema, run)
+    val = validate(model, run)
     tested = score_test_split(val, run)
     version = new_version()
     card = build_card(version, run, val, storage.uri, tested)

@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -43,9 +42,6 @@ from tagger.train.loop import Fit, TrainLabels, create_fit, train_one_epoch
 from tagger.train.losses import compute_pos_weight
 from tagger.train.register import RunFacts, evaluate_and_register
 from tagger.train.split import create_datasets, load_training_data, split_products
-
-if TYPE_CHECKING:
-    from timm.utils import ModelEmaV3
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +133,12 @@ def _should_stop(history: list[dict], config: TrainConfig, procs: Processes) -> 
     return stop
 
 
-def _register_best(storage: Storage, model: nn.Module, ema: ModelEmaV3 | None, watch: EpochWatch,
-                   run: RunFacts) -> str:
+def _register_best(storage: Storage, model: nn.Module, watch: EpochWatch, run: RunFacts) -> str:
     """Register the best epoch's weights (loaded into `model`) with its raw-vs-EMA choice;
-    where no epoch was scored, the last epoch's, choosing between raw and EMA now."""
+    where no epoch was scored, the last epoch's raw weights."""
     best = watch.best
-    if best is None:
-        return evaluate_and_register(storage, model, ema, replace(run, events=watch.events))
+    if best is None:  # no epoch was scored (nothing to validate on): the last raw weights
+        return evaluate_and_register(storage, model, replace(run, events=watch.events))
     model.load_state_dict(best.state)
     log.info("registering epoch %d of %d (%s weights)", best.epoch, len(run.history), best.weights)
     entry = next(h for h in run.history if h["epoch"] == best.epoch)
@@ -151,7 +146,7 @@ def _register_best(storage: Storage, model: nn.Module, ema: ModelEmaV3 | None, w
         decay=run.config.ema_decay, val_mAP_raw=entry["val_mAP_raw"],
         val_mAP_ema=entry["val_mAP_ema"], registered=best.weights)
     run = replace(run, best_epoch=best.epoch, ema_choice=choice, events=watch.events)
-    return evaluate_and_register(storage, model, None, run)
+    return evaluate_and_register(storage, model, run)
 
 
 def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
@@ -192,7 +187,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
             run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
                            procs.device, procs.world_size, history, time.perf_counter() - t_start,
                            test_idx=split.test, test_ds=test_ds)
-            version = _register_best(storage, model, fit.ema, watch, run)
+            version = _register_best(storage, model, watch, run)
             delete_checkpoint(storage, key)
     finally:  # the local event files go, whether the run registered or failed
         if watch is not None:
