@@ -8,7 +8,8 @@ saying which.
 
 `format` is the card format, not the model version. Cards written before the field
 existed are format 1; every field added since has a default that reads those cards as
-they were meant (format 2 added `head`, sigmoid for older cards). A change that
+they were meant (format 2 added `head`, sigmoid for older cards; format 3 added `tta`,
+none for older cards). A change that
 old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
 misreading it.
 """
@@ -32,8 +33,10 @@ from pydantic import (
 from catalog_schemas.taxonomy import Taxonomy
 
 # 2: `head` (a softmax head's scores are softmaxes; an older reader would take them for
-# sigmoids). A card without `format` is format 1.
-CARD_FORMAT = 2
+# sigmoids). 3: `tta` (flip's thresholds and temperatures were tuned on flip-averaged
+# logits; an older reader would score one pass and misapply them). A card without
+# `format` is format 1.
+CARD_FORMAT = 3
 
 
 class CardError(ValueError):
@@ -122,6 +125,10 @@ class ModelCard(BaseModel):
     head: Literal["sigmoid", "softmax"] = Field(
         "sigmoid", description="How `single` attributes score: a sigmoid per value, or one softmax "
         "per attribute with its argmax value decided (TrainConfig.head). Cards before format 2: sigmoid.")
+    tta: Literal["none", "flip"] = Field(
+        "none", description="Test-time augmentation every scorer applies (TrainConfig.tta): flip "
+        "averages the logits of each image and its mirror. Written only when not none; cards "
+        "before format 3: none.")
     image_size: int = Field(ge=8, description="Input size the model was trained at.")
     data_config: DataConfig
     taxonomy: Taxonomy = Field(description="The taxonomy trained on: one output per (attribute, value).")
@@ -155,10 +162,13 @@ class ModelCard(BaseModel):
         return None if v == {} else v  # cards of runs without EMA hold {}
 
     @model_serializer(mode="wrap")
-    def _best_epoch_when_known(self, handler) -> dict:
+    def _optional_fields_when_set(self, handler) -> dict:
         data = handler(self)
-        if data.get("best_epoch") is None:  # an old card is written back as it was read
+        # an old card is written back as it was read
+        if data.get("best_epoch") is None:
             data.pop("best_epoch", None)
+        if data.get("tta") == "none":
+            data.pop("tta", None)
         return data
 
     @field_serializer("taxonomy")
@@ -169,6 +179,12 @@ class ModelCard(BaseModel):
     def _head_needs_format_2(self) -> ModelCard:
         if self.head != "sigmoid" and self.format < 2:
             raise ValueError(f"head {self.head!r} needs card format 2 or later, the card says {self.format}")
+        return self
+
+    @model_validator(mode="after")
+    def _tta_needs_format_3(self) -> ModelCard:
+        if self.tta != "none" and self.format < 3:
+            raise ValueError(f"tta {self.tta!r} needs card format 3 or later, the card says {self.format}")
         return self
 
     @model_validator(mode="after")

@@ -1,10 +1,11 @@
-"""The model: a timm backbone with one logit per (attribute, value), and the input
-normalisation derived from it."""
+"""The model: a timm backbone with one logit per (attribute, value), the input
+normalisation derived from it, and test-time augmentation (TTA) around it for scoring."""
 
 from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 from catalog_schemas.card import DataConfig
@@ -62,3 +63,35 @@ def data_config(model: nn.Module, image_size: int) -> DataConfig:
 
     cfg = timm.data.resolve_data_config({}, model=unwrap(model))
     return DataConfig(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+class FlipTTA(nn.Module):
+    """Horizontal-flip test-time augmentation: the mean of the logits of each image and of
+    its mirror image. Logits, not scores, are averaged, so temperatures and thresholds
+    tuned on these outputs keep their meaning. Costs two forward passes per image.
+
+    The plain model is held as `model`, not `module`: `unwrap` strips DDP / torch.compile
+    but must keep this wrapper, or scoring would silently lose the flip. Never save the
+    weights of a wrapper (its keys gain a `model.` prefix): register the plain model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # two passes rather than one of a doubled batch: the same peak memory as no TTA
+        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
+
+
+# name -> wrapper (None: the plain model); TrainConfig.tta and ModelCard.tta take these names
+TTA = {"none": None, "flip": FlipTTA}
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """`model` scored with test-time augmentation `tta` (see TTA); the model itself for none.
+    Wrap for scoring only: the registered weights are the plain model's."""
+    if tta not in TTA:
+        raise ValueError(f"Unknown test-time augmentation {tta!r}. Known: {', '.join(TTA)} "
+                         "(see tagger/model/factory.py).")
+    wrapper = TTA[tta]
+    return model if wrapper is None else wrapper(model).train(model.training)

@@ -9,7 +9,7 @@ against torch bf16's 74, and bf16 changed 1.3% of thresholded decisions (fp32 ON
 CUDA keeps torch.
 
 The model is exported once per content: `<cache>/<sha256>.onnx`, the key hashing the
-weights, the architecture, the input shape and the torch/timm versions, so a retrained model
+weights, the architecture (with its test-time augmentation wrapper, if any), the input shape and the torch/timm versions, so a retrained model
 or another image size is a new file and nothing can go stale. The cache is local to the
 machine (`$TAGGER_ONNX_CACHE`, default `~/.cache/product-tagger/onnx`), not the lake:
 scoring only reads the lake (tag-sharded workers may hold read-only credentials), and an
@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from tagger.config import load_settings
 from tagger.model.device import unwrap
 from tagger.data.transforms import model_input
+from tagger.model.factory import FlipTTA
 from tagger.model.predict import predict_scores
 
 log = logging.getLogger(__name__)
@@ -127,15 +128,28 @@ def cache_dir() -> Path:
         return fallback
 
 
+def _exported(model: nn.Module) -> nn.Module:
+    """The module an export runs: DDP / torch.compile wrappers removed, inside and outside a
+    test-time augmentation wrapper, which stays (it is part of what the export computes)."""
+    m = unwrap(model)
+    return FlipTTA(unwrap(m.model)) if isinstance(m, FlipTTA) else m
+
+
+def _architecture(m: nn.Module) -> str:
+    """The class of the model, and of the model inside a TTA wrapper: `FlipTTA(EfficientNet)`.
+    A plain model's is its class alone, so its exports keep their keys."""
+    name = f"{type(m).__module__}.{type(m).__qualname__}"
+    return f"{name}({_architecture(m.model)})" if isinstance(m, FlipTTA) else name
+
+
 def export_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     """sha256 of what the export depends on: weights (any memory format), architecture,
-    input shape (C, H, W), torch and timm versions, EXPORT_FORMAT."""
+    test-time augmentation, input shape (C, H, W), torch and timm versions, EXPORT_FORMAT."""
     import timm
 
-    m = unwrap(model)
+    m = _exported(model)
     h = hashlib.sha256(json.dumps([
-        EXPORT_FORMAT, torch.__version__, timm.__version__,
-        f"{type(m).__module__}.{type(m).__qualname__}", list(input_shape),
+        EXPORT_FORMAT, torch.__version__, timm.__version__, _architecture(m), list(input_shape),
     ]).encode())
     for name, t in m.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -148,7 +162,7 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     """An fp32 CPU copy in eval mode with ordinary tensors: a model that went through
     predict_scores holds inference-mode tensors (channels_last conversion under
     inference_mode), which torch.export refuses."""
-    m = copy.deepcopy(unwrap(model)).cpu().float().eval()
+    m = copy.deepcopy(_exported(model)).cpu().float().eval()
     for t in itertools.chain(m.parameters(), m.buffers()):
         t.data = t.data.clone(memory_format=torch.contiguous_format)
     return m.requires_grad_(False)
@@ -185,7 +199,7 @@ def _export(model, input_shape, directory: Path, key: str, path: Path) -> Path:
             )
         os.replace(tmp, path)
     except Exception as e:
-        raise ExportError(f"Could not export {type(unwrap(model)).__name__} to ONNX: "
+        raise ExportError(f"Could not export {type(_exported(model)).__name__} to ONNX: "
                           f"{type(e).__name__}: {str(e)[:500]}") from e
     finally:
         tmp.unlink(missing_ok=True)

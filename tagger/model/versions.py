@@ -20,7 +20,7 @@ from catalog_schemas.card import ModelCard, parse_card
 from tagger.io.lock import lake_lock
 from tagger.io.storage import Storage
 from tagger.lake import CARD, MODELS, WEIGHTS, model_path
-from tagger.model.factory import create_model
+from tagger.model.factory import create_model, with_tta
 from tagger.model.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def read_card(storage: Storage, version: str | None = None) -> ModelCard:
 
 
 def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module, ModelCard]:
-    """(model in eval mode on CPU, card) of a version (default: the newest)."""
+    """(model in eval mode on CPU, card) of a version (default: the newest). The model
+    scores as the card says: wrapped in its test-time augmentation (with_tta) when it has one."""
     card = read_card(storage, version)
     model = create_model(card.backbone, card.taxonomy.num_outputs, pretrained=False)
     with storage.local_copy(model_path(card.version, WEIGHTS)) as local:
@@ -88,4 +89,4 @@ def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module,
                 "the file was changed or is incomplete."
             )
         load_weights(model, local)
-    return model.eval(), card
+    return with_tta(model.eval(), card.tta), card

@@ -85,6 +85,7 @@ def card_summary(card: ModelCard) -> str:
         f"{card.data.train} products, validated on {card.data.validation}{tested} "
         f"(data snapshot `{card.data.snapshot}`) in {card.training.seconds:.0f} s "
         f"on {card.training.device} x{card.training.world_size}."
+        + (" Scored with horizontal-flip TTA (2 passes per image)." if card.tta == "flip" else "")
     )
 
 

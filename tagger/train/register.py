@@ -7,6 +7,12 @@ and, with `min_precision`, the auto-publish thresholds. The model card records a
 with the resolved config, the data snapshot and the epoch history; the report and the
 weights go next to it under models/<version>/, with the training curves (curves.png,
 embedded in report.md) and the TensorBoard event files (tensorboard/).
+
+With `tta` flip, validation and test are scored with the flip wrapper (tagger.model.factory
+with_tta), so temperatures and thresholds are tuned on the averaged logits every scorer of
+the card computes; the weights registered stay the plain model's. Per-epoch validation
+(tagger.train.epochs) scores without TTA: it only ranks epochs, and half the cost matters
+there, once per epoch.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from tagger.data.transforms import BatchNormalize
 from tagger.io.storage import Storage
 from tagger.lake import model_path
 from tagger.backbones import get_backbone
+from tagger.model.factory import with_tta
 from tagger.model.predict import predict_scores
 from tagger.labels import softmax_slices, values_from_vector
 from tagger.model.versions import new_version, register_model
@@ -143,10 +150,11 @@ def _heads(run: RunFacts) -> tuple[slice, ...]:
 
 
 def _split_logits(model: nn.Module, ds: ProductImages, run: RunFacts, desc: str) -> np.ndarray:
+    """Logits of a split as the card's scorers compute them: with the configured TTA."""
     config = run.config
     loader = create_loader(ds, config.batch_size, config.workers, device=run.device)
-    return predict_scores(model, loader, run.device, channels_last=config.channels_last,
-                          amp=config.amp, desc=desc, logits=True,
+    return predict_scores(with_tta(model, config.tta), loader, run.device,
+                          channels_last=config.channels_last, amp=config.amp, desc=desc, logits=True,
                           normalize=BatchNormalize.from_config(run.data_config, reuse=True))
 
 
@@ -177,6 +185,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
         backbone=config.backbone,
         timm_name=get_backbone(config.backbone).timm_name,
         head=config.head,
+        tta=config.tta,
         image_size=config.image_size,
         data_config=run.data_config,
         taxonomy=taxonomy,

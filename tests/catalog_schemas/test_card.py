@@ -24,8 +24,9 @@ def _old() -> dict:
 
 def test_a_card_written_before_the_format_field_reads_as_format_1():
     card = parse_card(OLD_CARD.read_bytes())
-    assert card.format == 1 and CARD_FORMAT == 2
+    assert card.format == 1 and CARD_FORMAT == 3
     assert card.head == "sigmoid"  # cards before format 2 have sigmoid scores
+    assert card.tta == "none"  # cards before format 3 score one pass per image
     assert card.ema is not None and card.ema.registered in ("raw", "ema")
     assert card.data_config.image_size == card.image_size == 32
     assert card.taxonomy.name == "demo"
@@ -57,6 +58,24 @@ def test_format_2_cards_say_their_head_and_older_formats_cannot_hold_softmax():
         parse_card(json.dumps(data))
     # a card built now (training) is format 2; the same fields read from card.json are format 1
     assert "format" not in _old() and ModelCard.model_validate(_old()).format == CARD_FORMAT
+
+
+def test_format_3_cards_say_their_tta_and_older_formats_cannot_hold_flip():
+    data = _old()
+    data.update(format=3, tta="flip")
+    card = parse_card(json.dumps(data))
+    assert card.format == 3 and card.tta == "flip"
+    assert json.loads(card.to_json())["tta"] == "flip"
+    assert parse_card(card.to_json()) == card
+    # none is what a card without the field means: not written, so old cards round-trip
+    data["tta"] = "none"
+    assert "tta" not in json.loads(parse_card(data).to_json())
+    data.update(format=2, tta="flip")
+    with pytest.raises(CardError, match="tta 'flip' needs card format 3 or later, the card says 2"):
+        parse_card(json.dumps(data))
+    data.update(format=3, tta="rotate")
+    with pytest.raises(CardError, match="tta: Input should be 'none' or 'flip'"):
+        parse_card(json.dumps(data))
 
 
 @pytest.mark.parametrize("change, match", [

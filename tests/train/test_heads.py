@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from catalog_schemas.card import CARD_FORMAT
 from tagger.config import TagConfig
 from tagger.demo.sample import generate_catalog
 from tagger.io.storage import open_storage
@@ -43,7 +44,7 @@ def test_softmax_model_registers_tags_scores_alike_in_both_runtimes_and_evaluate
     lake, version = softmax_lake
     storage = open_storage(lake)
     card = read_card(storage, version)
-    assert card.head == "softmax" and card.format == 2 and card.config["head"] == "softmax"
+    assert card.head == "softmax" and card.format == CARD_FORMAT and card.config["head"] == "softmax"
     singles = _singles(card.taxonomy)
     assert card_arrays(card).softmax_slices == tuple(singles.values())
 
