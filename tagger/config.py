@@ -156,6 +156,25 @@ class TrainConfig(_Config):
         "the attribute's values and clipped like pos_weight (pos_weight_max). none: measured, "
         "sqrt weights went back to BCE's top-1/macro-F1 trade-off.",
     )
+    mixup: float = Field(
+        0.0, ge=0, le=10,
+        description="MixUp: Beta(alpha, alpha) strength; each batch is blended with a shuffled "
+        "copy of itself and the loss is the same blend of both label sets (masks included). "
+        "0: off. Screened on the real catalog's validation split (benchmarks/README.md).",
+    )
+    cutmix: float = Field(
+        0.0, ge=0, le=10,
+        description="CutMix: Beta(alpha, alpha) strength; a box of a shuffled copy is pasted "
+        "in, the loss blended by the box's area. With mixup too, each batch takes one of the "
+        "two at random. 0: off.",
+    )
+    tta: Literal["none", "flip"] = Field(
+        "none",
+        description="Test-time augmentation: flip scores each image and its mirror and "
+        "averages the logits, in validation, test, evaluate and tag alike (thresholds and "
+        "temperatures are tuned on the averaged scores; recorded on the card). none: one "
+        "forward pass per image.",
+    )
     ema_decay: float | None = Field(
         0.9998, ge=0.9, lt=1,
         description="Keep an exponential moving average of the weights (ramped up from 0 "
@@ -184,6 +203,18 @@ class TrainConfig(_Config):
         True, description="Fit one temperature per attribute on the validation split so "
         "scores are calibrated probabilities (reports ECE before and after). On: it costs "
         "seconds and makes scores comparable across attributes."
+    )
+    promote: Literal["auto", "manual"] = Field(
+        "auto",
+        description="After registration: auto promotes the new version to production when the "
+        "promotion gate passes (not worse than production by more than promote_margin); "
+        "manual leaves it a candidate until `tagger promote`. auto: a good retrain goes live "
+        "the next night, a bad one never does.",
+    )
+    promote_margin: float = Field(
+        0.01, ge=0, le=1,
+        description="Largest drop against production (overall and per attribute) that the "
+        "promotion gate still accepts. 0.01: noise on a few thousand products, not a regression.",
     )
     pretrained: bool = Field(
         True, description="Start from the backbone's pretrained weights (timm / Hugging Face "

@@ -2,7 +2,8 @@
 
 Masked BCE with logits (or focal / ASL, tagger.train.losses) and per-output pos_weight;
 with head softmax, one cross-entropy per `single` attribute (masked_multitask_loss);
-AdamW with a linear warm-up and cosine decay stepped every batch, an EMA of the weights,
+optional MixUp / CutMix (tagger.train.mix); AdamW with a linear warm-up and cosine decay
+stepped every batch, an EMA of the weights,
 AMP and channels_last on CUDA. Under DDP each rank's loss is weighted by its share of the
 global batch's known labels, so N processes learn what one process with the global batch
 learns (tests/train/test_ddp.py).
@@ -30,6 +31,7 @@ from tagger.data.transforms import BatchNormalize, model_input
 from tagger.model.device import autocast, unwrap
 from tagger.labels import single_slices
 from tagger.train.losses import compute_class_weights, masked_multitask_loss
+from tagger.train.mix import mix_batch, mix_generator, mixed_loss
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
@@ -131,15 +133,21 @@ def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfi
     model.train()
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
     steps = len(loader)
+    mixing = mix_generator(config, epoch)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=None, leave=False)
     for step, (x, y, m) in enumerate(bar):
         x = model_input(x, fit.normalize, device, channels_last=config.channels_last)
         y, m = y.to(device, non_blocking=True), m.to(device, non_blocking=True)
+        x, mix = mix_batch(x, config, mixing)
         with autocast(device, config.amp):
-            logits = model(x)
-        loss = masked_multitask_loss(logits.float(), y, m, fit.heads, fit.pos_weight, fit.class_weight,
-                                     label_smoothing=config.label_smoothing,
-                                     attribute_weights=fit.attribute_weights, kind=config.loss)
+            logits = model(x).float()
+
+        def loss_fn(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return masked_multitask_loss(logits, targets, mask, fit.heads, fit.pos_weight,
+                                         fit.class_weight, label_smoothing=config.label_smoothing,
+                                         attribute_weights=fit.attribute_weights, kind=config.loss)
+
+        loss = mixed_loss(loss_fn, y, m, mix)
         fit.optimizer.zero_grad(set_to_none=True)
         # The softmax heads' terms are means over each attribute's known rows; weighting them
         # by the rank's share of all known labels, like the BCE term, is exact only where
