@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
+from flows._artifacts import publish_ingest
 from flows._common import DEFAULT_LAKE, retry_on_transient
 from tagger.config import IngestConfig
 from tagger.ingest.run import ingest_catalog
@@ -23,6 +24,7 @@ def ingest(
 ) -> dict:
     """Ingest a catalog export (CSV / JSON Lines / Parquet, local or s3://) into the lake."""
     result = ingest_task(catalog, taxonomy, lake, config)
+    publish_ingest(result)
     get_run_logger().info(
         "%d products (%d new, %d changed), %d rejected", result["products"], result["new"],
         result["changed"], result["rejected"],

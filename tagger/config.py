@@ -59,6 +59,26 @@ class IngestConfig(_Config):
         description="Decompression-bomb guard on declared width*height. 64 MP: above any product "
         "photo, and at most ~200 MB decoded (RGB).",
     )
+    image_roots: list[str] = Field(
+        [],
+        description="Folders (absolute) and s3:// prefixes, besides the export's own folder, that "
+        "image references may point into, checked after resolving symlinks (an images/ folder "
+        "linked to another disk, absolute paths on a NAS mount). Empty: only the export's folder.",
+    )
+    rebuild: bool = Field(
+        False,
+        description="Rebuild the catalog tables (products, rejects) from the export and the "
+        "image shards already stored, ignoring the previous products table (damaged or lost): "
+        "images are read to hash them, and those already in a readable shard are not stored again.",
+    )
+
+    @field_validator("image_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[str]) -> list[str]:
+        bad = [r for r in roots if not (r.startswith("s3://") or Path(r).expanduser().is_absolute())]
+        if bad:
+            raise ValueError(f"image roots must be absolute folders or s3:// prefixes, not {bad}")
+        return roots
 
 
 class TrainConfig(_Config):

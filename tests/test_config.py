@@ -68,6 +68,8 @@ def test_every_config_field_is_a_flag_that_round_trips(command, name):
     default = cls.model_fields[name].default
     if isinstance(default, bool):
         value, flag = not default, [flag_name(name) if not default else "--no-" + name.replace("_", "-")]
+    elif isinstance(default, list):  # a repeatable flag
+        value, flag = ["/mnt/a", "/mnt/b,c"], [flag_name(name), "/mnt/a", flag_name(name), "/mnt/b,c"]
     else:
         value = _other_value(cls, name)
         flag = [flag_name(name), str(value)]
@@ -179,9 +181,9 @@ def test_a_new_field_gets_its_flag_with_no_other_edit():
 
 def test_an_unsupported_field_type_is_a_clear_error():
     class Listy(BaseModel):
-        names: list[str] = Field(default_factory=list, description="Names.")
+        names: dict[str, int] = Field(default_factory=dict, description="Names.")
 
-    with pytest.raises(TypeError, match=r"No CLI flag for Listy.names: list\[str\]"):
+    with pytest.raises(TypeError, match=r"No CLI flag for Listy.names: dict\[str, int\]"):
         add_config_flags(argparse.ArgumentParser(), Listy)
 
 

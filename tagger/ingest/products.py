@@ -4,6 +4,7 @@ lake's copy of the taxonomy."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from catalog_schemas.taxonomy import Taxonomy
 from tagger.ingest.rows import CatalogRow
 from tagger.io.parquet import write_table
 from tagger.io.storage import Storage
-from tagger.lake import PRODUCTS_PATH, TAXONOMY_PATH
+from tagger.lake import IMAGES_PREFIX, PRODUCTS_PATH, RELEASED_PATH, TAXONOMY_PATH, read_released
 
 # What tags depend on: a product whose image only moved (same content) is not a change.
 _CONTENT = ("category", "image_hash", "labels")
@@ -86,3 +87,14 @@ def write_taxonomy(storage: Storage, taxonomy: Taxonomy) -> None:
     data = taxonomy.model_dump_json(indent=2).encode()
     if not storage.exists(TAXONOMY_PATH) or storage.read_bytes(TAXONOMY_PATH) != data:
         storage.write_bytes(TAXONOMY_PATH, data)
+
+
+def write_released(storage: Storage, referenced: set[str], now: datetime) -> None:
+    """Note when each shard the products table no longer names was let go (RELEASED_PATH):
+    a reader that read an older table may still use it, so `tagger vacuum` deletes it only
+    a grace period after this time. A shard named again drops out; rewritten only on change."""
+    listed = {p.rsplit("/", 1)[-1] for p in storage.list(IMAGES_PREFIX) if p.endswith(".parquet")}
+    old = read_released(storage)
+    released = {s: old.get(s, now.isoformat()) for s in sorted(listed - referenced)}
+    if released != old:
+        storage.write_bytes(RELEASED_PATH, json.dumps(released, indent=1).encode())

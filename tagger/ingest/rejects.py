@@ -12,7 +12,7 @@ import pyarrow as pa
 from catalog_schemas.tables import REJECTS
 from tagger.io.parquet import read_table_or_empty, write_table
 from tagger.io.storage import Storage, open_storage
-from tagger.lake import REJECTS_PATH
+from tagger.lake import REJECTS_PATH, rejects_history_path
 
 
 class Problem(NamedTuple):
@@ -52,19 +52,30 @@ class Rejects:
         return {r["product_id"] for r in self.rows if r["reason"] == reason}
 
 
-def write_rejects(storage: Storage, rejects: Rejects) -> None:
-    """The rejects of the latest run; not rewritten when the same rows fail the same way."""
+def write_rejects(storage: Storage, rejects: Rejects, *, rebuild: bool = False) -> str:
+    """The run's rejects in the history, append-only (its own file, empty when nothing was
+    rejected, so every night that ran is there), and as the latest run's view at
+    REJECTS_PATH: not rewritten when the same rows fail the same way (a rebuild does not
+    read the old view, which may be damaged). Returns the history file's URL."""
     table = pa.Table.from_pylist(rejects.rows, schema=REJECTS)
-    old = read_table_or_empty(storage, REJECTS_PATH, REJECTS)
+    history = rejects_history_path(f"{rejects.at:%Y-%m-%d}", rejects.run_id)
+    write_table(storage, history, table)  # a re-run of the same run id replaces its own file
+    _write_latest(storage, table, rebuild)
+    return storage.url(history)
+
+
+def _write_latest(storage: Storage, table: pa.Table, rebuild: bool) -> None:
+    old = REJECTS.empty_table() if rebuild else read_table_or_empty(storage, REJECTS_PATH, REJECTS)
     stable = [c for c in REJECTS.names if c not in ("run_id", "rejected_at")]
-    if old.num_rows == table.num_rows and old.select(stable).equals(table.select(stable)):
+    if not rebuild and old.num_rows == table.num_rows and old.select(stable).equals(table.select(stable)):
         return
     write_table(storage, REJECTS_PATH, table)
 
 
 def read_reject_counts(lake: str) -> dict:
     """Rejected rows of the lake's rejects table (the latest ingest run), by stage and reason:
-    {"total": n, "run_id": ..., "by_reason": [{"stage", "reason", "rows"}], "url": ...}."""
+    {"total": n, "run_id": ..., "by_reason": [{"stage", "reason", "rows"}], "url": ...};
+    every run's own rejects are under catalog/rejects/run_date=YYYY-MM-DD/."""
     storage = open_storage(lake)
     table = read_table_or_empty(storage, REJECTS_PATH, REJECTS)
     counts: dict[tuple[str, str], int] = {}

@@ -26,15 +26,21 @@ from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
 from tagger.ingest.export import CatalogError, check_columns, read_catalog
-from tagger.ingest.products import keep_previous, products_table, write_products, write_taxonomy
+from tagger.ingest.products import (
+    keep_previous,
+    products_table,
+    write_products,
+    write_released,
+    write_taxonomy,
+)
 from tagger.ingest.rejects import Rejects, write_rejects
 from tagger.ingest.rows import CatalogRow, validate_rows
-from tagger.ingest.shards import ShardWriter, fetch_and_store
+from tagger.ingest.shards import ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
 from tagger.io.lock import lake_lock
 from tagger.io.parquet import read_table_or_empty
 from tagger.io.storage import Storage, open_storage
-from tagger.lake import PRODUCTS_PATH, REJECTS_PATH
+from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, image_shard_path
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ class IngestResult:
     products_written: bool = False
     seconds: float = 0.0
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    rejects_history: str | None = None  # this run's rejects: catalog/rejects/run_date=.../<run_id>.parquet
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +83,8 @@ class _Run:
     result: IngestResult
     now: datetime  # the time stamp of every row this run writes
     previous: list[dict]  # the products table before this run, as rows
+    new_shards: list[str] = field(default_factory=list)  # written by this run (ShardWriter.created)
+    referenced: set[str] = field(default_factory=set)  # the shards the products table names now
 
     @cached_property
     def previous_by_id(self) -> dict[str, dict]:
@@ -103,10 +112,15 @@ def ingest_catalog(
     check_columns(df, taxonomy, str(catalog))
     # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
     with lake_lock(storage, "catalog", owner=run_id):
-        previous = read_table_or_empty(storage, PRODUCTS_PATH, PRODUCTS).to_pylist()
-        run = _Run(storage, taxonomy, config, ImageSource(str(catalog)),
+        # A rebuild starts from no products table: the old one may be damaged (or lost).
+        previous = [] if config.rebuild else read_table_or_empty(storage, PRODUCTS_PATH, PRODUCTS).to_pylist()
+        run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
                    Rejects(run_id, str(catalog), now), result, now, previous)
-        _ingest_rows(run, df)
+        try:
+            _ingest_rows(run, df)
+        except BaseException:  # a full disk, a refused write, SIGTERM: leave nothing half-done
+            _remove_new_shards(run)
+            raise
         result.seconds = round(time.perf_counter() - t0, 3)
     log.info(
         "ingest %s: %d rows -> %d products (%d new, %d changed, %d removed), %d rejected, "
@@ -124,6 +138,21 @@ def _ingest_rows(run: _Run, df: pd.DataFrame) -> None:
     _write_rejects(run)
     _update_products(run, rows)
     write_taxonomy(run.storage, run.taxonomy)
+    write_released(run.storage, run.referenced, run.now)
+
+
+def _remove_new_shards(run: _Run) -> None:
+    """A failed run's new shards, unless a committed products table references them: a
+    shard no table names is disk space nobody gets back (tagger vacuum would, days later)."""
+    if run.result.products_written or not run.new_shards:
+        return
+    for name in run.new_shards:
+        try:
+            run.storage.delete(image_shard_path(name))
+        except Exception as e:  # the run's own error matters more; vacuum removes it later
+            log.warning("could not remove the failed run's shard %s (%s); tagger vacuum will",
+                        run.storage.url(image_shard_path(name)), e)
+    log.info("removed the %d image shards of the failed run %s", len(run.new_shards), run.result.run_id)
 
 
 def _reuse_unchanged(run: _Run, rows: list[CatalogRow]) -> list[CatalogRow]:
@@ -144,8 +173,12 @@ def _reuse_unchanged(run: _Run, rows: list[CatalogRow]) -> list[CatalogRow]:
 
 def _store_images(run: _Run, to_fetch: list[CatalogRow]) -> None:
     """Fetch the changed images and write the new ones to shards."""
-    known = {p["image_hash"]: p["image_shard"] for p in run.previous}
+    if run.config.rebuild:  # what is stored, read from the shards themselves
+        known = read_stored_hashes(run.storage)
+    else:
+        known = {p["image_hash"]: p["image_shard"] for p in run.previous}
     writer = ShardWriter(run.storage, known, run.config.shard_size)
+    run.new_shards = writer.created  # the same list: what to remove if the run fails midway
     run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config, run.rejects)
     run.result.images_stored += writer.images_stored
     run.result.shards_written.extend(writer.shards)
@@ -157,7 +190,7 @@ def _write_rejects(run: _Run) -> None:
     result, config = run.result, run.config
     result.rejected = len(run.rejects)
     result.reject_reasons.update(run.rejects.by_reason())
-    write_rejects(run.storage, run.rejects)
+    result.rejects_history = write_rejects(run.storage, run.rejects, rebuild=run.config.rebuild)
     if result.rejected > config.max_reject_fraction * result.rows:
         raise CatalogError(
             f"{result.rejected} of {result.rows} rows were rejected ({result.reject_reasons}), more "
@@ -178,3 +211,4 @@ def _update_products(run: _Run, rows: list[CatalogRow]) -> None:
     result.removed = len(set(previous) - set(table["product_id"].to_pylist()))
     result.products = table.num_rows
     result.products_written = write_products(run.storage, table, run.previous)
+    run.referenced = set(table["image_shard"].to_pylist())

@@ -5,6 +5,7 @@ names derive from their content (a re-run after a crash writes the same names)."
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,9 +18,11 @@ from tagger.data.images import ImageError, normalise_image
 from tagger.ingest.rejects import Problem, Rejects
 from tagger.ingest.rows import CatalogRow
 from tagger.ingest.source import ImageSource, too_large_detail
-from tagger.io.parquet import write_table
-from tagger.io.storage import Storage, TooLarge
+from tagger.io.parquet import open_parquet_file, write_table
+from tagger.io.storage import CorruptTable, Storage, TooLarge
 from tagger.lake import IMAGES_PREFIX
+
+log = logging.getLogger(__name__)
 
 
 def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str],
@@ -50,13 +53,15 @@ def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str],
     return None
 
 
-def write_shard(storage: Storage, rows: Sequence[CatalogRow]) -> str:
-    """One Parquet shard of new images; its name is derived from its content (idempotent)."""
+def write_shard(storage: Storage, rows: Sequence[CatalogRow]) -> tuple[str, bool]:
+    """One Parquet shard of new images; its name is derived from its content (idempotent).
+    Returns (name, whether it was written now: False when it was there already)."""
     unique = {r.image_hash: r.stored for r in rows}
     hashes = sorted(unique)
     name = "shard-" + hashlib.sha256("".join(hashes).encode()).hexdigest()[:20] + ".parquet"
     path = f"{IMAGES_PREFIX}/{name}"
-    if not storage.exists(path):
+    created = not storage.exists(path)
+    if created:
         table = pa.table(
             {
                 "image_hash": hashes,
@@ -69,7 +74,27 @@ def write_shard(storage: Storage, rows: Sequence[CatalogRow]) -> str:
         write_table(storage, path, table)
     for r in rows:
         r.image_shard, r.stored = name, None
-    return name
+    return name, created
+
+
+def read_stored_hashes(storage: Storage) -> dict[str, str]:
+    """image hash -> shard of every readable shard in the lake (what a rebuild reuses). A
+    shard that cannot be read is deleted: its images are stored again from the export, and
+    a shard rewritten under the same content-derived name would otherwise be skipped."""
+    known: dict[str, str] = {}
+    for path in storage.list(IMAGES_PREFIX):
+        if not path.endswith(".parquet"):
+            continue
+        try:
+            with open_parquet_file(storage, path) as f:
+                hashes = f.read(columns=["image_hash"]).column("image_hash").to_pylist()
+        except (CorruptTable, pa.ArrowException, KeyError) as e:
+            log.warning("image shard %s cannot be read (%s): deleting it, its images are stored "
+                        "again from the export", storage.url(path), e)
+            storage.delete(path)
+            continue
+        known.update(dict.fromkeys(hashes, path.rsplit("/", 1)[-1]))
+    return known
 
 
 class ShardWriter:
@@ -80,6 +105,7 @@ class ShardWriter:
         self.storage, self.known, self.shard_size = storage, known, shard_size
         self.pending: list[CatalogRow] = []
         self.shards: list[str] = []
+        self.created: list[str] = []  # written by this run: removed if the run fails
         self.images_stored = 0
 
     def add(self, row: CatalogRow) -> None:
@@ -93,7 +119,9 @@ class ShardWriter:
         hashes = list(groups)
         while len(hashes) >= self.shard_size or (final and hashes):
             batch, hashes = hashes[:self.shard_size], hashes[self.shard_size:]
-            name = write_shard(self.storage, [r for h in batch for r in groups[h]])
+            name, created = write_shard(self.storage, [r for h in batch for r in groups[h]])
+            if created:
+                self.created.append(name)
             self.known.update({h: name for h in batch})
             self.images_stored += len(batch)
             self.shards.append(name)

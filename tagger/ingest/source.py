@@ -4,6 +4,7 @@ S3 prefix), a cheap change key per image, and reads bounded in size, all through
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -18,13 +19,18 @@ STAT_BATCH = 256  # local files per thread-pool task (see read_versions)
 class ImageSource:
     """Reads source images named by local paths or s3:// URIs (thread-safe)."""
 
-    def __init__(self, catalog_uri: str):
+    def __init__(self, catalog_uri: str, roots: Sequence[str] = ()):
         self.base = catalog_uri.rsplit("/", 1)[0] if is_s3(catalog_uri) else os.path.dirname(
             os.path.abspath(catalog_uri)
         )
-        # Where the folder really is: a catalog in a symlinked folder (/tmp -> /private/tmp)
-        # names images that are inside it once both are resolved.
+        # Where the folders really are: a catalog in a symlinked folder (/tmp -> /private/tmp)
+        # names images that are inside it once both are resolved. The operator's roots
+        # (IngestConfig.image_roots) are resolved the same way, once.
         self._real_base = self.base if is_s3(self.base) else os.path.realpath(self.base)
+        self._local_roots = [self._real_base] if not is_s3(self.base) else []
+        self._local_roots += [os.path.realpath(os.path.expanduser(r)) for r in roots if not is_s3(r)]
+        self._s3_roots = [self.base] if is_s3(self.base) else []
+        self._s3_roots += [r.rstrip("/") for r in roots if is_s3(r)]
         self._real_dirs: dict[str, str] = {}  # realpath per folder: catalogs name few of them
         self._files = FileReader()
 
@@ -37,15 +43,17 @@ class ImageSource:
             return ref
         if "://" in ref:
             raise LabelError("bad_image_uri", f"unsupported URI scheme in {ref!r}; use a path or s3://")
-        if is_s3(self.base):
-            if ref.startswith("/") or ".." in ref.split("/"):
-                raise LabelError("image_outside_root", f"{ref!r} leaves the catalog's prefix")
-            return f"{self.base}/{ref}"
+        if is_s3(self.base) and not ref.startswith("/"):
+            uri = "s3://" + posixpath.normpath(f"{self.base}/{ref}".removeprefix("s3://"))
+            if ".." in ref.split("/") and not _inside(uri, self._s3_roots, "/"):
+                raise LabelError("image_outside_root", f"{ref!r} leaves the catalog's prefix"
+                                 f"{_roots_hint(self._s3_roots)}")
+            return uri if ".." in ref.split("/") else f"{self.base}/{ref}"
         path = self._realpath(os.path.join(self.base, ref))
-        if path != self._real_base and not path.startswith(self._real_base.rstrip(os.sep) + os.sep):
-            raise LabelError(
-                "image_outside_root", f"{ref!r} resolves to {path}, outside the catalog folder {self.base}"
-            )
+        if not _inside(path, self._local_roots, os.sep):
+            where = f"the catalog folder {self.base}" if not is_s3(self.base) else "every image root"
+            raise LabelError("image_outside_root", f"{ref!r} resolves to {path}, outside {where}"
+                             f"{_roots_hint(self._local_roots)}")
         return path
 
     def _realpath(self, path: str) -> str:
@@ -74,6 +82,16 @@ class ImageSource:
         """The file's bytes; a file over MAX_IMAGE_BYTES is refused (TooLarge) before it is
         read, so memory stays bounded by workers x MAX_IMAGE_BYTES whatever the source holds."""
         return self._files.read_bytes(uri, max_bytes=MAX_IMAGE_BYTES)  # read now: tests lower it
+
+
+def _inside(path: str, roots: Sequence[str], sep: str) -> bool:
+    """Whether `path` is one of `roots` or below one (whole path segments: /a/bc is not in /a/b)."""
+    return any(path == r or path.startswith(r.rstrip(sep) + sep) for r in roots)
+
+
+def _roots_hint(roots: Sequence[str]) -> str:
+    return (f" (allowed roots: {', '.join(roots)})" if len(roots) > 1 else
+            "; an operator can allow another folder or prefix with --image-root (IngestConfig.image_roots)")
 
 
 def too_large_detail(uri: str, error: TooLarge) -> str:

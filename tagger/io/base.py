@@ -13,12 +13,24 @@ for files whose size a merchant controls.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file's size in bytes and when it was last written (UTC)."""
+
+    size: int
+    modified: datetime
 
 
 class StorageError(RuntimeError):
@@ -33,6 +45,40 @@ class StorageError(RuntimeError):
         super().__init__(message)
         self.retryable = retryable
 
+
+# What a person can do when the lake's disk refuses, by errno: these fail the same way on
+# every retry until someone acts, so the error says what to do and is not retried.
+DISK_FULL = ("free space (tagger vacuum --lake LAKE reclaims unreferenced image shards, "
+             "finished checkpoints and old tag history) or move the lake to a bigger disk, then re-run")
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: " + DISK_FULL,
+    errno.EDQUOT: "the disk quota is used up: " + DISK_FULL,
+    errno.EACCES: "permission denied: give the user that runs tagger write access to the lake "
+                  "(chown/chmod), or run as the lake's owner",
+    errno.EPERM: "operation not permitted: give the user that runs tagger write access to the "
+                 "lake (chown/chmod, no immutable flag), or run as the lake's owner",
+    errno.EROFS: "the file system is read-only: remount it read-write, or point --lake at a writable folder",
+    errno.EIO: "the disk reported an I/O error: check it (dmesg, fsck, the NFS server), then re-run; "
+               "restore any file named as damaged from a backup",
+}
+
+
+def os_errno(e: OSError) -> int | None:
+    """The errno of an OSError; pyarrow's keep it only in the message ('[errno 28] ...')."""
+    if e.errno is not None:
+        return e.errno
+    found = re.search(r"\[errno (\d+)\]", str(e), re.IGNORECASE)
+    return int(found.group(1)) if found else None
+
+
+def storage_error(e: OSError, what: str, url: str) -> StorageError | None:
+    """`e` as one line naming the file and what to do, where its errno has a hint; else None."""
+    code = os_errno(e)
+    if code not in OS_HINTS:
+        return None
+    reason = e.strerror or os.strerror(code)
+    return StorageError(f"Could not {what} {url}: {reason} [{errno.errorcode[code]}]; {OS_HINTS[code]}.")
+
 class TooLarge(StorageError):
     """A bounded read refused before reading: the file has `size` bytes, over `limit`."""
 
@@ -42,6 +88,18 @@ class TooLarge(StorageError):
 
     def __reduce__(self):  # pickled by process pools and Prefect: rebuild from the fields
         return type(self), (self.uri, self.size, self.limit)
+
+class CorruptTable(ValueError):
+    """A lake file that is there but cannot be read as what it should be (a truncated copy,
+    another tool's file): the message names its URL and how to rebuild it."""
+
+    def __init__(self, url: str, detail: str, remedy: str):
+        super().__init__(f"{url} is damaged or not a table of this lake ({detail}). {remedy}")
+        self.url, self.detail, self.remedy = url, detail, remedy
+
+    def __reduce__(self):  # pickled by process pools and Prefect: rebuild from the fields
+        return type(self), (self.url, self.detail, self.remedy)
+
 
 def is_s3(uri: str) -> bool:
     """Whether `uri` names an S3 object or prefix (s3://...) rather than a local path."""
@@ -96,6 +154,10 @@ class Storage(ABC):
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:
         """A local file with the content of `path` for libraries that need a file name."""
+
+    def info(self, path: str) -> FileInfo | None:
+        """Size and last modification of the file; None if absent (what vacuum's grace needs)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement info()")
 
     def local_path(self, path: str) -> Path | None:
         """The file's path on this machine's file system, or None where it has none (S3):

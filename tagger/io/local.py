@@ -14,9 +14,10 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
-from tagger.io.base import Storage, StorageError, read_bounded, stat_version
+from tagger.io.base import FileInfo, Storage, StorageError, read_bounded, stat_version, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ class LocalStorage(Storage):
 
     def read_bytes(self, path: str, max_bytes: int | None = None) -> bytes:
         try:
-            with open(self._path(path), "rb") as f:
+            with acting("read", self.url(path)), open(self._path(path), "rb") as f:
                 return read_bounded(f, self.url(path), max_bytes)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.url(path)} does not exist") from None
 
     def read_with_version(self, path: str) -> tuple[bytes, str] | None:
         try:
-            with open(self._path(path), "rb") as f:
+            with acting("read", self.url(path)), open(self._path(path), "rb") as f:
                 return f.read(), stat_version(os.fstat(f.fileno()))
         except FileNotFoundError:
             return None
@@ -57,15 +58,16 @@ class LocalStorage(Storage):
         """(temporary file holding the new content, target) for a commit step; the
         temporary file is always removed afterwards."""
         target = self._path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            write(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            yield tmp, target
-        finally:
-            tmp.unlink(missing_ok=True)
+        with acting("write", self.url(path)):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write(tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                yield tmp, target
+            finally:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary file
 
     def _commit(self, write: Callable[[Path], object], path: str) -> None:
         with self._staged(write, path) as (tmp, target):
@@ -142,7 +144,15 @@ class LocalStorage(Storage):
         return sorted(out)
 
     def delete(self, path: str) -> None:
-        self._path(path).unlink(missing_ok=True)
+        with acting("delete", self.url(path)):
+            self._path(path).unlink(missing_ok=True)
+
+    def info(self, path: str) -> FileInfo | None:
+        try:
+            st = self._path(path).stat()
+        except FileNotFoundError:
+            return None
+        return FileInfo(st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
     def version(self, path: str) -> str | None:
         try:
@@ -153,6 +163,19 @@ class LocalStorage(Storage):
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:
         yield self._path(path)
+
+
+@contextmanager
+def acting(what: str, url: str) -> Iterator[None]:
+    """An OSError a person can act on (disk full, permission, read-only, I/O error) as one
+    StorageError naming `url` and what to do; every other error as it was."""
+    try:
+        yield
+    except OSError as e:
+        error = storage_error(e, what, url)
+        if error is None:
+            raise
+        raise error from e
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tagger.config import load_settings
+from tagger.io.local import acting
 from tagger.io.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,12 @@ def _busy(storage: Storage, name: str, holder: dict | None, wait: float, how_to_
 
 @contextmanager
 def _local_lock(storage: Storage, path: Path, name: str, owner: str, wait: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with acting("take the lake lock", str(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with acting("take the lake lock", str(path)):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tagger.io.base import Storage
+from tagger.io.base import CorruptTable, Storage, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,13 @@ def write_table(storage: Storage, path: str, table: pa.Table) -> None:
     """Write one Parquet file atomically and log its row count and URI."""
     with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         local = Path(tmp) / "part.parquet"
-        pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+        try:
+            pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+        except OSError as e:  # the machine's temporary folder, not the lake (TMPDIR moves it)
+            error = storage_error(e, "write the temporary copy of", f"{storage.url(path)} at {local}")
+            if error is None:
+                raise
+            raise error from e
         storage.upload(local, path)
     log.info("wrote %d rows to %s", table.num_rows, storage.url(path))
 
@@ -34,12 +43,47 @@ def read_table(storage: Storage, path: str, schema: pa.Schema | None = None,
                defaults: dict | None = None) -> pa.Table:
     """Read one Parquet file; cast to `schema` when given (column order and types).
     `defaults`: values for columns that files written by older versions lack."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
-    for name, value in (defaults or {}).items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.array([value] * table.num_rows,
-                                                       type=schema.field(name).type))
-    return table.select(schema.names).cast(schema) if schema is not None else table
+    data = storage.read_bytes(path)
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        for name, value in (defaults or {}).items():
+            if name not in table.column_names:
+                table = table.append_column(name, pa.array([value] * table.num_rows,
+                                                           type=schema.field(name).type))
+        return table.select(schema.names).cast(schema) if schema is not None else table
+    except (pa.ArrowException, KeyError) as e:  # not Parquet, truncated, or other columns
+        raise corrupt_table(storage, path, e) from None
+
+
+@contextmanager
+def open_parquet_file(storage: Storage, path: str) -> Iterator[pq.ParquetFile]:
+    """A lake table as an open Parquet file for streamed reads (CorruptTable if it is not one)."""
+    with storage.local_copy(path) as local:
+        try:
+            f = pq.ParquetFile(local)
+        except pa.ArrowException as e:
+            raise corrupt_table(storage, path, e) from None
+        with f:
+            yield f
+
+
+# How to rebuild a damaged file, by path prefix (the most specific wins). The lake's layout
+# is tagger.lake's, a room above this one: it registers its tables here.
+_REMEDIES: dict[str, str] = {}
+DEFAULT_REMEDY = "Restore it from a backup, or delete it and re-run the step that writes it."
+
+
+def register_remedy(prefix: str, remedy: str) -> None:
+    """How to recover a damaged file under `prefix`; `{lake}` is replaced by the lake's root."""
+    _REMEDIES[prefix] = remedy
+
+
+def corrupt_table(storage: Storage, path: str, error: BaseException) -> CorruptTable:
+    """The CorruptTable of `path`, with the remedy registered for its prefix."""
+    prefix = max((p for p in _REMEDIES if path.startswith(p)), key=len, default=None)
+    remedy = _REMEDIES[prefix].format(lake=storage.uri) if prefix is not None else DEFAULT_REMEDY
+    detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]  # one line
+    return CorruptTable(storage.url(path), detail, remedy)
 
 
 def read_tables(storage: Storage, prefix: str, schema: pa.Schema) -> pa.Table:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tagger.config import load_settings
-from tagger.io.base import Storage, StorageError, TooLarge
+from tagger.io.base import FileInfo, Storage, StorageError, TooLarge
 
 _CLIENTS: dict[bytes, object] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -41,6 +41,20 @@ _TRY_LATER_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
 # write to the key is in flight (AWS asks to retry, which the lock's polling does).
 _CONDITION_FAILED = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+# A store that is full or over quota (Ceph, MinIO; 507 on some) fails the same way until
+# someone frees space: not retried, whatever its HTTP status.
+_FULL = {"QuotaExceeded", "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "StorageFull",
+         "InsufficientStorage"}
+_DENIED = ("the credentials may not do this here: check AWS_PROFILE / the access key and the "
+           "bucket policy (s3:GetObject, s3:PutObject, s3:DeleteObject, s3:ListBucket on the lake's prefix)")
+_HINTS = {
+    **dict.fromkeys(_FULL, "The bucket's quota or the store's disk is full: free space (tagger "
+                    "vacuum --lake LAKE) or raise the quota, then re-run"),
+    **dict.fromkeys(("AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                     "ExpiredToken", "InvalidToken"), _DENIED[0].upper() + _DENIED[1:]),
+    "EntityTooLarge": "The object is over the store's size limit for one upload: lower "
+                      "IngestConfig.shard_size (--shard-size) so image shards are smaller",
+}
 
 
 def create_s3_client() -> Any:
@@ -120,10 +134,11 @@ class S3Storage(Storage):
             yield
         except ClientError as e:
             err = e.response.get("Error", {})
+            hint = _HINTS.get(err.get("Code"), "Check the bucket, the permissions and "
+                              "AWS_ENDPOINT_URL; a re-run continues where this one stopped")
             raise StorageError(
                 f"S3 {what} of {self.url(path)} failed: {err.get('Code')} {err.get('Message', '')}".rstrip()
-                + ". Check the bucket, the permissions and AWS_ENDPOINT_URL; a re-run continues "
-                "where this one stopped.", retryable=_retryable(e)
+                + f". {hint}.", retryable=_retryable(e) and err.get("Code") not in _FULL
             ) from e
         except BotoCoreError as e:
             raise StorageError(
@@ -214,6 +229,18 @@ class S3Storage(Storage):
     def delete(self, path: str) -> None:
         with self.translate_errors("delete", path):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
+
+    def info(self, path: str) -> FileInfo | None:
+        from botocore.exceptions import ClientError
+
+        with self.translate_errors("HEAD", path):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+            except ClientError as e:
+                if _code(e) in _NOT_FOUND:
+                    return None
+                raise
+        return FileInfo(head["ContentLength"], head["LastModified"])
 
     def version(self, path: str) -> str | None:
         from botocore.exceptions import ClientError

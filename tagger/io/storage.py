@@ -12,11 +12,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tagger.io.base import Storage, StorageError, TooLarge, is_s3, read_bounded, stat_version
+from tagger.io.base import (
+    CorruptTable,
+    Storage,
+    StorageError,
+    TooLarge,
+    is_s3,
+    read_bounded,
+    stat_version,
+)
 from tagger.io.local import LocalStorage
 from tagger.io.parquet import (
     PARQUET_OPTIONS,
     ROW_GROUP_ROWS,
+    corrupt_table,
+    open_parquet_file,
     read_table,
     read_table_or_empty,
     read_tables,
@@ -81,6 +91,7 @@ class FileReader:
 
 
 __all__ = [
+    "CorruptTable", "corrupt_table", "open_parquet_file",
     "FileReader", "LocalStorage", "S3Storage", "Storage", "StorageError", "TooLarge", "is_s3",
     "open_file", "open_storage", "PARQUET_OPTIONS", "ROW_GROUP_ROWS", "read_table",
     "read_table_or_empty", "read_tables", "write_table",

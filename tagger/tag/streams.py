@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tagger.io.storage import ROW_GROUP_ROWS, Storage
+from tagger.io.storage import ROW_GROUP_ROWS, Storage, open_parquet_file
 
 # Rows of a lake table a tag run reads at once (products, state, the previous latest) and
 # the row groups it writes the latest table in. One row group per batch; the benchmarks set
@@ -36,7 +36,7 @@ def open_parquet(storage: Storage, path: str) -> Iterator[pq.ParquetFile | None]
     if not storage.exists(path):
         yield None
         return
-    with storage.local_copy(path) as local, pq.ParquetFile(local) as f:
+    with open_parquet_file(storage, path) as f:  # CorruptTable names the file and the remedy
         yield f
 
 

@@ -1,5 +1,6 @@
 import io
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +52,9 @@ def test_reingest_unchanged_rewrites_nothing(catalog, tmp_path):
     again = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
     assert (again.new, again.changed, again.unchanged, again.images_fetched) == (0, 0, 60, 2)
     assert not again.products_written and again.shards_written == []
-    assert _files(lake) == before
+    history = again.rejects_history.removeprefix(str(lake) + "/")
+    assert _files(lake).keys() - {history} == before.keys()  # only the run's own rejects file is new
+    assert {k: v for k, v in _files(lake).items() if k != history} == before
 
 
 def test_incremental_changes(catalog, tmp_path):
@@ -220,3 +223,91 @@ def test_source_versions_keep_row_order(monkeypatch):
     uris = [f"s3://b/{i}" if i % 5 == 0 else f"/img/{i}" for i in range(60)] + ["/img/missing"]
     got = source.read_versions(Source(), uris, workers=4)
     assert got == [f"v-{u}" for u in uris[:-1]] + [None]
+
+
+def test_image_roots_allow_folders_outside_the_export(tmp_path):
+    """An export's images on another disk (a linked images/ folder, absolute NAS paths) are
+    taken when their resolved path is under an image root; every other escape is refused as
+    before, roots or not."""
+    from tagger.ingest.source import ImageSource
+    from tagger.labels import LabelError
+
+    export, nas, other = tmp_path / "export", tmp_path / "nas" / "photos", tmp_path / "other"
+    for d in (export, nas, other):
+        d.mkdir(parents=True)
+    (nas / "a.jpg").write_bytes(b"x")
+    (other / "b.jpg").write_bytes(b"x")
+    os.symlink(nas, export / "images")  # images/ is a link to the NAS folder
+    os.symlink(other / "b.jpg", nas / "sneaky.jpg")  # a link inside the root pointing out of it
+    (tmp_path / "nas" / "photos-old").mkdir()  # shares the root's name as a prefix
+    (tmp_path / "nas" / "photos-old" / "c.jpg").write_bytes(b"x")
+    catalog = str(export / "catalog.csv")
+    with pytest.raises(LabelError, match="--image-root"):
+        ImageSource(catalog).resolve("images/a.jpg")  # no roots: refused as before
+    source = ImageSource(catalog, [str(tmp_path / "nas" / "photos")])
+    assert source.resolve("images/a.jpg") == str(nas / "a.jpg")
+    assert source.resolve(str(nas / "a.jpg")) == str(nas / "a.jpg")
+    assert source.resolve(str(nas / "x" / ".." / "a.jpg")) == str(nas / "a.jpg")
+    for ref in ["images/sneaky.jpg", "images/../../other/b.jpg", str(other / "b.jpg"),
+                str(tmp_path / "nas" / "photos-old" / "c.jpg"), "../other/b.jpg", "/etc/passwd",
+                "file://" + str(nas / "a.jpg")]:
+        with pytest.raises(LabelError) as e:
+            source.resolve(ref)
+        assert e.value.reason in ("image_outside_root", "bad_image_uri"), ref
+    linked_root = ImageSource(catalog, [str(export / "images")])  # a root given through a link
+    assert linked_root.resolve("images/a.jpg") == str(nas / "a.jpg")
+
+
+def test_image_roots_on_s3_prefixes():
+    from tagger.ingest.source import ImageSource
+    from tagger.labels import LabelError
+
+    source = ImageSource("s3://b/exports/catalog.csv", ["s3://b/shared-images/"])
+    assert source.resolve("images/a.jpg") == "s3://b/exports/images/a.jpg"
+    assert source.resolve("../shared-images/a.jpg") == "s3://b/shared-images/a.jpg"
+    for ref in ["../shared-images-old/a.jpg", "../../c/x.jpg", "../other/a.jpg", "/etc/passwd"]:
+        with pytest.raises(LabelError) as e:
+            source.resolve(ref)
+        assert e.value.reason == "image_outside_root", ref
+    with pytest.raises(LabelError):
+        ImageSource("s3://b/exports/catalog.csv").resolve("../shared-images/a.jpg")
+
+
+def test_ingest_takes_images_under_a_root(catalog, tmp_path):
+    """The issue's case end to end: the export's images/ is a link to another disk."""
+    moved = tmp_path / "disk2" / "images"
+    moved.parent.mkdir()
+    (catalog.parent / "images").rename(moved)
+    os.symlink(moved, catalog.parent / "images")
+    lake = tmp_path / "lake"
+    with pytest.raises(CatalogError, match="63 of 63 rows were rejected"):
+        ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake))
+    result = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), IngestConfig(image_roots=[str(moved)]))
+    assert (result.products, result.rejected) == (60, 3)
+
+
+def test_image_roots_must_be_absolute():
+    with pytest.raises(ValueError, match="absolute folders or s3:// prefixes"):
+        IngestConfig(image_roots=["relative/images"])
+    assert IngestConfig(image_roots=["/mnt/nas", "s3://b/p"]).image_roots == ["/mnt/nas", "s3://b/p"]
+
+
+def test_rejects_history_keeps_every_run(catalog, tmp_path):
+    """Each run's rejects stay under catalog/rejects/run_date=.../<run_id>.parquet; the
+    latest run's are where they always were (REJECTS_PATH), for the readers that use it."""
+    import duckdb
+
+    lake = tmp_path / "lake"
+    first = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), run_id="ingest-1")
+    (catalog.parent / "images/P00007.jpg").unlink()
+    second = ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), run_id="ingest-2")
+    (catalog.parent / "images/P00008.jpg").unlink()
+    ingest_catalog(str(catalog), DEMO_TAXONOMY, str(lake), run_id="ingest-2")  # a re-run replaces its own
+    day = f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    assert first.rejects_history == f"{lake}/catalog/rejects/run_date={day}/ingest-1.parquet"
+    assert second.rejects_history.endswith(f"run_date={day}/ingest-2.parquet")
+    rows = duckdb.sql(f"SELECT run_date, run_id, count(*) FROM read_parquet('{lake}/catalog/rejects/*/*.parquet', "
+                      "hive_partitioning = true) GROUP BY ALL ORDER BY run_id").fetchall()
+    assert [(str(d), r, n) for d, r, n in rows] == [(day, "ingest-1", 3), (day, "ingest-2", 5)]
+    latest = read_table(open_storage(lake), REJECTS_PATH, REJECTS)
+    assert set(latest["run_id"].to_pylist()) == {"ingest-2"} and latest.num_rows == 5

@@ -1,0 +1,1 @@
+"""Operating a lake over time: `vacuum_lake` (tagger.ops.vacuum) deletes what nothing needs."""

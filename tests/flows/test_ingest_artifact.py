@@ -1,0 +1,16 @@
+"""The ingest run's artifact: counts and rejects by reason, rendered from IngestResult."""
+
+from flows._artifacts import render_ingest_summary
+from tagger.ingest.run import IngestResult
+
+
+def test_ingest_summary_shows_counts_rejects_and_the_history_file():
+    result = IngestResult(run_id="ingest-7", catalog="s3://e/catalog.csv", lake="s3://l", rows=63,
+                          products=60, new=2, changed=1, removed=4, rejected=3, images_stored=3,
+                          products_written=True, reject_reasons={"missing_file": 1, "unknown_label": 2},
+                          rejects_history="s3://l/catalog/rejects/run_date=2026-12-02/ingest-7.parquet")
+    md = render_ingest_summary(result.to_dict())
+    assert "63 rows of `s3://e/catalog.csv` -> **60 products** (2 new, 1 changed, 4 removed)" in md
+    assert "## Rejected rows: 3" in md
+    assert md.index("| unknown_label | 2 |") < md.index("| missing_file | 1 |")
+    assert "`s3://l/catalog/rejects/run_date=2026-12-02/ingest-7.parquet`" in md
