@@ -1,5 +1,5 @@
 """Prefect artifacts: what a person wants to see in the UI after a run. Rendering only; the
-numbers come from tagger (model card, TagResult, read_reject_counts)."""
+numbers come from tagger (model card, IngestResult, TagResult, read_reject_counts)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,49 @@ def publish_tagging(result: dict, rejects: dict) -> None:
         lines += ["| stage | reason | rows |", "|---|---|---|"]
         lines += [f"| {r['stage']} | {r['reason']} | {r['rows']} |" for r in rejects["by_reason"]]
         lines += ["", f"Details (row, product, what to fix): `{rejects['url']}`"]
+    if (result.get("drift") or {}).get("warning"):
+        lines += ["", "## Taxonomy drift", "", f"**Warning:** {result['drift']['warning']}"]
     create_markdown_artifact("\n".join(lines) + "\n", key="tag-summary",
                              description=f"Tag run {result['run_id']}")
     create_table_artifact(rows, key="tag-attributes", description="Tags per attribute and change")
+
+
+def publish_promotion(version: str, markdown: str | None) -> None:
+    """The promotion gate's comparison table and decision (markdown, key promotion)."""
+    if markdown:
+        create_markdown_artifact(markdown, key="promotion", description=f"Promotion of model {version}")
+
+
+def publish_promoted(promotion: dict) -> None:
+    """A promotion from the promote flow (markdown, key promotion)."""
+    md = (f"# Production: {promotion['version']}\n\nPromoted {promotion['promoted_at']} by "
+          f"{promotion['by']} ({promotion['rule']}; was {promotion['previous']}): "
+          f"{promotion['reason'] or 'no reason given'}. The next tag run re-tags with it.\n")
+    create_markdown_artifact(md, key="promotion", description=f"Promotion of model {promotion['version']}")
+
+
+def render_ingest_summary(result: dict) -> str:
+    """The markdown of an ingest run: counts, rejects by reason, where this run's rejects are."""
+    lines = [
+        f"# Ingest run {result['run_id']}", "",
+        f"{result['rows']} rows of `{result['catalog']}` -> **{result['products']} products** "
+        f"({result['new']} new, {result['changed']} changed, {result['removed']} removed); "
+        f"{result['images_stored']} images stored"
+        + (" (products table unchanged)" if not result["products_written"] else "") + ".", "",
+        f"## Rejected rows: {result['rejected']}", "",
+    ]
+    if result["reject_reasons"]:
+        lines += ["| reason | rows |", "|---|---|"]
+        lines += [f"| {r} | {n} |" for r, n in sorted(result["reject_reasons"].items(), key=lambda kv: -kv[1])]
+        lines.append("")
+    if result.get("rejects_history"):
+        lines.append(f"This run's rejects (row, product, what to fix): `{result['rejects_history']}`")
+    return "\n".join(lines) + "\n"
+
+
+def publish_ingest(result: dict) -> None:
+    """An ingest run's counts and rejects (markdown ingest-summary, table ingest-rejects)."""
+    create_markdown_artifact(render_ingest_summary(result), key="ingest-summary",
+                             description=f"Ingest run {result['run_id']}")
+    create_table_artifact([dict(reason=r, rows=n) for r, n in result["reject_reasons"].items()],
+                          key="ingest-rejects", description=f"Rejected rows by reason, {result['run_id']}")

@@ -18,7 +18,8 @@ def nightly(
     ingest_config: IngestConfig = IngestConfig(),
     tag_config: TagConfig = TagConfig(),
 ) -> dict:
-    """Ingest tonight's catalog export, then tag what is new or changed."""
+    """Ingest tonight's catalog export, then tag what is new or changed with the lake's
+    production model (everything, the night after a promotion)."""
     ingested = ingest(catalog, taxonomy, lake, ingest_config)
     tagged = tag(lake, config=tag_config)
     return {"ingest": ingested, "tag": tagged}

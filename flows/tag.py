@@ -30,7 +30,7 @@ def tag(
     full: bool = False,
     config: TagConfig = TagConfig(),
 ) -> dict:
-    """Tag the lake's products with a model version (default: the newest)."""
+    """Tag the lake's products with a model version (default: the lake's production version)."""
     # The flow run id is the tag run id: a retry of this flow run replaces its own output.
     result = tag_task(lake, model_version, full, f"tag-{flow_run.get_id() or 'local'}", config)
     publish_tagging(result, rejects_task(lake))

@@ -58,7 +58,8 @@ def tag_sharded(
                                  "slices of the products to tag).")] = 4,
     config: TagConfig = TagConfig(),
 ) -> dict:
-    """Tag the lake's products like `tag`, scoring shards in parallel on Dask workers."""
+    """Tag the lake's products like `tag` (default: the production version), scoring
+    shards in parallel on Dask workers."""
     plan = plan_task(lake, model_version, full)
     size = -(-len(plan.product_ids) // shards) or 1
     parts = [plan.product_ids[i:i + size] for i in range(0, len(plan.product_ids), size)]

@@ -20,8 +20,15 @@ from pydantic.fields import FieldInfo
 # timm; the cmd_* functions import the heavy modules they need.
 from tagger.config import FROM_BACKBONE, IngestConfig, TagConfig, TrainConfig, load_config
 from tagger.backbones import BACKBONES
+from tagger.io.base import OS_HINTS, StorageError, os_errno, storage_error
 
 log = logging.getLogger("tagger")
+
+# Exit codes (docs/operations.md#storage-errors-and-exit-codes): 0 done; 2 a bad input,
+# config or state of the lake (the message says what to change); 3 the storage refused (disk
+# full, permission denied, read-only, I/O error, S3 quota or access): fix it, re-run as it was.
+EXIT_ERROR = 2
+EXIT_STORAGE = 3
 
 
 def _print_json(obj) -> None:
@@ -72,10 +79,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from tagger.io.storage import open_storage
+    from tagger.model.production import describe_versions
+
+    _print_json(describe_versions(open_storage(args.lake)))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from tagger.io.storage import open_storage
+    from tagger.model.production import promote_version
+
+    _print_json(promote_version(open_storage(args.lake), args.version, reason=args.reason).model_dump())
+    return 0
+
+
 def cmd_convert_weights(args) -> int:
     from tagger.model.weights import convert_weights
 
     sys.stdout.write(str(convert_weights(args.source, args.backbone, args.out)) + "\n")
+    return 0
+
+
+def cmd_vacuum(args) -> int:
+    from datetime import timedelta
+
+    from tagger.ops.vacuum import vacuum_lake
+
+    result = vacuum_lake(args.lake, grace=timedelta(hours=args.grace_hours),
+                         keep_history_days=args.keep_history_days, dry_run=args.dry_run)
+    _print_json(result.to_dict())
     return 0
 
 
@@ -128,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("tag", help="tag new and changed products, write tag tables")
     g.add_argument("--lake", required=True)
-    g.add_argument("--model", help="model version (default: newest)")
+    g.add_argument("--model", help="model version (default: the lake's production version)")
     g.add_argument("--full", action="store_true", help="re-tag every product")
     g.add_argument("--config", help="YAML with TagConfig fields (flags override it)")
     g.add_argument("--run-id", help="re-using a run id replaces that run's output")
@@ -139,12 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a model on a labelled catalog it never saw")
     e.add_argument("catalog", help="labelled catalog export (CSV, JSON Lines, Parquet; local or s3://)")
     e.add_argument("--lake", required=True)
-    e.add_argument("--model", help="model version (default: newest)")
+    e.add_argument("--model", help="model version (default: the lake's production version)")
     e.add_argument("--taxonomy", help="taxonomy YAML whose `catalog:` mapping fits the export "
                    "(default: the model's own)")
     e.add_argument("--name", help="evaluation name (default: export name + time)")
     add_config_flags(e, TagConfig)
     e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("models", help="model versions: production or candidate, key test figures")
+    m.add_argument("--lake", required=True)
+    m.set_defaults(func=cmd_models)
+
+    r = sub.add_parser("promote", help="make a version production (an earlier one: roll back)")
+    r.add_argument("version", help="model version (tagger models lists them)")
+    r.add_argument("--lake", required=True)
+    r.add_argument("--reason", default="", help="why, for the promotion history")
+    r.set_defaults(func=cmd_promote)
 
     w = sub.add_parser("convert-weights",
                        help="map a third-party ImageNet checkpoint onto a backbone (for --weights)")
@@ -152,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--backbone", required=True, choices=list(BACKBONES))
     w.add_argument("--out", required=True, help="safetensors file to write")
     w.set_defaults(func=cmd_convert_weights)
+
+    v = sub.add_parser("vacuum", help="delete unreferenced shards, finished checkpoints, old tag history")
+    v.add_argument("--lake", required=True)
+    v.add_argument("--dry-run", action="store_true", help="list what would go and the bytes, delete nothing")
+    v.add_argument("--grace-hours", type=float, default=24.0,
+                   help="keep anything younger than this (a reader that started before keeps its "
+                   "files; default 24)")
+    v.add_argument("--keep-history-days", type=int, default=None,
+                   help="delete tag history partitions older than this many days (default: keep all)")
+    v.set_defaults(func=cmd_vacuum)
     return p
 
 
@@ -167,8 +221,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel]) -> N
     bounds when the config is built (config_from_args)."""
     group = parser.add_argument_group(f"{cls.__name__} fields (tagger/config.py)")
     for name, field in cls.model_fields.items():
-        group.add_argument(flag_name(name), dest=name, default=None,
-                           help=_flag_help(cls, name, field), **_flag_kind(cls, name, field))
+        kind = _flag_kind(cls, name, field)
+        # A list field is a repeatable flag, also spelled in the singular (--image-root A
+        # --image-root B): one value per flag, so a path with a comma stays one path.
+        alias = [flag_name(name[:-1])] if kind.get("action") == "append" and name.endswith("s") else []
+        group.add_argument(flag_name(name), *alias, dest=name, default=None,
+                           help=_flag_help(cls, name, field), **kind)
 
 
 def _flag_kind(cls: type[BaseModel], name: str, field: FieldInfo) -> dict:
@@ -180,8 +238,11 @@ def _flag_kind(cls: type[BaseModel], name: str, field: FieldInfo) -> dict:
         return dict(choices=choices, type=type(choices[0]))
     if kind in (int, float, str):
         return dict(type=_empty_or(kind) if optional else kind)
+    if get_origin(kind) is list and get_args(kind) in ((int,), (float,), (str,)):
+        return dict(action="append", type=get_args(kind)[0])
     raise TypeError(f"No CLI flag for {cls.__name__}.{name}: {field.annotation}. Supported: int, "
-                    "float, str, bool, Literal[...] and those | None (tagger/cli.py _flag_kind)")
+                    "float, str, bool, Literal[...], list[int|float|str] and those | None "
+                    "(tagger/cli.py _flag_kind)")
 
 
 def _strip_none(annotation) -> tuple[object, bool]:
@@ -262,11 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except StorageError as e:  # the storage refused: the disk, its permissions, the bucket
+        if args.verbose:
+            raise
+        log.error("%s", e)
+        return EXIT_STORAGE
     except (ValueError, FileNotFoundError, LookupError, RuntimeError) as e:
         if args.verbose:
             raise
         log.error("%s", e)
-        return 2
+        return EXIT_ERROR
+    except OSError as e:  # one the storage layer did not see (a library's own temporary file)
+        if args.verbose or os_errno(e) not in OS_HINTS:
+            raise
+        log.error("%s", storage_error(e, "write", e.filename or "a file"))
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ One root URI (a local folder or `s3://bucket/prefix`, see tagger.io.storage) hol
 |------------------------------------------|---------------------------------------|-------------|
 | catalog/products/products.parquet        | one row per product (PRODUCTS)        | ingest      |
 | catalog/images/shard-*.parquet           | normalised images by hash (IMAGES)    | ingest      |
-| catalog/rejects/rejects.parquet          | rows that could not be ingested       | ingest      |
+| catalog/rejects/rejects.parquet          | the latest run's rejected rows        | ingest      |
+| catalog/rejects/run_date=YYYY-MM-DD/<run>.parquet | every run's rejects, append-only | ingest     |
 | catalog/taxonomy.json                    | the taxonomy of the last ingest       | ingest      |
 | models/<version>/card.json, model.safetensors, report.md | model versions        | train       |
+| models/production.json                                 | production pointer    | promote, train (gate) |
+| models/production-history/<seq>.json                   | one file per promotion | promote, train (gate) |
 | checkpoints/<key>/last.ckpt              | the last epoch of a running training  | train       |
 | evaluations/<name>/                      | an evaluation export's own ingest     | evaluate    |
 | tags/history/run_date=YYYY-MM-DD/<run>.parquet | every tag of every run          | tag         |
@@ -22,11 +25,19 @@ place, so a lake written by an earlier version opens with this one (tests/test_o
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pyarrow as pa
+
+from pydantic import ValidationError
 
 from catalog_schemas.tables import PRODUCTS, TAG_LATEST
 from catalog_schemas.taxonomy import Taxonomy
+from tagger.io.parquet import corrupt_table, register_remedy
 from tagger.io.storage import Storage, read_table, read_table_or_empty
+
+log = logging.getLogger(__name__)
 
 PRODUCTS_PATH = "catalog/products/products.parquet"
 REJECTS_PATH = "catalog/rejects/rejects.parquet"
@@ -40,6 +51,18 @@ EVALUATIONS = "evaluations"
 HISTORY_PREFIX = "tags/history"
 LATEST_PATH = "tags/latest/tags.parquet"
 STATE_PATH = "tags/state/tagged.parquet"
+REJECTS_PREFIX = "catalog/rejects"
+RELEASED_PATH = "catalog/images/.released.json"  # when each unreferenced shard was let go
+
+# What an operator runs when a lake file is damaged (named in every CorruptTable).
+REBUILD_CATALOG = ("Rebuild the catalog tables from the export and the stored image shards: "
+                   "tagger ingest CATALOG --taxonomy FILE --lake {lake} --rebuild "
+                   "(docs/operations.md#a-damaged-table).")
+register_remedy("catalog/", REBUILD_CATALOG)
+register_remedy("tags/", "Delete it and re-tag every product: tagger tag --lake {lake} --full "
+                "(docs/operations.md#a-damaged-table).")
+register_remedy(HISTORY_PREFIX + "/", "Delete it: that run's rows leave the history, tags/latest "
+                "keeps every current tag (docs/operations.md#a-damaged-table).")
 
 
 def image_shard_path(shard: str) -> str:
@@ -71,10 +94,31 @@ def read_products(storage: Storage) -> pa.Table:
 
 def read_lake_taxonomy(storage: Storage) -> Taxonomy:
     """The taxonomy the catalog was last ingested with (what training reads)."""
-    return Taxonomy.model_validate_json(storage.read_bytes(TAXONOMY_PATH))
+    try:
+        return Taxonomy.model_validate_json(storage.read_bytes(TAXONOMY_PATH))
+    except ValidationError as e:
+        raise corrupt_table(storage, TAXONOMY_PATH, e) from None
+
+
+def rejects_history_path(run_date: str, run_id: str) -> str:
+    """catalog/rejects/run_date=YYYY-MM-DD/<run_id>.parquet: one ingest run's rejects."""
+    return f"{REJECTS_PREFIX}/run_date={run_date}/{run_id}.parquet"
 
 
 def read_latest(storage: Storage) -> pa.Table:
     """The latest tag snapshot (empty before the first tag run)."""
     # Tables written before needs_review existed: every tag was published.
     return read_table_or_empty(storage, LATEST_PATH, TAG_LATEST, defaults={"needs_review": False})
+
+
+def read_released(storage: Storage) -> dict[str, str]:
+    """shard name -> when the products table stopped naming it (ISO time), from
+    RELEASED_PATH; {} when there is none or it cannot be read (vacuum then waits longer)."""
+    try:
+        found = json.loads(storage.read_bytes(RELEASED_PATH))
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        log.warning("%s cannot be read (%s): treated as empty", storage.url(RELEASED_PATH), e)
+        return {}
+    return found if isinstance(found, dict) else {}

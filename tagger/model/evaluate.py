@@ -21,6 +21,7 @@ from tagger.io.storage import open_storage
 from tagger.labels import encode_labels
 from tagger.lake import EVALUATIONS, model_path, read_products
 from tagger.model.scoring import card_arrays, score_images
+from tagger.model.production import resolve_version
 from tagger.model.versions import load_model
 from tagger.quality.evaluation import (
     Evaluated,
@@ -43,7 +44,7 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     """
     config = config or TagConfig()
     storage = open_storage(lake)
-    model, card = load_model(storage, model_version)
+    model, card = load_model(storage, resolve_version(storage, model_version))
     tax = _export_taxonomy(card.taxonomy, taxonomy, card.version)
     name = name or f"{PurePosixPath(str(catalog)).stem}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     eval_lake = storage.url(f"{EVALUATIONS}/{name}")

@@ -9,18 +9,17 @@ products it tags, not with the catalog.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from catalog_schemas.tables import TAG_STATE
-from tagger.io.storage import Storage, open_storage, read_table_or_empty
+from tagger.io.storage import Storage, open_storage, read_table, read_table_or_empty
 from tagger.lake import PRODUCTS_PATH, STATE_PATH, read_products
+from tagger.model.production import resolve_version
 from tagger.model.versions import read_card
 from tagger.tag.rows import PRODUCT_COLUMNS, PRODUCT_SCHEMA
 from tagger.tag.streams import Unsorted, Upto, open_parquet, sorted_batches, sorted_unique
@@ -49,9 +48,9 @@ class Scan:
 
 def plan_tagging(lake: str, *, model_version: str | None = None, full: bool = False) -> TagPlan:
     """The products that are new or changed since they were tagged (all with `full` or a
-    different model), for the given model version (default: the newest)."""
+    different model), for the given model version (default: the lake's production version)."""
     storage = open_storage(lake)
-    version = read_card(storage, model_version).version
+    version = read_card(storage, resolve_version(storage, model_version)).version
     scan = scan_products(storage, version, full=full)
     return TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
 
@@ -73,8 +72,8 @@ def read_tag_products(storage: Storage) -> pa.Table:
     """The products table, only PRODUCT_COLUMNS (catalog order: by product id)."""
     if not storage.exists(PRODUCTS_PATH):
         read_products(storage)  # raises the error that says how to ingest
-    table = pq.read_table(io.BytesIO(storage.read_bytes(PRODUCTS_PATH)), columns=PRODUCT_COLUMNS)
-    return table.cast(PRODUCT_SCHEMA)
+    # Through the lake's reader: a damaged table names the file and the remedy.
+    return read_table(storage, PRODUCTS_PATH).select(PRODUCT_COLUMNS).cast(PRODUCT_SCHEMA)
 
 
 def scan_products(storage: Storage, version: str, *, full: bool = False,

@@ -4,7 +4,10 @@ A product is tagged when it is new, its image or curated labels changed since it
 tagged, or the model changed (all with `full`). Curated labels always win: for an
 attribute the catalog labels, the tag rows are the curated values (source='curated'),
 never predictions. `tags/state/tagged.parquet` remembers what each product was tagged
-from, so products where every attribute abstained are not re-tagged every night.
+from, so products where every attribute abstained are not re-tagged every night. The model
+is the lake's production version unless one is named (tagger.model.production), so a
+promotion or a rollback re-tags every product on the next run; a catalog taxonomy that
+differs from the model's is reported in the result's `drift` (tagger.tag.drift).
 
 Order of writes: history, then latest, then state. A crash in between leaves the previous
 latest readable, and the re-run (same run id) replaces its own history file.
@@ -32,10 +35,12 @@ from tagger.config import TagConfig
 from tagger.data.dataset import order_by_shard
 from tagger.io.lock import locked
 from tagger.io.storage import Storage, open_storage, write_table
-from tagger.lake import HISTORY_PREFIX, LATEST_PATH, STATE_PATH
+from tagger.lake import HISTORY_PREFIX, LATEST_PATH, STATE_PATH, TAXONOMY_PATH, read_lake_taxonomy
+from tagger.model.production import resolve_version
 from tagger.model.scoring import ImageScorer
 from tagger.model.versions import load_model, read_card
 from tagger.tag.changes import compute_tag_changes
+from tagger.tag.drift import compute_taxonomy_drift
 from tagger.tag.merge import Merged, merge_latest, merge_state, state_rows
 from tagger.tag.plan import Scan, TagPlan, plan_tagging, scan_products
 from tagger.tag.rows import ROW_COLUMNS, Rows, compute_tag_rows, rows_table
@@ -59,6 +64,7 @@ class TagResult:
     latest_rows: int = 0
     tags_per_attribute: dict[str, int] = field(default_factory=dict)
     changes: dict = field(default_factory=dict)  # compute_tag_changes(previous latest, latest)
+    drift: dict = field(default_factory=dict)  # compute_taxonomy_drift(catalog, model); {} if unknown
     history_path: str = ""
     latest_path: str = ""
     seconds: float = 0.0
@@ -103,10 +109,12 @@ def tag_catalog(
     run_date: date | None = None,
     config: TagConfig | None = None,
 ) -> TagResult:
-    """Tag new and changed products (all with `full` or a new model) and write the tables."""
+    """Tag new and changed products (all with `full` or a new model) and write the tables,
+    with `model_version` (default: the lake's production version, tagger.model.production)."""
     t0 = time.perf_counter()
     storage = open_storage(lake)
-    version = read_card(storage, model_version).version  # a missing model is the first error
+    # a missing model is the first error
+    version = read_card(storage, resolve_version(storage, model_version)).version
     scan = scan_products(storage, version, full=full)  # read once, for all three steps
     plan = TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
     rows = score_products(lake, plan.model_version, plan.product_ids, config, scan.todo)
@@ -170,6 +178,7 @@ def _write_tags(storage: Storage, plan: TagPlan, chunks: list[Rows], run: _Run,
     result.removed = merged.removed
     result.latest_rows, result.latest_path = merged.rows, storage.url(LATEST_PATH)
     result.tags_per_attribute = merged.tags_per_attribute
+    result.drift = _taxonomy_drift(storage, version)
     # Only tagged and removed products can change (the others' rows are copied as they
     # were), and their rows in the new latest table are exactly the new rows.
     result.changes = compute_tag_changes(merged.previous_affected, fresh)
@@ -180,6 +189,17 @@ def _write_tags(storage: Storage, plan: TagPlan, chunks: list[Rows], run: _Run,
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run.run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)
     return result
+
+
+def _taxonomy_drift(storage: Storage, version: str) -> dict:
+    """The drift between the lake's catalog taxonomy and the model's, logged as a warning
+    (tagger.tag.drift); {} for a lake without catalog/taxonomy.json."""
+    if not storage.exists(TAXONOMY_PATH):
+        return {}
+    drift = compute_taxonomy_drift(read_lake_taxonomy(storage), read_card(storage, version).taxonomy)
+    if drift["warning"]:
+        log.warning("model %s: %s", version, drift["warning"])
+    return drift
 
 
 def _write_history(storage: Storage, table: pa.Table, run_id: str, run_date: date) -> str:

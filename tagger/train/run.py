@@ -9,7 +9,7 @@ registered, and with `patience` training stops once it has not improved for that
 `train_model` is the whole run as a few named steps, each in the module named for it:
 split (the labelled products and their train/validation split), loop (one epoch:
 optimizer, schedule, EMA, the DDP loss weighting), epochs (per-epoch validation and the best
-epoch), curves (TensorBoard event files), checkpoints (save and resume) and register (validation, thresholds, the model card, the report, the registered version).
+epoch), curves (TensorBoard event files), checkpoints (save and resume), register (validation, thresholds, the model card, the report, the registered version) and gate (production or candidate).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tagger.backbones import get_backbone
 from tagger.model.device import resolve_device
 from tagger.model.factory import create_model, data_config
 from tagger.train.curves import EventLog
+from tagger.train.gate import gate_candidate
 from tagger.train.epochs import EpochWatch, epochs_without_improvement
 from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_training, save_checkpoint
 from tagger.train.loop import Fit, TrainLabels, create_fit, train_one_epoch
@@ -189,6 +190,9 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
                            test_idx=split.test, test_ds=test_ds)
             version = _register_best(storage, model, watch, run)
             delete_checkpoint(storage, key)
+            # production or candidate: compared with production on data neither trained on
+            gate_candidate(lake, version, config, data.product_ids,
+                           [data.product_ids[i] for i in split.test])
     finally:  # the local event files go, whether the run registered or failed
         if watch is not None:
             watch.events.close()

@@ -53,11 +53,11 @@ def test_first_day_deploy_retrain_and_nightly(server, catalog, tmp_path):
     print(f"work pool + prefect deploy --all: {time.monotonic() - t0:.1f} s")
     api = _api(env)
 
-    # The four deployments, the nightly schedule, no overlapping nightly runs.
+    # The deployments, the nightly schedule, no overlapping nightly runs.
     nightly = _deployment(api, "nightly")
     retrain = _deployment(api, "retrain")
     assert {d["name"] for d in api.post("/deployments/filter", json={}).json()} == {
-        "nightly", "retrain", "tag", "tag-sharded", "ingest"}
+        "nightly", "retrain", "tag", "tag-sharded", "ingest", "promote", "vacuum"}
     [schedule] = [s["schedule"] for s in nightly["schedules"]]
     assert (schedule["cron"], schedule["timezone"]) == ("0 2 * * *", "Europe/Berlin")
     assert nightly["schedules"][0]["active"] and nightly["global_concurrency_limit"]["limit"] == 1

@@ -49,7 +49,8 @@ def test_flows_end_to_end(prefect_api, catalog, tmp_path):
     md = [a for a in artifacts if a.key == "model-report"]
     assert md and f"# Model {version}" in md[0].data
     by_key = {a.key: a for a in sorted(artifacts, key=lambda a: a.created)}  # newest per key
-    assert {"model-metrics", "training-curves", "tag-summary", "tag-attributes"} <= set(by_key)
+    assert {"model-metrics", "training-curves", "tag-summary", "tag-attributes", "promotion"} <= set(by_key)
+    assert "promoted to production: the lake's first model" in by_key["promotion"].data
     assert by_key["model-metrics"].type == "table"
     assert by_key["training-curves"].type == "table"
     summary = by_key["tag-summary"].data  # the nightly run: one new product
@@ -122,3 +123,46 @@ def test_sharded_tagging_gives_the_same_tags_as_one_process(prefect_api, trained
     # same model, same images; only the batches differ: scores agree to float rounding
     sa, sb = (np.array([r["score"] if r["score"] is not None else -1 for r in t]) for t in (a, b))
     assert np.abs(sa - sb).max() < 1e-4
+
+
+def test_promote_flow_moves_production_and_says_so(prefect_api, trained_lake):
+    import asyncio
+    import shutil
+
+    from prefect.client.orchestration import get_client
+
+    from flows.promote import promote
+    from tagger.io.storage import open_storage
+    from tagger.model.production import history, production_version
+
+    lake, first = trained_lake
+    second = first[:-4] + "beef"  # a second version: the first's files under another name
+    shutil.copytree(lake / "models" / first, lake / "models" / second)
+    card = lake / "models" / second / "card.json"
+    card.write_text(card.read_text().replace(first, second))
+    result = promote(second, str(lake), reason="from the UI")
+    storage = open_storage(lake)
+    assert (result["version"], result["rule"], result["previous"]) == (second, "manual", first)
+    assert production_version(storage) == second
+    assert history(storage)[-1].by.startswith("flow run ") and history(storage)[-1].reason == "from the UI"
+
+    async def promotion_artifact():
+        async with get_client() as client:
+            arts = [a for a in await client.read_artifacts() if a.key == "promotion"]
+            return max(arts, key=lambda a: a.created).data
+
+    assert f"# Production: {second}" in asyncio.run(promotion_artifact())
+
+
+def test_tag_summary_shows_taxonomy_drift(monkeypatch):
+    import flows._artifacts as artifacts
+
+    shown = {}
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda md, **kw: shown.update(md=md))
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda *a, **kw: None)
+    result = dict(run_id="r", model_version="v", tagged=1, products=1, skipped=0, removed=0,
+                  latest_rows=1, latest_path="lake/tags/latest", tags_per_attribute={},
+                  changes=dict(added=0, removed=0, changed=0, products_changed=0, per_attribute={}),
+                  drift=dict(warning="the model can never predict colour: purple"))
+    artifacts.publish_tagging(result, dict(total=0))
+    assert "## Taxonomy drift" in shown["md"] and "never predict colour: purple" in shown["md"]
