@@ -4,9 +4,10 @@ Masked BCE with logits (or focal / ASL, tagger.train.losses) and per-output pos_
 with head softmax, one cross-entropy per `single` attribute (masked_multitask_loss);
 optional MixUp / CutMix (tagger.train.mix); AdamW with a linear warm-up and cosine decay
 stepped every batch, an EMA of the weights,
-AMP and channels_last on CUDA. Under DDP each rank's loss is weighted by its share of the
-global batch's known labels, so N processes learn what one process with the global batch
-learns (tests/train/test_ddp.py).
+AMP and channels_last on CUDA. Under DDP each term of the loss is divided by its global
+count (known labels, or the softmax heads' class weights), so N processes learn what one
+process with the global batch learns, for sigmoid and softmax heads alike
+(tests/train/test_ddp.py).
 """
 
 from __future__ import annotations
@@ -145,15 +146,12 @@ def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfi
         def loss_fn(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return masked_multitask_loss(logits, targets, mask, fit.heads, fit.pos_weight,
                                          fit.class_weight, label_smoothing=config.label_smoothing,
-                                         attribute_weights=fit.attribute_weights, kind=config.loss)
+                                         attribute_weights=fit.attribute_weights, kind=config.loss,
+                                         denominators=_global_denominators())
 
         loss = mixed_loss(loss_fn, y, m, mix)
         fit.optimizer.zero_grad(set_to_none=True)
-        # The softmax heads' terms are means over each attribute's known rows; weighting them
-        # by the rank's share of all known labels, like the BCE term, is exact only where
-        # ranks know equally many of each attribute: under DDP they approximate the global
-        # batch's means (close for shuffled batches), they are not its exact gradient.
-        fit.scaler.scale(loss * _share_of_known_labels(m)).backward()
+        fit.scaler.scale(loss).backward()
         fit.scaler.step(fit.optimizer)
         fit.scaler.update()
         scheduler.step()
@@ -170,14 +168,18 @@ def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfi
     return total_loss / max(seen, 1)
 
 
-def _share_of_known_labels(mask: torch.Tensor) -> torch.Tensor | float:
-    """Under DDP, weight this rank's masked mean by its share of the global batch's known
-    labels: DDP averages gradients over ranks, so the result is the gradient of the global
-    batch's masked mean, as one process would compute it (ranks' batches differ in how
-    many labels are known). 1 outside DDP."""
+def _global_denominators():
+    """Under DDP, the loss's per-term counts (known labels; class weights of the softmax
+    heads' known rows) as their mean over the ranks: each rank then divides its own sums by
+    the global count / world size, and DDP's average of the ranks' gradients is exactly the
+    gradient of the global batch's per-term means, as one process would compute them (ranks'
+    batches differ in how many labels of each attribute are known). None outside DDP."""
     if not (dist.is_available() and dist.is_initialized()):
-        return 1.0
-    known = mask.sum().float()
-    total = known.clone()
-    dist.all_reduce(total)
-    return known * dist.get_world_size() / total.clamp(min=1)
+        return None
+
+    def mean_over_ranks(counts: torch.Tensor) -> torch.Tensor:
+        total = counts.clone()
+        dist.all_reduce(total)
+        return total / dist.get_world_size()
+
+    return mean_over_ranks

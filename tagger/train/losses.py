@@ -7,7 +7,7 @@ False in ``mask``; they contribute nothing to weights or loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -185,6 +185,22 @@ def single_label_rows(targets: torch.Tensor, mask: torch.Tensor, sl: slice) -> t
     return mask[:, sl].to(torch.bool).all(dim=1) & ((targets[:, sl] > 0.5).sum(dim=1) == 1)
 
 
+def _softmax_term(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, sl: slice,
+                  class_weight: torch.Tensor | None,
+                  label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of w_yi * loss_i, sum of w_yi) of one softmax attribute over its known rows."""
+    rows = single_label_rows(targets, mask, sl)
+    z = logits[:, sl].float()
+    if not bool(rows.any()):
+        return z.sum() * 0.0, z.new_zeros(())
+    y = targets[rows][:, sl].argmax(dim=1)
+    weight = None if class_weight is None else class_weight[sl].to(device=z.device, dtype=torch.float32)
+    total = F.cross_entropy(z[rows], y, weight=weight, label_smoothing=label_smoothing,
+                            reduction="sum")
+    count = weight[y].sum() if weight is not None else z.new_tensor(float(len(y)))
+    return total, count
+
+
 def masked_softmax_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -200,13 +216,13 @@ def masked_softmax_cross_entropy(
     With class_weight (per output, [K]) it is torch's weighted mean: sum_i w_yi * loss_i /
     sum_i w_yi; label smoothing as torch.nn.functional.cross_entropy defines it. 0 (still
     part of the graph) when no row is known."""
-    rows = single_label_rows(targets, mask, sl)
-    z = logits[:, sl].float()
-    if not bool(rows.any()):
-        return z.sum() * 0.0
-    weight = None if class_weight is None else class_weight[sl].to(device=z.device, dtype=torch.float32)
-    return F.cross_entropy(z[rows], targets[rows][:, sl].argmax(dim=1), weight=weight,
-                           label_smoothing=label_smoothing, reduction="mean")
+    total, count = _softmax_term(logits, targets, mask, sl, class_weight, label_smoothing)
+    return total / count if bool(count > 0) else total
+
+
+# The global denominators of the loss's terms from this process's own: the identity outside
+# DDP; under DDP the mean over ranks of the all-reduced sums (tagger.train.loop).
+Denominators = Callable[[torch.Tensor], torch.Tensor]
 
 
 def masked_multitask_loss(
@@ -220,6 +236,7 @@ def masked_multitask_loss(
     label_smoothing: float = 0.0,
     attribute_weights: torch.Tensor | None = None,
     kind: Literal["bce", "focal", "asl"] = "bce",
+    denominators: Denominators | None = None,
 ) -> torch.Tensor:
     """The training loss of all attributes: one term per softmax attribute plus one for
     every other output, summed.
@@ -233,6 +250,11 @@ def masked_multitask_loss(
     `weight`, default 1) of each output's attribute, [K]. Without softmax heads and with all
     weights 1 this is exactly masked_multilabel_loss. The sum grows with the number of
     softmax attributes; AdamW's steps do not depend on the loss's scale.
+
+    Each term is a sum over this batch divided by a count (of known entries, or of class
+    weights); `denominators` maps the vector of those counts to the ones to divide by. Under
+    DDP it gives each count's mean over the ranks, so the ranks' gradients, averaged by DDP,
+    are exactly those of one process over the global batch, for every term.
     """
     known = mask.to(torch.bool)
     if heads:
@@ -242,9 +264,24 @@ def masked_multitask_loss(
     per_entry = _multilabel_entries(logits, targets, known, pos_weight, kind, GAMMA, GAMMA_NEG, CLIP)
     if attribute_weights is not None:
         per_entry = per_entry * attribute_weights.to(device=per_entry.device, dtype=torch.float32)
-    loss = per_entry.sum() / known.sum().clamp(min=1)
+    totals = [per_entry.sum()]
+    counts = [known.sum().float()]
+    omegas = [None]
     for sl in heads:
-        term = masked_softmax_cross_entropy(logits, targets, mask, sl, class_weight,
-                                            label_smoothing=label_smoothing)
-        loss = loss + (term if attribute_weights is None else attribute_weights[sl.start] * term)
+        total, count = _softmax_term(logits, targets, mask, sl, class_weight, label_smoothing)
+        totals.append(total)
+        counts.append(count.detach().float())
+        omegas.append(None if attribute_weights is None else attribute_weights[sl.start])
+    if denominators is None:
+        # One process: exactly the earlier per-term means (the BCE term's count clamped at 1).
+        loss = totals[0] / counts[0].clamp(min=1)
+        for total, count, omega in zip(totals[1:], counts[1:], omegas[1:]):
+            term = total / count if bool(count > 0) else total
+            loss = loss + (term if omega is None else omega * term)
+        return loss
+    den = denominators(torch.stack(counts))
+    loss = totals[0] / den[0].clamp(min=1e-12)
+    for i, (total, omega) in enumerate(zip(totals[1:], omegas[1:]), start=1):
+        term = total / den[i].clamp(min=1e-12)
+        loss = loss + (term if omega is None else omega * term)
     return loss

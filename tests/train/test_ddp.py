@@ -70,8 +70,8 @@ CONFIG = TrainConfig(backbone="test_efficientnet", image_size=48, epochs=2, lr=3
                      pretrained=False, workers=0, device="cpu")
 
 
-def _train(script, lake, batch_size, processes) -> str:
-    config = CONFIG.model_copy(update={"batch_size": batch_size})
+def _train(script, lake, batch_size, processes, **options) -> str:
+    config = CONFIG.model_copy(update={"batch_size": batch_size, **options})
     launch = ([sys.executable] if processes == 1 else
               [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={processes}"])
@@ -98,17 +98,23 @@ def _initial_weights(version_card) -> np.ndarray:
                            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))])
 
 
-def test_two_processes_train_the_same_model_as_one(trained_lake, tmp_path):
+@pytest.mark.parametrize("options", [
+    dict(head="sigmoid"),
+    # softmax heads with class weights: each attribute's term has its own count of known
+    # rows and weights, which the ranks' batches split unevenly.
+    dict(head="softmax", class_weight="sqrt"),
+], ids=["sigmoid", "softmax"])
+def test_two_processes_train_the_same_model_as_one(trained_lake, tmp_path, options):
     """Same global batches (DistributedSampler for any world size), gradients averaged by
-    DDP with the loss weighted by each rank's share of known labels: 2 processes x batch 8
+    DDP with each term of the loss divided by its global count: 2 processes x batch 8
     end where 1 process x batch 16 ends, up to float rounding. A control (1 process x batch 8:
     another training) shows how far a different run lands."""
     lake, first = trained_lake
     script = tmp_path / "train_like_for_like.py"
     script.write_text(_TRAIN_LIKE_FOR_LIKE)
-    one = _train(script, lake, 16, 1)
-    two = _train(script, lake, 8, 2)
-    other = _train(script, lake, 8, 1)
+    one = _train(script, lake, 16, 1, **options)
+    two = _train(script, lake, 8, 2, **options)
+    other = _train(script, lake, 8, 1, **options)
     cards = [read_card(open_storage(lake), v) for v in (one, two, other)]
     w1, w2, w3 = (_weights(lake, v) for v in (one, two, other))
     w0 = _initial_weights(cards[0])
