@@ -32,7 +32,10 @@ def lake(request, tmp_path) -> str:
 def _holder(lake: str, name: str, ttl: float = 600) -> subprocess.Popen:
     """A process that takes the lock, says 'held', and sleeps until killed."""
     code = textwrap.dedent(f"""
-        import time
+        import signal, time
+        # SIGINT is how the tests stop it; a shell that started the suite in the background
+        # hands its children SIGINT ignored, so restore Python's own handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from tagger.io.lock import lake_lock
         from tagger.io.storage import open_storage
         with lake_lock(open_storage({lake!r}), {name!r}, owner="nightly-A", ttl={ttl}):

@@ -32,9 +32,9 @@ def test_tag_runs_and_evaluations_score_images_alike(trained_lake):
     images = ProductImages(str(lake), shards, hashes, create_transforms(card.data_config.image_size, train=False))
     logits = predict_scores(model, create_loader(images, 16, 0), torch.device("cpu"), precision="fp32",
                             logits=True, normalize=BatchNormalize.from_config(card.data_config))
-    temperature = card_arrays(card).temperature
-    assert np.any(temperature != 1.0)  # a calibrated card: the scores are not plain sigmoids
-    expected = apply_temperature(logits, temperature)
+    arrays = card_arrays(card)
+    assert np.any(arrays.temperature != 1.0)  # a calibrated card: the scores are not plain sigmoids
+    expected = apply_temperature(logits, arrays.temperature, arrays.softmax_slices)
 
     whole = score_images(model, card, str(lake), shards, hashes, CONFIG, desc="whole")
     np.testing.assert_array_equal(whole.logits, logits)
