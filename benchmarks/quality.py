@@ -119,6 +119,7 @@ SCREEN = {
     "softmax cw sqrt, lr 2e-3": dict(head="softmax", class_weight="sqrt", lr=2e-3),
     "softmax cw sqrt lr 1e-3, flip TTA": dict(head="softmax", class_weight="sqrt", lr=1e-3, tta="flip"),
     "softmax cw sqrt lr 1e-3, 128 px": dict(head="softmax", class_weight="sqrt", lr=1e-3, image_size=128),
+    "softmax, lr 2e-3": dict(head="softmax", class_weight="none", lr=2e-3),
 }
 
 

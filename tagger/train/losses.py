@@ -194,11 +194,15 @@ def _softmax_term(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     if not bool(rows.any()):
         return z.sum() * 0.0, z.new_zeros(())
     y = targets[rows][:, sl].argmax(dim=1)
-    weight = None if class_weight is None else class_weight[sl].to(device=z.device, dtype=torch.float32)
-    total = F.cross_entropy(z[rows], y, weight=weight, label_smoothing=label_smoothing,
-                            reduction="sum")
-    count = weight[y].sum() if weight is not None else z.new_tensor(float(len(y)))
-    return total, count
+    per_row = F.cross_entropy(z[rows], y, label_smoothing=label_smoothing, reduction="none")
+    if class_weight is None:
+        return per_row.sum(), z.new_tensor(float(len(y)))
+    # Each row weighs as its label's class weight, its smoothing included. torch's own
+    # `weight=` also weights the smoothing term of every value by that value's weight, which
+    # pulls every row toward the rarest values: with a handful of rows a value's weight is
+    # ~100x the head value's, and the head value lost all its recall on the real catalog.
+    w = class_weight[sl].to(device=z.device, dtype=torch.float32)[y]
+    return (w * per_row).sum(), w.sum()
 
 
 def masked_softmax_cross_entropy(
@@ -213,9 +217,10 @@ def masked_softmax_cross_entropy(
     """Cross-entropy of one `single` attribute's outputs `sl` as one softmax, over the rows
     where it is known with exactly one value (unknown and not-applicable rows add nothing).
 
-    With class_weight (per output, [K]) it is torch's weighted mean: sum_i w_yi * loss_i /
-    sum_i w_yi; label smoothing as torch.nn.functional.cross_entropy defines it. 0 (still
-    part of the graph) when no row is known."""
+    With class_weight (per output, [K]) it is the mean weighted by each row's label:
+    sum_i w_yi * loss_i / sum_i w_yi, where loss_i is the row's cross-entropy with label
+    smoothing as torch.nn.functional.cross_entropy defines it (unweighted within the row).
+    0 (still part of the graph) when no row is known."""
     total, count = _softmax_term(logits, targets, mask, sl, class_weight, label_smoothing)
     return total / count if bool(count > 0) else total
 

@@ -201,6 +201,24 @@ def test_multitask_loss_label_smoothing():
     assert loss.item() == pytest.approx(hand, rel=1e-6)
 
 
+def test_class_weights_weight_rows_not_the_smoothing_of_each_value():
+    from tagger.train.losses import masked_multitask_loss
+
+    eps = 0.3
+    w = torch.tensor([2.0, 0.5, 50.0, 9.0])  # value 2 (no known row) is rare: weight 50
+
+    def smoothed(z, y):
+        log_p = [zi - math.log(sum(math.exp(v) for v in z)) for zi in z]
+        return -(1 - eps) * log_p[y] - eps / 3 * sum(log_p)
+
+    # Row 0 (label 0) weighs 2, row 1 (label 1) weighs 0.5; value 2's weight plays no part,
+    # so a rare value cannot pull the smoothing of every row toward itself.
+    hand = (2 * smoothed([1, 0, 0], 0) + 0.5 * smoothed([0, 2, 0], 1)) / 2.5 + BCE_MEAN
+    loss = masked_multitask_loss(MT_LOGITS, MT_TARGETS, MT_MASK, [SINGLE], class_weight=w,
+                                 label_smoothing=eps)
+    assert loss.item() == pytest.approx(hand, rel=1e-6)
+
+
 def test_multitask_loss_attribute_weights_scale_each_term():
     from tagger.train.losses import masked_multitask_loss
 
