@@ -230,29 +230,25 @@ class S3Storage(Storage):
         with self.translate_errors("delete", path):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(path))
 
-    def info(self, path: str) -> FileInfo | None:
+    def _head(self, path: str) -> dict | None:
+        """The object's HEAD response; None when there is no such object."""
         from botocore.exceptions import ClientError
 
         with self.translate_errors("HEAD", path):
             try:
-                head = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+                return self.client.head_object(Bucket=self.bucket, Key=self._key(path))
             except ClientError as e:
                 if _code(e) in _NOT_FOUND:
                     return None
                 raise
-        return FileInfo(head["ContentLength"], head["LastModified"])
+
+    def info(self, path: str) -> FileInfo | None:
+        head = self._head(path)
+        return None if head is None else FileInfo(head["ContentLength"], head["LastModified"])
 
     def version(self, path: str) -> str | None:
-        from botocore.exceptions import ClientError
-
-        with self.translate_errors("HEAD", path):
-            try:
-                head = self.client.head_object(Bucket=self.bucket, Key=self._key(path))
-            except ClientError as e:
-                if _code(e) in _NOT_FOUND:
-                    return None
-                raise
-        return head["ETag"].strip('"')
+        head = self._head(path)
+        return None if head is None else head["ETag"].strip('"')
 
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:

@@ -33,10 +33,8 @@ K = 12
 
 
 @pytest.fixture(autouse=True)
-def onnx_cache(tmp_path, monkeypatch):
-    """Exports of these tests go to a private cache, not ~/.cache."""
-    monkeypatch.setenv("TAGGER_ONNX_CACHE", str(tmp_path / "onnx-cache"))
-    return tmp_path / "onnx-cache"
+def _private_onnx_cache(onnx_cache):
+    """Every export of these tests goes to the private cache (tests/model/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
