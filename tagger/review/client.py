@@ -6,7 +6,7 @@ its own pydantic and httpx ranges that this project would then have to follow.
 
 Where and who come from the environment only, never a config file: LABEL_STUDIO_URL and
 LABEL_STUDIO_API_KEY. The key is either a personal access token (a JWT refresh token, what
-Account & Settings hands out today: exchanged at /api/token/refresh for a short-lived access
+Account & Settings hands out today: exchanged at /api/token/refresh/ for a short-lived access
 token, again whenever that expires) or a legacy token (sent as `Token <key>`; Label Studio
 refuses those unless the organisation enabled legacy tokens).
 
@@ -70,7 +70,7 @@ class LabelStudio:
         if not _is_jwt(self.key):
             return f"Token {self.key}"
         if self._access is None or refresh:
-            r = self._send("POST", "/api/token/refresh", json={"refresh": self.key}, auth=None)
+            r = self._send("POST", "/api/token/refresh/", json={"refresh": self.key}, auth=None)
             self._access = r.json()["access"]
         return f"Bearer {self._access}"
 
@@ -83,10 +83,12 @@ class LabelStudio:
                 f"Label Studio at {self.url} cannot be reached ({type(e).__name__}: "
                 f"{_one_line(e, 120)}): is it running, and is {URL_ENV} right?") from None
         if r.status_code in (401, 403):
-            raise ReviewRefused(
-                f"Label Studio at {self.url} refused the token in {KEY_ENV} (HTTP {r.status_code}: "
-                f"{_one_line(_detail(r), 160)}): use a personal access token from Account & "
-                "Settings (or a legacy token where the organisation allows them).")
+            detail = _one_line(_detail(r), 160)
+            fix = ("enable legacy tokens (Organization -> Access Token Settings) or use a personal "
+                   "access token" if "legacy" in detail else
+                   "use a personal access token from Account & Settings")
+            raise ReviewRefused(f"Label Studio at {self.url} refused the token in {KEY_ENV} "
+                                f"(HTTP {r.status_code}: {detail}): {fix}.")
         if r.status_code >= 400:
             raise ReviewRefused(f"Label Studio {method} {path} answered HTTP {r.status_code}: "
                                 f"{_one_line(_detail(r))}")

@@ -80,7 +80,7 @@ def find_label_issues(lake: str, *, model_version: str | None = None, config: Ta
                          "train a new version on it first (tagger train).")
     held = held_out_rows(data, card.config, card.data.snapshot, card.version)
     rows = np.concatenate(list(held.values()))
-    split_of = np.concatenate([[name] * len(r) for name, r in held.items()])
+    split_of = [name for name, r in held.items() for _ in r]
     run_id = run_id or f"issues-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     scorer = ImageScorer(model, card, config or TagConfig())
     scores = scorer.score(lake, [data.shards[i] for i in rows], [data.hashes[i] for i in rows],
@@ -92,7 +92,7 @@ def find_label_issues(lake: str, *, model_version: str | None = None, config: Ta
         product_id=[data.product_ids[rows[i.row]] for i in issues],
         attribute=[i.attribute for i in issues], given=[list(i.given) for i in issues],
         suggested=[list(i.suggested) for i in issues], score=[i.score for i in issues],
-        split=[str(split_of[i.row]) for i in issues], model_version=[card.version] * len(issues),
+        split=[split_of[i.row] for i in issues], model_version=[card.version] * len(issues),
         run_id=[run_id] * len(issues), found_at=[now] * len(issues)), schema=LABEL_ISSUES)
     with lake_lock(storage, "catalog", owner=run_id):
         write_table(storage, LABEL_ISSUES_PATH, table)

@@ -115,3 +115,31 @@ def test_five_percent_flipped_colours_are_found_among_the_held_out_products(tmp_
     assert precision >= 0.7 and recall >= 0.7
     flips = {r["product_id"]: r for r in table if r["product_id"] in checkable and r["attribute"] == "colour"}
     assert all(r["suggested"] != r["given"] and r["split"] in ("validation", "test") for r in flips.values())
+
+
+def test_a_lake_whose_labels_changed_since_training_is_refused_with_the_remedy(trained_lake, caplog):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from catalog_schemas.tables import CORRECTIONS
+    from tagger.cli import main
+    from tagger.corrections import write_corrections
+    from tagger.io.storage import open_storage
+    from tagger.lake import LABEL_ISSUES_PATH, read_products
+
+    lake, version = trained_lake
+    storage = open_storage(str(lake))
+    first = read_products(storage).to_pylist()[0]
+    colour = dict(first["labels"]).get("colour", [None])[0]
+    write_corrections(storage, pa.Table.from_pylist([dict(
+        product_id=first["product_id"], attribute="colour", values=["white" if colour != "white" else "red"],
+        shown=[], shown_scores=[],
+        model_version=None, reviewer="r", reviewed_at=datetime.now(timezone.utc), task="1/1",
+        reason="label_issue", pull_run_id="p")], schema=CORRECTIONS))
+    assert main(["label-issues", "--lake", str(lake), "--model", version]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert f"Model {version} was trained on another snapshot" in errors[0]
+    assert "Train a new version (tagger train)" in errors[0]
+    assert not storage.exists(LABEL_ISSUES_PATH)

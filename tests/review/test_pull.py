@@ -234,3 +234,22 @@ def test_the_labelling_config_has_one_choice_group_per_attribute():
         {"name": "fit", "kind": "single", "values": ['6" <slim> & "wide"', "x"]}]})
     assert [v.get("value") for v in ET.fromstring(label_config(odd)).iter("Choice")] == [
         '6" <slim> & "wide"', "x"]
+
+
+def test_a_label_issue_task_shows_the_catalog_label_and_the_suggestion():
+    from catalog_schemas.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy(DEMO_TAXONOMY)
+    product = dict(product_id="P7", category="tops", image_hash="h7")
+    rows = [dict(product_id="P7", attribute="colour", value="green", score=None, source="curated",
+                 needs_review=False, model_version="m2"),
+            dict(product_id="P7", attribute="pattern", value="solid", score=0.8, source="model",
+                 needs_review=False, model_version="m2")]
+    issue = [dict(product_id="P7", attribute="colour", given=["green"], suggested=["blue"])]
+    task = build_task(taxonomy, product, "label_issue", rows, issue, "https://img.example/p7.jpg")
+    data = task["data"]
+    assert data["about"] == "P7 (tops): label probably wrong (colour: catalog says green, model suggests blue)"
+    assert data["shown"] == {"colour": ["green"], "pattern": ["solid"]}
+    assert data["shown_scores"] == {"colour": [None], "pattern": [0.8]}
+    assert (data["reason"], data["model_version"], data["image"]) == ("label_issue", "m2", "https://img.example/p7.jpg")
+    assert task["predictions"][0]["score"] == 0.8 and task["predictions"][0]["model_version"] == "m2"
