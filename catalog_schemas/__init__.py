@@ -1,7 +1,16 @@
 """What the data looks like: table schemas and the taxonomy format. Imports nothing of ours."""
 
 from catalog_schemas.card import CARD_FORMAT, CardError, ModelCard, parse_card
-from catalog_schemas.tables import IMAGES, PRODUCTS, REJECTS, TAG_HISTORY, TAG_LATEST, TAG_STATE
+from catalog_schemas.tables import (
+    CORRECTIONS,
+    IMAGES,
+    LABEL_ISSUES,
+    PRODUCTS,
+    REJECTS,
+    TAG_HISTORY,
+    TAG_LATEST,
+    TAG_STATE,
+)
 from catalog_schemas.taxonomy import (
     Attribute,
     CatalogMapping,
@@ -13,7 +22,8 @@ from catalog_schemas.taxonomy import (
 
 __all__ = [
     "CARD_FORMAT", "CardError", "ModelCard", "parse_card",
-    "IMAGES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST", "TAG_STATE",
+    "CORRECTIONS", "IMAGES", "LABEL_ISSUES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST",
+    "TAG_STATE",
     "Attribute", "CatalogMapping", "Taxonomy", "TaxonomyError", "load_taxonomy",
     "shipped_taxonomy",
 ]

@@ -63,7 +63,9 @@ _TAG_COLUMNS = (
     ("attribute", pa.string(), False, "Attribute name, as in the taxonomy."),
     ("value", pa.string(), False, "Attribute value, as in the taxonomy."),
     ("score", pa.float32(), True, "Model score in [0, 1]; null for curated labels."),
-    ("source", pa.string(), False, "model: predicted; curated: the catalog's own label."),
+    ("source", pa.string(), False,
+     "model: predicted; curated: the catalog's own label; reviewed: a reviewer's decision "
+     "(catalog/corrections), which predictions never overwrite."),
     ("image_hash", pa.string(), False, "Image the tag was computed from."),
     ("needs_review", pa.bool_(), False,
      "True: the score is below the value's auto-publish threshold (models trained with a "
@@ -96,4 +98,45 @@ TAG_STATE = _schema(
     ("product_updated_at", UTC_TS, False, "updated_at of the product row that was tagged."),
     ("model_version", pa.string(), False, "Model version that tagged the product."),
     ("run_id", pa.string(), False, "Tag run that last tagged the product."),
+)
+
+CORRECTIONS = _schema(
+    "corrections",
+    "Reviewers' decisions from the review tool (tagger review pull): curated labels, one row "
+    "per product and attribute, the latest decision. A correction wins over the export's own "
+    "label unless the product's row changed (new labels or a new image) after the review.",
+    ("product_id", pa.string(), False, "Product id."),
+    ("attribute", pa.string(), False, "Attribute name, as in the taxonomy."),
+    ("values", pa.list_(pa.string()), False,
+     "The values the reviewer chose (taxonomy names; [] for a multi attribute: none of them)."),
+    ("shown", pa.list_(pa.string()), False,
+     "The values the reviewer was shown as the proposal (the model's tags or the curated label)."),
+    ("shown_scores", pa.list_(pa.float32()), False,
+     "Model score of each shown value, in the order of `shown` (NaN where it was a curated label)."),
+    ("model_version", pa.string(), True, "Model version whose tags were shown; null if none."),
+    ("reviewer", pa.string(), False, "Who decided (the review tool's user e-mail or id)."),
+    ("reviewed_at", UTC_TS, False, "When the decision was last changed in the review tool."),
+    ("task", pa.string(), False, "Review tool task id (Label Studio: project/task)."),
+    ("reason", pa.string(), False,
+     "Why the product was sent: needs_review, sample (auto-published), label_issue."),
+    ("pull_run_id", pa.string(), False, "Pull run that wrote the row."),
+)
+
+LABEL_ISSUES = _schema(
+    "label_issues",
+    "Curated labels that are probably wrong (cleanlab on out-of-sample model scores), "
+    "replaced by every tagger label-issues run; the lowest score first.",
+    ("product_id", pa.string(), False, "Product id."),
+    ("attribute", pa.string(), False, "Attribute name, as in the taxonomy."),
+    ("given", pa.list_(pa.string()), False, "The curated label as the catalog (or a correction) has it."),
+    ("suggested", pa.list_(pa.string()), False,
+     "What the model's out-of-sample scores suggest instead (single: the top value; multi: "
+     "the values over their decision threshold)."),
+    ("score", pa.float32(), False,
+     "cleanlab label quality in [0, 1]: the lower, the likelier the given label is wrong."),
+    ("split", pa.string(), False,
+     "Held-out split of the model the scores come from (validation or test): never trained on."),
+    ("model_version", pa.string(), False, "Model version that scored the product."),
+    ("run_id", pa.string(), False, "label-issues run that found the row."),
+    ("found_at", UTC_TS, False, "When the run found it."),
 )

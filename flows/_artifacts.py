@@ -114,3 +114,24 @@ def publish_ingest(result: dict) -> None:
                              description=f"Ingest run {result['run_id']}")
     create_table_artifact([dict(reason=r, rows=n) for r, n in result["reject_reasons"].items()],
                           key="ingest-rejects", description=f"Rejected rows by reason, {result['run_id']}")
+
+
+def publish_review_push(result: dict) -> None:
+    """What a review push added to Label Studio (markdown, key review-push)."""
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(result["per_reason"].items())) or "none"
+    md = (f"# Review push\n\n**{result['added']} tasks added** to [{result['project_url']}]"
+          f"({result['project_url']}) ({reasons}); {result['already_there']} products already had "
+          f"a task for their image; {result['candidates']} products to review in all.\n")
+    create_markdown_artifact(md, key="review-push", description="Tasks added to Label Studio")
+
+
+def publish_review_pull(result: dict, report: str) -> None:
+    """Accuracy from feedback (markdown review-feedback, table review-accuracy) and what the
+    pull wrote."""
+    skipped = "".join(f"- skipped {line}\n" for line in result["skipped"])
+    md = (f"# Review pull {result['run_id']}\n\n{result['annotated']} of {result['tasks']} tasks "
+          f"annotated; {result['corrections']} corrections ({result['changed']} new or changed), "
+          f"{result['reviewed_tags']} reviewed tags in tags/latest.\n\n{skipped}\n" + report)
+    create_markdown_artifact(md, key="review-feedback", description="Accuracy from feedback")
+    create_table_artifact(result["feedback"]["per_value"], key="review-accuracy",
+                          description="Share of reviewed model tags the reviewers kept, per value")

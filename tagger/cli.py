@@ -95,6 +95,29 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_label_issues(args) -> int:
+    config = config_from_args(TagConfig, args)
+    from tagger.review.issues import find_label_issues
+
+    _print_json(find_label_issues(args.lake, model_version=args.model, config=config).to_dict())
+    return 0
+
+
+def cmd_review_push(args) -> int:
+    from tagger.review.push import push_reviews
+
+    _print_json(push_reviews(args.lake, label_issues=args.label_issues, sample=args.sample,
+                             seed=args.seed, limit=args.limit).to_dict())
+    return 0
+
+
+def cmd_review_pull(args) -> int:
+    from tagger.review.pull import pull_reviews
+
+    _print_json(pull_reviews(args.lake).to_dict())
+    return 0
+
+
 def cmd_convert_weights(args) -> int:
     from tagger.model.weights import convert_weights
 
@@ -189,6 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lake", required=True)
     r.add_argument("--reason", default="", help="why, for the promotion history")
     r.set_defaults(func=cmd_promote)
+
+    li = sub.add_parser("label-issues", help="curated labels that are probably wrong (cleanlab on "
+                        "the model's held-out products) -> catalog/label_issues/")
+    li.add_argument("--lake", required=True)
+    li.add_argument("--model", help="model version (default: the lake's production version)")
+    add_config_flags(li, TagConfig)
+    li.set_defaults(func=cmd_label_issues)
+
+    rv = sub.add_parser("review", help="the review loop in Label Studio (LABEL_STUDIO_URL, "
+                        "LABEL_STUDIO_API_KEY from the environment)")
+    rsub = rv.add_subparsers(dest="review_command", required=True)
+    rp = rsub.add_parser("push", help="needs-review products (and more) as Label Studio tasks")
+    rp.add_argument("--lake", required=True)
+    rp.add_argument("--label-issues", action="store_true",
+                    help="also the products of catalog/label_issues/ (tagger label-issues)")
+    rp.add_argument("--sample", type=int, default=0,
+                    help="also this many random products whose tags were all auto-published")
+    rp.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    rp.add_argument("--limit", type=int, default=None, help="add at most this many new tasks")
+    rp.set_defaults(func=cmd_review_push)
+    rl = rsub.add_parser("pull", help="submitted annotations -> catalog/corrections/, reviewed "
+                         "tags in tags/latest, the feedback report")
+    rl.add_argument("--lake", required=True)
+    rl.set_defaults(func=cmd_review_pull)
 
     w = sub.add_parser("convert-weights",
                        help="map a third-party ImageNet checkpoint onto a backbone (for --weights)")

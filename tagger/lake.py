@@ -9,6 +9,8 @@ One root URI (a local folder or `s3://bucket/prefix`, see tagger.io.storage) hol
 | catalog/rejects/rejects.parquet          | the latest run's rejected rows        | ingest      |
 | catalog/rejects/run_date=YYYY-MM-DD/<run>.parquet | every run's rejects, append-only | ingest     |
 | catalog/taxonomy.json                    | the taxonomy of the last ingest       | ingest      |
+| catalog/corrections/corrections.parquet  | reviewers' decisions (CORRECTIONS)    | review pull |
+| catalog/label_issues/issues.parquet      | probably wrong labels (LABEL_ISSUES)  | label-issues |
 | models/<version>/card.json, model.safetensors, report.md | model versions        | train       |
 | models/production.json                                 | production pointer    | promote, train (gate) |
 | models/production-history/<seq>.json                   | one file per promotion | promote, train (gate) |
@@ -52,6 +54,8 @@ HISTORY_PREFIX = "tags/history"
 LATEST_PATH = "tags/latest/tags.parquet"
 STATE_PATH = "tags/state/tagged.parquet"
 REJECTS_PREFIX = "catalog/rejects"
+CORRECTIONS_PATH = "catalog/corrections/corrections.parquet"
+LABEL_ISSUES_PATH = "catalog/label_issues/issues.parquet"
 RELEASED_PATH = "catalog/images/.released.json"  # when each unreferenced shard was let go
 
 # What an operator runs when a lake file is damaged (named in every CorruptTable).
@@ -59,6 +63,11 @@ REBUILD_CATALOG = ("Rebuild the catalog tables from the export and the stored im
                    "tagger ingest CATALOG --taxonomy FILE --lake {lake} --rebuild "
                    "(docs/operations.md#a-damaged-table).")
 register_remedy("catalog/", REBUILD_CATALOG)
+register_remedy("catalog/corrections/", "Restore it from a backup, or delete it and pull every "
+                "decision again from the review tool: tagger review pull --lake {lake} "
+                "(docs/review.md).")
+register_remedy("catalog/label_issues/", "Delete it and find them again: tagger label-issues "
+                "--lake {lake} (docs/review.md).")
 register_remedy("tags/", "Delete it and re-tag every product: tagger tag --lake {lake} --full "
                 "(docs/operations.md#a-damaged-table).")
 register_remedy(HISTORY_PREFIX + "/", "Delete it: that run's rows leave the history, tags/latest "

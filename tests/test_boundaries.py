@@ -56,11 +56,11 @@ FLOORS = {
     "tagger.config": 1, "tagger.labels": 1,
     "tagger.io": 2,
     "tagger.lake": 3,
-    "tagger.data": 4, "tagger.quality": 4,
+    "tagger.data": 4, "tagger.quality": 4, "tagger.corrections": 4,
     "tagger.ingest": 5,
     "tagger.model": 6,
     "tagger.train": 7, "tagger.tag": 7,
-    "tagger.demo": 8, "tagger.ops": 8,
+    "tagger.demo": 8, "tagger.ops": 8, "tagger.review": 8,
     "tagger.cli": 9, "tagger": 9,
 }
 

@@ -164,6 +164,11 @@ class Storage(ABC):
         what a kernel lock (flock) needs."""
         return None
 
+    def presigned_url(self, path: str, expires_s: int) -> str | None:
+        """A URL anyone holding it may GET the file from for `expires_s` seconds (S3), or
+        None where the storage has no such URL (a local folder): what a review tool shows."""
+        return None
+
     def delete_prefix(self, prefix: str) -> int:
         paths = self.list(prefix)
         for p in paths:

@@ -250,6 +250,13 @@ class S3Storage(Storage):
         head = self._head(path)
         return None if head is None else head["ETag"].strip('"')
 
+    def presigned_url(self, path: str, expires_s: int) -> str | None:
+        # Signed locally with the run's credentials: no request, nothing to retry.
+        with self.translate_errors("presign", path):
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(path)},
+                ExpiresIn=expires_s)
+
     @contextmanager
     def local_copy(self, path: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:

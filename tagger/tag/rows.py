@@ -1,7 +1,8 @@
 """Scores -> tag rows: what a tag run emits for each product, and the run's history table.
 
 Curated labels always win: for an attribute the catalog labels, the rows are the curated
-values (source='curated'), never predictions. Elsewhere the rows are the model's decisions
+values (source='curated'), never predictions; a reviewer's correction is a curated label too
+(source='reviewed', tagger.corrections). Elsewhere the rows are the model's decisions
 for the attributes that apply to the product's category. Rows are plain column lists while
 a run scores (they travel between processes in a sharded run) and become one table, in
 TAG_ORDER whatever the sharding, when the run commits.
@@ -38,9 +39,15 @@ def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarra
     """Column lists (ROW_COLUMNS) of tag rows: curated values where the catalog labels an
     attribute, else the model's decisions for attributes that apply to the product's
     category; a decision below its auto-publish threshold needs review. `argmax_slices`: a
-    softmax card's (CardArrays.softmax_slices), decided as their argmax value or none."""
+    softmax card's (CardArrays.softmax_slices), decided as their argmax value or none. A
+    product's optional `reviewed` (attribute names) marks its labels that are corrections."""
     categories = [p["category"] for p in products]
     targets, curated = encode_labels(taxonomy, [dict(p["labels"]) for p in products], categories)
+    reviewed = np.zeros_like(curated)
+    for r, p in enumerate(products):
+        for attribute in p.get("reviewed", ()):
+            if attribute in taxonomy.slices:
+                reviewed[r, taxonomy.slices[attribute]] = True
     decisions = compute_decisions(scores, thresholds, list(single_slices(taxonomy).values()),
                                   argmax_slices=argmax_slices)
     predicted = decisions & applicable_mask(taxonomy, categories) & ~curated
@@ -54,7 +61,8 @@ def compute_tag_rows(taxonomy: Taxonomy, products: list[dict], scores: np.ndarra
         attribute=[outputs[c][0] for c in cols],
         value=[outputs[c][1] for c in cols],
         score=[float(scores[r, c]) if m else None for r, c, m in zip(rows, cols, from_model)],
-        source=["model" if m else "curated" for m in from_model],
+        source=["model" if m else "reviewed" if reviewed[r, c] else "curated"
+                for r, c, m in zip(rows, cols, from_model)],
         image_hash=[products[r]["image_hash"] for r in rows],
         needs_review=review.tolist(),
     )

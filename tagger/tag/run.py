@@ -3,7 +3,9 @@
 A product is tagged when it is new, its image or curated labels changed since it was last
 tagged, or the model changed (all with `full`). Curated labels always win: for an
 attribute the catalog labels, the tag rows are the curated values (source='curated'),
-never predictions. `tags/state/tagged.parquet` remembers what each product was tagged
+never predictions; a reviewer's correction that wins (tagger.corrections) is emitted the
+same way as source='reviewed' (review pull writes its rows into latest at once, tag runs
+keep them). `tags/state/tagged.parquet` remembers what each product was tagged
 from, so products where every attribute abstained are not re-tagged every night. The model
 is the lake's production version unless one is named (tagger.model.production), so a
 promotion or a rollback re-tags every product on the next run; a catalog taxonomy that
@@ -32,6 +34,7 @@ import pyarrow.compute as pc
 
 from catalog_schemas.tables import TAG_LATEST
 from tagger.config import TagConfig
+from tagger.corrections import Corrections, load_corrections
 from tagger.data.dataset import order_by_shard
 from tagger.io.lock import locked
 from tagger.io.storage import Storage, open_storage, write_table
@@ -85,9 +88,10 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     if products is None:
         products = scan_products(storage, model_version, wanted=product_ids).todo
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
+    corrections = load_corrections(storage)
     rows: Rows = {k: [] for k in ROW_COLUMNS}
     for start in range(0, todo.num_rows, config.chunk_size):
-        chunk = todo.slice(start, config.chunk_size).to_pylist()  # rows of one chunk only
+        chunk = _with_corrections(todo.slice(start, config.chunk_size).to_pylist(), corrections)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                               desc=f"tag {start + len(chunk)}/{todo.num_rows}")
@@ -97,6 +101,18 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
                                      argmax_slices=arrays.softmax_slices).items():
             rows[k].extend(v)
     return rows
+
+
+def _with_corrections(products: list[dict], corrections: Corrections) -> list[dict]:
+    """Product rows whose labels include the corrections that win (tagger.corrections), with
+    the attributes they decided as `reviewed`: curated rows, never predictions."""
+    if not len(corrections):
+        return products
+    out = []
+    for p in products:
+        labels, reviewed = corrections.apply(p["product_id"], p["labels"], p["updated_at"])
+        out.append({**p, "labels": labels, "reviewed": reviewed})
+    return out
 
 
 @locked("tags")  # one tag run per lake at a time (tagger/io/lock.py)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from catalog_schemas.taxonomy import Taxonomy
+from tagger.corrections import load_corrections
 from tagger.data.dataset import ProductImages
 from tagger.data.transforms import create_transforms
 from tagger.io.storage import Storage
@@ -39,16 +40,18 @@ class TrainingData:
 
 
 def load_training_data(storage: Storage) -> TrainingData:
-    """Labelled products of the lake (sorted by id, so splits are reproducible)."""
+    """Labelled products of the lake (sorted by id, so splits are reproducible), with the
+    reviewers' corrections in where they win (tagger.corrections)."""
     taxonomy = read_lake_taxonomy(storage)
     products = read_products(storage).sort_by("product_id").to_pylist()
-    labels = [dict(p["labels"]) for p in products]
+    corrections = load_corrections(storage)
+    labels = [corrections.apply(p["product_id"], p["labels"], p["updated_at"])[0] for p in products]
     targets, mask = encode_labels(taxonomy, labels, [p["category"] for p in products])
     keep = mask.any(axis=1)
     products = [p for p, k in zip(products, keep) if k]
     digest = hashlib.sha256()
-    for p in products:
-        digest.update(f"{p['product_id']}|{p['image_hash']}|{sorted(p['labels'])}\n".encode())
+    for p, lab in zip(products, (lab for lab, k in zip(labels, keep) if k)):
+        digest.update(f"{p['product_id']}|{p['image_hash']}|{sorted(lab.items())}\n".encode())
     return TrainingData(
         taxonomy, [p["product_id"] for p in products], [p["image_shard"] for p in products],
         [p["image_hash"] for p in products], targets[keep], mask[keep], digest.hexdigest()[:16],
