@@ -245,6 +245,19 @@ class TrainConfig(_Config):
         description="Backbone weights file (local or s3://; safetensors or a timm state dict). "
         "Overrides `pretrained`. Unset: `pretrained` decides.",
     )
+    sampler: Literal["shards", "random"] = Field(
+        "shards",
+        description="Training order. shards: shard-aware shuffling (tagger/data/shuffle.py): shard "
+        "order shuffled per epoch, products shuffled within windows of `shuffle_window` shards, "
+        "ranks and loader workers on disjoint shards, so each image shard is read about once per "
+        "epoch whatever the catalog size. random: uniform random order (DistributedSampler), which "
+        "reads a whole shard per image once the shards outgrow the loader's 2 GB cache.",
+    )
+    shuffle_window: int = Field(
+        2, ge=1, le=64,
+        description="Shards a shard-aware shuffle mixes at a time per stream. 2: a loader worker "
+        "then holds about (8 / workers) x 3 shards (~1 GB at 512 px), within its 2 GB cache.",
+    )
     workers: int = Field(
         4, ge=0, le=64,
         description="DataLoader worker processes per device. 4: enough JPEG decoding to keep "
