@@ -44,6 +44,12 @@ class IngestConfig(_Config):
         description="Images per Parquet shard (~20-60 MB at 512 px): big enough for fast "
         "sequential reads, small enough to rewrite cheaply.",
     )
+    chunk_size: int = Field(
+        100_000, ge=1,
+        description="Export rows read and ingested at a time: memory holds one chunk's rows and "
+        "images, not the catalog's (tables and shards come out the same for any chunk size). "
+        "100,000: ~100 MB of rows in flight, ten chunks for a million products.",
+    )
     workers: int = Field(
         8, ge=1, le=256,
         description="Threads fetching and decoding images. 8: fetching waits on the network "

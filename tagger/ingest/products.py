@@ -5,11 +5,12 @@ lake's copy of the taxonomy."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy
@@ -22,6 +23,11 @@ from tagger.lake import IMAGES_PREFIX, PRODUCTS_PATH, RELEASED_PATH, TAXONOMY_PA
 _CONTENT = ("category", "image_hash", "labels")
 
 
+# The image_shard of a row whose new image waits in the ShardWriter for its shard to fill
+# (at the end of a chunk); filled in once every shard is written (fill_pending_shards).
+PENDING_SHARD = ""
+
+
 @dataclass
 class ProductChanges:
     """How this run's products compare with the previous table."""
@@ -30,11 +36,16 @@ class ProductChanges:
     changed: int = 0
     unchanged: int = 0
 
+    def add(self, other: ProductChanges) -> None:
+        self.new, self.changed = self.new + other.new, self.changed + other.changed
+        self.unchanged += other.unchanged
+
 
 def _record(row: CatalogRow) -> dict:
     return dict(
         product_id=row.product_id, category=row.category, image_uri=row.image_uri,
-        image_version=row.image_version, image_hash=row.image_hash, image_shard=row.image_shard,
+        image_version=row.image_version, image_hash=row.image_hash,
+        image_shard=row.image_shard or PENDING_SHARD,
         labels=sorted(row.labels.items()),
     )
 
@@ -65,18 +76,39 @@ def products_table(good: Iterable[CatalogRow], previous: dict[str, dict], run_id
     return pa.Table.from_pylist(records, schema=PRODUCTS), changes
 
 
-def keep_previous(table: pa.Table, previous: dict[str, dict], product_ids: set[str]) -> tuple[pa.Table, int]:
+def previous_rows(previous: pa.Table, product_ids: list[str]) -> dict[str, dict]:
+    """The previous table's rows of these products, by id (a chunk's worth of Python rows)."""
+    if not previous.num_rows or not product_ids:
+        return {}
+    hit = previous.filter(pc.is_in(previous["product_id"], value_set=pa.array(product_ids, pa.string())))
+    return {p["product_id"]: p for p in hit.to_pylist()}
+
+
+def fill_pending_shards(table: pa.Table, known) -> pa.Table:
+    """`table` with the shard of every PENDING_SHARD row looked up by its hash in `known`."""
+    pending = pc.equal(table["image_shard"], PENDING_SHARD)
+    if not pc.any(pending).as_py():
+        return table
+    hashes = sorted(set(table.filter(pending)["image_hash"].to_pylist()))
+    names = pa.array([known[h] for h in hashes], pa.string())
+    looked_up = pc.take(names, pc.index_in(table["image_hash"], value_set=pa.array(hashes, pa.string())))
+    shards = pc.if_else(pending, looked_up, table["image_shard"])
+    return table.set_column(table.schema.get_field_index("image_shard"), table.schema.field("image_shard"), shards)
+
+
+def keep_previous(table: pa.Table, previous: pa.Table, product_ids: set[str]) -> tuple[pa.Table, int]:
     """`table` plus the previous rows of `product_ids` (those that had one); and how many."""
-    kept = [previous[p] for p in sorted(product_ids & previous.keys())]
-    if not kept:
+    if not product_ids or not previous.num_rows:
         return table, 0
-    both = pa.concat_tables([table, pa.Table.from_pylist(kept, schema=PRODUCTS)])
-    return both.sort_by("product_id"), len(kept)
+    kept = previous.filter(pc.is_in(previous["product_id"], value_set=pa.array(sorted(product_ids), pa.string())))
+    if not kept.num_rows:
+        return table, 0
+    return pa.concat_tables([table, kept.cast(PRODUCTS)]).sort_by("product_id"), kept.num_rows
 
 
-def write_products(storage: Storage, table: pa.Table, previous: Sequence[dict]) -> bool:
+def write_products(storage: Storage, table: pa.Table, previous: pa.Table) -> bool:
     """Write the products table unless it equals the previous one; whether it was written."""
-    if table.equals(pa.Table.from_pylist(list(previous), schema=PRODUCTS)):
+    if table.equals(previous):
         return False
     write_table(storage, PRODUCTS_PATH, table)
     return True

@@ -46,30 +46,48 @@ def _image_ref(rec: dict, m: CatalogMapping) -> str:
     return str(ref)
 
 
+class RowValidator:
+    """Validates an export read in chunks: row numbers count on across chunks, and the
+    first of two rows with one product id wins wherever they fall."""
+
+    def __init__(self, taxonomy: Taxonomy, source: ImageSource, rejects: Rejects):
+        self.taxonomy, self.source, self.rejects = taxonomy, source, rejects
+        # product id -> (its first row, a digest of its labels and image): what a later row
+        # with that id is compared with, in a few dozen bytes per product
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.offset = 0
+
+    def validate(self, df: pd.DataFrame) -> Iterator[CatalogRow]:
+        """The chunk's rows that can be ingested, in catalog order; every other row goes to
+        `rejects`."""
+        m, offset = self.taxonomy.catalog, self.offset
+        self.offset += len(df)
+        for index, rec in enumerate(df.to_dict("records"), start=offset):
+            pid = _text(rec.get(m.id))
+            if pid is None:
+                self.rejects.add(index, None, Problem("validate", "missing_id", f"column {m.id!r} is empty"))
+                continue
+            category = _text(rec.get(m.category)) if m.category else None
+            try:
+                labels = parse_labels(rec, self.taxonomy, category)
+                uri = self.source.resolve(_image_ref(rec, m))
+            except LabelError as e:
+                self.rejects.add(index, pid, Problem("validate", e.reason, e.detail))
+                continue
+            digest = hash((tuple((k, tuple(v)) for k, v in sorted(labels.items())), uri))
+            if pid in self.seen:
+                first, first_digest = self.seen[pid]
+                same = first_digest == digest
+                reason = "duplicate_id" if same else "conflicting_duplicate"
+                self.rejects.add(index, pid, Problem(
+                    "validate", reason,
+                    f"product id also on row {first}" + ("" if same else " with other labels or image")))
+                continue
+            self.seen[pid] = (index, digest)
+            yield CatalogRow(index, pid, category, labels, uri)
+
+
 def validate_rows(df: pd.DataFrame, taxonomy: Taxonomy, source: ImageSource,
                   rejects: Rejects) -> Iterator[CatalogRow]:
-    """The rows that can be ingested, in catalog order; every other row goes to `rejects`."""
-    m = taxonomy.catalog
-    seen: dict[str, tuple[int, dict, str]] = {}
-    for index, rec in enumerate(df.to_dict("records")):
-        pid = _text(rec.get(m.id))
-        if pid is None:
-            rejects.add(index, None, Problem("validate", "missing_id", f"column {m.id!r} is empty"))
-            continue
-        category = _text(rec.get(m.category)) if m.category else None
-        try:
-            labels = parse_labels(rec, taxonomy, category)
-            uri = source.resolve(_image_ref(rec, m))
-        except LabelError as e:
-            rejects.add(index, pid, Problem("validate", e.reason, e.detail))
-            continue
-        if pid in seen:
-            first, first_labels, first_uri = seen[pid]
-            same = first_labels == labels and first_uri == uri
-            reason = "duplicate_id" if same else "conflicting_duplicate"
-            rejects.add(index, pid, Problem(
-                "validate", reason,
-                f"product id also on row {first}" + ("" if same else " with other labels or image")))
-            continue
-        seen[pid] = (index, labels, uri)
-        yield CatalogRow(index, pid, category, labels, uri)
+    """The rows of a whole export that can be ingested (RowValidator over one chunk)."""
+    return RowValidator(taxonomy, source, rejects).validate(df)

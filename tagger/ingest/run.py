@@ -6,6 +6,12 @@ whose content did not change is not rewritten. Bad rows become reject rows with 
 and a reason; the run goes on. Problems with the catalog as a whole (unreadable, empty,
 missing columns) are a CatalogError before anything is written.
 
+The export is streamed a chunk of rows at a time (IngestConfig.chunk_size): each chunk is
+validated, its changed images fetched and written to shards, and its products rows built
+(Arrow, a few hundred bytes per product) before the next is read; the shards, rejects and
+products tables come out the same for any chunk size. The tables are written once, at the
+end, so the guards hold as before: nothing is committed when too many rows were rejected.
+
 The steps, each in its own module: export (read and check the export), rows (validate
 each row), source (where images come from), shards (fetch, normalise, write shards),
 rejects and products (the tables written at the end).
@@ -13,29 +19,35 @@ rejects and products (the tables written at the end).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
-from tagger.ingest.export import CatalogError, check_columns, read_catalog
+from tagger.ingest.export import CatalogError, check_columns, read_catalog_chunks
 from tagger.ingest.products import (
+    ProductChanges,
+    fill_pending_shards,
     keep_previous,
+    previous_rows,
     products_table,
     write_products,
     write_released,
     write_taxonomy,
 )
 from tagger.ingest.rejects import Rejects, write_rejects
-from tagger.ingest.rows import CatalogRow, validate_rows
-from tagger.ingest.shards import ShardWriter, fetch_and_store, read_stored_hashes
+from tagger.ingest.rows import CatalogRow, RowValidator
+from tagger.ingest.shards import KnownImages, ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
 from tagger.io.lock import lake_lock
 from tagger.io.parquet import read_table_or_empty
@@ -82,13 +94,9 @@ class _Run:
     rejects: Rejects
     result: IngestResult
     now: datetime  # the time stamp of every row this run writes
-    previous: list[dict]  # the products table before this run, as rows
+    previous: pa.Table  # the products table before this run (PRODUCTS)
     new_shards: list[str] = field(default_factory=list)  # written by this run (ShardWriter.created)
     referenced: set[str] = field(default_factory=set)  # the shards the products table names now
-
-    @cached_property
-    def previous_by_id(self) -> dict[str, dict]:
-        return {p["product_id"]: p for p in self.previous}
 
 
 def ingest_catalog(
@@ -108,16 +116,17 @@ def ingest_catalog(
     result = IngestResult(run_id=run_id, catalog=str(catalog), lake=storage.uri)
     now = datetime.now(timezone.utc)
 
-    df = read_catalog(str(catalog))
-    check_columns(df, taxonomy, str(catalog))
+    chunks = read_catalog_chunks(str(catalog), config.chunk_size)
+    first = next(chunks)
+    check_columns(first, taxonomy, str(catalog))
     # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
     with lake_lock(storage, "catalog", owner=run_id):
         # A rebuild starts from no products table: the old one may be damaged (or lost).
-        previous = [] if config.rebuild else read_table_or_empty(storage, PRODUCTS_PATH, PRODUCTS).to_pylist()
+        previous = PRODUCTS.empty_table() if config.rebuild else read_table_or_empty(storage, PRODUCTS_PATH, PRODUCTS)
         run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
                    Rejects(run_id, str(catalog), now), result, now, previous)
         try:
-            _ingest_rows(run, df)
+            _ingest_rows(run, itertools.chain([first], chunks))
         except BaseException:  # a full disk, a refused write, SIGTERM: leave nothing half-done
             _remove_new_shards(run)
             raise
@@ -130,15 +139,40 @@ def ingest_catalog(
     return result
 
 
-def _ingest_rows(run: _Run, df: pd.DataFrame) -> None:
-    """The run under the lake's lock: rows, images, then the tables."""
-    run.result.rows = len(df)
-    rows = list(validate_rows(df, run.taxonomy, run.source, run.rejects))
-    _store_images(run, _reuse_unchanged(run, rows))
+def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
+    """The run under the lake's lock: each chunk's rows and images, then the tables. The
+    shard writer runs across chunks, so the shards are those of one chunk."""
+    writer = ShardWriter(run.storage, _known_images(run), run.config.shard_size)
+    run.new_shards = writer.created  # the same list: what to remove if the run fails midway
+    validator = RowValidator(run.taxonomy, run.source, run.rejects)
+    parts, changes = [], ProductChanges()
+    for df in chunks:
+        run.result.rows += len(df)
+        rows = list(validator.validate(df))
+        previous = previous_rows(run.previous, [r.product_id for r in rows])
+        to_fetch = _reuse_unchanged(run, rows, previous)
+        run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
+                                                     run.rejects, final=False)
+        good = sorted((r for r in rows if r.index not in run.rejects.row_numbers), key=lambda r: r.product_id)
+        table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
+        parts.append(table)
+        changes.add(chunk_changes)
+    writer.flush(final=True)
+    run.result.images_stored += writer.images_stored
+    run.result.shards_written.extend(writer.shards)
     _write_rejects(run)
-    _update_products(run, rows)
+    products = fill_pending_shards(pa.concat_tables(parts).sort_by("product_id"), writer.known)
+    _update_products(run, products, changes)
     write_taxonomy(run.storage, run.taxonomy)
     write_released(run.storage, run.referenced, run.now)
+
+
+def _known_images(run: _Run) -> dict[str, str] | KnownImages:
+    """The images stored already, by hash: the previous products', or on a rebuild what the
+    shards themselves hold."""
+    if run.config.rebuild:
+        return read_stored_hashes(run.storage)
+    return KnownImages(run.previous["image_hash"], run.previous["image_shard"])
 
 
 def _remove_new_shards(run: _Run) -> None:
@@ -155,10 +189,9 @@ def _remove_new_shards(run: _Run) -> None:
     log.info("removed the %d image shards of the failed run %s", len(run.new_shards), run.result.run_id)
 
 
-def _reuse_unchanged(run: _Run, rows: list[CatalogRow]) -> list[CatalogRow]:
+def _reuse_unchanged(run: _Run, rows: list[CatalogRow], previous: dict[str, dict]) -> list[CatalogRow]:
     """Cheap change check first: a row with the same image URI and source version as its
     previous product reuses that hash and shard. Returns the rows whose image must be read."""
-    previous = run.previous_by_id
     versions = read_versions(run.source, [r.image_uri for r in rows], run.config.workers)
     to_fetch = []
     for row, version in zip(rows, versions):
@@ -169,19 +202,6 @@ def _reuse_unchanged(run: _Run, rows: list[CatalogRow]) -> list[CatalogRow]:
         else:
             to_fetch.append(row)
     return to_fetch
-
-
-def _store_images(run: _Run, to_fetch: list[CatalogRow]) -> None:
-    """Fetch the changed images and write the new ones to shards."""
-    if run.config.rebuild:  # what is stored, read from the shards themselves
-        known = read_stored_hashes(run.storage)
-    else:
-        known = {p["image_hash"]: p["image_shard"] for p in run.previous}
-    writer = ShardWriter(run.storage, known, run.config.shard_size)
-    run.new_shards = writer.created  # the same list: what to remove if the run fails midway
-    run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config, run.rejects)
-    run.result.images_stored += writer.images_stored
-    run.result.shards_written.extend(writer.shards)
 
 
 def _write_rejects(run: _Run) -> None:
@@ -199,16 +219,16 @@ def _write_rejects(run: _Run) -> None:
         )
 
 
-def _update_products(run: _Run, rows: list[CatalogRow]) -> None:
-    """Diff the valid rows against the previous table and write it if it changed."""
-    result, previous = run.result, run.previous_by_id
-    good = sorted((r for r in rows if r.index not in run.rejects.row_numbers), key=lambda r: r.product_id)
-    table, changes = products_table(good, previous, result.run_id, run.now)
+def _update_products(run: _Run, table: pa.Table, changes: ProductChanges) -> None:
+    """Write the products table (the valid rows, diffed against the previous table per
+    chunk) if it changed."""
+    result, previous = run.result, run.previous
     # A product whose image could not be fetched this time (network, throttling) keeps its
     # previous row: a flaky night must not drop it and its tags.
     table, kept = keep_previous(table, previous, run.rejects.product_ids("fetch_error"))
     result.new, result.changed, result.unchanged = changes.new, changes.changed, changes.unchanged + kept
-    result.removed = len(set(previous) - set(table["product_id"].to_pylist()))
+    still = pc.is_in(previous["product_id"], value_set=table["product_id"].combine_chunks())
+    result.removed = previous.num_rows - (pc.sum(still).as_py() or 0)
     result.products = table.num_rows
-    result.products_written = write_products(run.storage, table, run.previous)
-    run.referenced = set(table["image_shard"].to_pylist())
+    result.products_written = write_products(run.storage, table, previous)
+    run.referenced = set(pc.unique(table["image_shard"]).to_pylist())
