@@ -96,7 +96,9 @@ def _merge(previous: pq.ParquetFile | None, fresh: Iterator[pa.Table], tagged_id
             gone = pc.invert(member(batch["product_id"], current))  # products no longer in the catalog
             gone_ids.append(pc.unique(batch["product_id"].filter(gone)))
             drop = pc.or_(gone, member(batch["product_id"], retagged))
-            affected.write_table(batch.filter(drop))
+            gone_or_retagged = batch.filter(drop)
+            if gone_or_retagged.num_rows:
+                affected.write_table(gone_or_retagged)
             kept = batch.filter(pc.invert(drop))
             # fresh rows up to this batch's last product (ids never overlap with kept rows)
             new = pending.upto(batch["product_id"][-1].as_py()) if batch.num_rows else None
