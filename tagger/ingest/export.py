@@ -102,11 +102,6 @@ def _chunks(storage, name: str, uri: str, suffix: str, compression: str | None,
         raise CatalogError(f"Catalog {uri} has no rows.")
 
 
-def read_catalog(uri: str) -> pd.DataFrame:
-    """The whole export as one DataFrame of Python objects (read_catalog_chunks, joined)."""
-    return pd.concat(list(read_catalog_chunks(uri)), ignore_index=True)
-
-
 def template_fields(template: str) -> list[str]:
     """The column names a `{column}` image template reads."""
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]

@@ -8,7 +8,7 @@ missing columns) are a CatalogError before anything is written.
 
 The export is streamed a chunk of rows at a time (IngestConfig.chunk_size): each chunk is
 validated, its changed images fetched and written to shards, and its products rows built
-(Arrow, a few hundred bytes per product) before the next is read; the shards, rejects and
+before the next is read; the shards, rejects and
 products tables come out the same for any chunk size. The tables are written once, at the
 end, so the guards hold as before: nothing is committed when too many rows were rejected.
 
@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -36,10 +39,10 @@ from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
 from tagger.ingest.export import CatalogError, check_columns, read_catalog_chunks
 from tagger.ingest.products import (
+    PreviousProducts,
     ProductChanges,
+    ProductRuns,
     fill_pending_shards,
-    keep_previous,
-    previous_rows,
     products_table,
     write_products,
     write_released,
@@ -50,7 +53,7 @@ from tagger.ingest.rows import CatalogRow, RowValidator
 from tagger.ingest.shards import KnownImages, ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
 from tagger.io.lock import lake_lock
-from tagger.io.parquet import read_table_or_empty
+from tagger.io.parquet import RowGroupWriter, read_table
 from tagger.io.storage import Storage, open_storage
 from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, image_shard_path
 
@@ -94,7 +97,7 @@ class _Run:
     rejects: Rejects
     result: IngestResult
     now: datetime  # the time stamp of every row this run writes
-    previous: pa.Table  # the products table before this run (PRODUCTS)
+    previous: PreviousProducts  # the products table before this run, read a batch at a time
     new_shards: list[str] = field(default_factory=list)  # written by this run (ShardWriter.created)
     referenced: set[str] = field(default_factory=set)  # the shards the products table names now
 
@@ -120,9 +123,7 @@ def ingest_catalog(
     first = next(chunks)
     check_columns(first, taxonomy, str(catalog))
     # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
-    with lake_lock(storage, "catalog", owner=run_id):
-        # A rebuild starts from no products table: the old one may be damaged (or lost).
-        previous = PRODUCTS.empty_table() if config.rebuild else read_table_or_empty(storage, PRODUCTS_PATH, PRODUCTS)
+    with lake_lock(storage, "catalog", owner=run_id), _open_previous(storage, config.rebuild) as previous:
         run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
                    Rejects(run_id, str(catalog), now), result, now, previous)
         try:
@@ -139,30 +140,51 @@ def ingest_catalog(
     return result
 
 
+@contextmanager
+def _open_previous(storage: Storage, rebuild: bool) -> Iterator[PreviousProducts]:
+    """The products table before this run, from a local copy; none on a rebuild (the old
+    one may be damaged or lost) or a first ingest. A damaged one raises the lake's
+    CorruptTable, which names the file and the rebuild."""
+    if rebuild or not storage.exists(PRODUCTS_PATH):
+        yield PreviousProducts(None)
+        return
+    with storage.local_copy(PRODUCTS_PATH) as local:
+        try:
+            previous = PreviousProducts(Path(local))
+            first = previous.batches()
+            next(first, None)  # the columns are there and can be read
+            first.close()
+        except (pa.ArrowException, KeyError, OSError):
+            read_table(storage, PRODUCTS_PATH, PRODUCTS)  # raises CorruptTable with the remedy
+            raise
+        yield previous
+
+
 def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
     """The run under the lake's lock: each chunk's rows and images, then the tables. The
     shard writer runs across chunks, so the shards are those of one chunk."""
     writer = ShardWriter(run.storage, _known_images(run), run.config.shard_size)
     run.new_shards = writer.created  # the same list: what to remove if the run fails midway
     validator = RowValidator(run.taxonomy, run.source, run.rejects)
-    parts, changes = [], ProductChanges()
-    for df in chunks:
-        run.result.rows += len(df)
-        rows = list(validator.validate(df))
-        previous = previous_rows(run.previous, [r.product_id for r in rows])
-        to_fetch = _reuse_unchanged(run, rows, previous)
-        run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
-                                                     run.rejects, final=False)
-        good = sorted((r for r in rows if r.index not in run.rejects.row_numbers), key=lambda r: r.product_id)
-        table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
-        parts.append(table)
-        changes.add(chunk_changes)
-    writer.flush(final=True)
-    run.result.images_stored += writer.images_stored
-    run.result.shards_written.extend(writer.shards)
-    _write_rejects(run)
-    products = fill_pending_shards(pa.concat_tables(parts).sort_by("product_id"), writer.known)
-    _update_products(run, products, changes)
+    changes = ProductChanges()
+    with tempfile.TemporaryDirectory(prefix="tagger-ingest-") as tmp:
+        runs = ProductRuns(Path(tmp))
+        for df in chunks:
+            run.result.rows += len(df)
+            rows = list(validator.validate(df))
+            previous = run.previous.by_id(r.product_id for r in rows)
+            to_fetch = _reuse_unchanged(run, rows, previous)
+            run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
+                                                         run.rejects, final=False)
+            good = [r for r in rows if r.index not in run.rejects.row_numbers]
+            table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
+            runs.add(table)
+            changes.add(chunk_changes)
+        writer.flush(final=True)
+        run.result.images_stored += writer.images_stored
+        run.result.shards_written.extend(writer.shards)
+        _write_rejects(run)
+        _update_products(run, runs, changes, writer.known, Path(tmp) / "products.parquet")
     write_taxonomy(run.storage, run.taxonomy)
     write_released(run.storage, run.referenced, run.now)
 
@@ -172,7 +194,7 @@ def _known_images(run: _Run) -> dict[str, str] | KnownImages:
     shards themselves hold."""
     if run.config.rebuild:
         return read_stored_hashes(run.storage)
-    return KnownImages(run.previous["image_hash"], run.previous["image_shard"])
+    return run.previous.known_images()
 
 
 def _remove_new_shards(run: _Run) -> None:
@@ -219,16 +241,24 @@ def _write_rejects(run: _Run) -> None:
         )
 
 
-def _update_products(run: _Run, table: pa.Table, changes: ProductChanges) -> None:
-    """Write the products table (the valid rows, diffed against the previous table per
-    chunk) if it changed."""
+def _update_products(run: _Run, runs: ProductRuns, changes: ProductChanges, known,
+                     local: Path) -> None:
+    """Merge the chunks' products into one table (sorted by id) and upload it if it changed."""
     result, previous = run.result, run.previous
     # A product whose image could not be fetched this time (network, throttling) keeps its
     # previous row: a flaky night must not drop it and its tags.
-    table, kept = keep_previous(table, previous, run.rejects.product_ids("fetch_error"))
-    result.new, result.changed, result.unchanged = changes.new, changes.changed, changes.unchanged + kept
-    still = pc.is_in(previous["product_id"], value_set=table["product_id"].combine_chunks())
-    result.removed = previous.num_rows - (pc.sum(still).as_py() or 0)
-    result.products = table.num_rows
-    result.products_written = write_products(run.storage, table, previous)
-    run.referenced = set(pc.unique(table["image_shard"]).to_pylist())
+    kept = previous.rows_of(run.rejects.product_ids("fetch_error"))
+    runs.add(kept)
+    result.new, result.changed = changes.new, changes.changed
+    result.unchanged = changes.unchanged + kept.num_rows
+    # every previous product is in the new table once, as changed, unchanged or kept
+    result.removed = previous.num_rows - changes.changed - result.unchanged
+    referenced: set[str] = set()
+    with RowGroupWriter(local, PRODUCTS) as out:
+        for batch in runs.merged():
+            batch = fill_pending_shards(batch, known)
+            referenced.update(pc.unique(batch["image_shard"]).to_pylist())
+            out.write(batch)
+    result.products = out.rows
+    result.products_written = write_products(run.storage, local, out.rows, previous)
+    run.referenced = referenced

@@ -37,6 +37,7 @@ class KnownImages:
         self._shards = pc.take(shards, order)
         if isinstance(self._hashes, pa.ChunkedArray):
             self._hashes, self._shards = self._hashes.combine_chunks(), self._shards.combine_chunks()
+        self._shards = self._shards.dictionary_encode()  # a few thousand names, a code per image
         self._added: dict[str, str] = {}
 
     def _find(self, image_hash: str) -> int | None:
