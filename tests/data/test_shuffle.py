@@ -140,7 +140,7 @@ def test_each_shard_is_read_about_once_per_epoch_from_a_lake_beyond_the_cache(tm
         ds.cache.max_bytes = int(7 * per_shard)
         seen = []
         for epoch in range(2):
-            (batch_sampler or sampler).set_epoch(epoch)
+            (batch_sampler if batch_sampler is not None else sampler).set_epoch(epoch)
             dl = loader.create_loader(ds, 8, 0, batch_sampler=batch_sampler, sampler=sampler)
             seen += [len(x) for x, _ in dl]
         assert sum(seen) == 2 * len(shards)  # every product in both epochs
