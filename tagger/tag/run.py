@@ -135,13 +135,12 @@ def tag_catalog(
     # a missing model is the first error
     version = read_card(storage, resolve_version(storage, model_version)).version
     scan = scan_products(storage, version, full=full)  # read once, for all three steps
-    plan = TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
     run = _Run.start(run_id, run_date, config, full, t0)
     # Chunks in product id order, each sorted, so their rows arrive in TAG_ORDER and are
     # streamed into the history file and the latest merge as they are scored.
     chunks = score_chunks(lake, version, in_product_order(scan.todo), run.config)
     meta = run.metadata(version)
-    return _write_tags(storage, plan, (rows_table([c], version, run.run_id, run.now, meta) for c in chunks),
+    return _write_tags(storage, version, (rows_table([c], version, run.run_id, run.now, meta) for c in chunks),
                        run, scan)
 
 
@@ -153,7 +152,9 @@ def write_tags(lake: str, plan: TagPlan, rows: list[Rows], *, full: bool = False
     run = _Run.start(run_id, run_date, config, full, time.perf_counter())
     version = plan.model_version
     table = rows_table(rows, version, run.run_id, run.now, run.metadata(version))  # shards: any order
-    return _write_tags(open_storage(lake), plan, iter([table]), run, None)
+    storage = open_storage(lake)
+    return _write_tags(storage, version, iter([table]), run,
+                       scan_products(storage, version, wanted=plan.product_ids))
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,12 @@ class _Run:
                 "config": self.config.model_dump_json()}
 
 
-def _write_tags(storage: Storage, plan: TagPlan, tables: Iterator[pa.Table], run: _Run,
-                scan: Scan | None) -> TagResult:
+def _write_tags(storage: Storage, version: str, tables: Iterator[pa.Table], run: _Run,
+                scan: Scan) -> TagResult:
     """History, then latest, then state (the order the module docstring explains). `tables`:
     the run's rows (TAG_HISTORY) in TAG_ORDER, pulled as the latest merge reaches them and
     streamed into the history file on the way, so neither table is held whole."""
-    version = plan.model_version
     result = TagResult(run.run_id, run.run_date.isoformat(), version, storage.uri)
-    scan = scan if scan is not None else scan_products(storage, version, wanted=plan.product_ids)
     tagged = scan.todo
     result.products, result.tagged = scan.products, tagged.num_rows
     result.skipped = scan.products - tagged.num_rows

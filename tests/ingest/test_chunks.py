@@ -49,7 +49,8 @@ def _export(tmp_path: Path, fmt: str) -> Path:
     path = generate_catalog(tmp_path / "export", n_products=24, seed=5, image_size=40, fmt=fmt)
     df = _read(path).sample(frac=1.0, random_state=0).reset_index(drop=True)
     same = df[df.id == "P00002"].iloc[0].to_dict()
-    other = df[df.id == "P00005"].iloc[0].to_dict() | {"colour": "red" if df[df.id == "P00005"].iloc[0]["colour"] != "red" else "blue"}
+    other = df[df.id == "P00005"].iloc[0].to_dict()
+    other["colour"] = "red" if other["colour"] != "red" else "blue"
     df = pd.concat([df, pd.DataFrame([same, other], dtype=object)], ignore_index=True)
     df.loc[df.id == "P00007", "image"] = df[df.id == "P00001"].iloc[0]["image"]
     _write(df, path)
