@@ -17,6 +17,7 @@ from catalog_schemas.tables import PRODUCTS, REJECTS
 from tagger.config import IngestConfig
 from tagger.demo.sample import generate_catalog
 from tagger.ingest import rows as ingest_rows
+from tagger.ingest import run as ingest_run
 from tagger.ingest.export import CatalogError
 from tagger.ingest.run import ingest_catalog
 from tagger.io.storage import open_storage, read_table
@@ -97,11 +98,13 @@ def test_chunks_give_the_tables_of_one_chunk(fmt, tmp_path, monkeypatch):
         assert got["shards"] == want["shards"]  # same names, same bytes
     assert len(want["shards"]) == 5  # 23 distinct images (P00007 shows P00001's) in shards of 5
 
-    # A re-ingest: a product gone, two images redrawn.
+    # A re-ingest: a product gone, two images redrawn; the previous table is streamed, never
+    # read whole (read_table is only the damaged table's error path).
     df = _read(export)
     _write(df[df.id != "P00011"], export)
     for pid, colour in (("P00012", "green"), ("P00013", "navy")):
         Image.new("RGB", (40, 40), colour).save(export.parent / "images" / f"{pid}.jpg")
+    monkeypatch.setattr(ingest_run, "read_table", lambda *a, **k: pytest.fail("read the whole products table"))
     again = {size: _counts(_ingest(export, lake, size, "night2")) for size, lake in lakes.items()}
     assert again[4] == again[1] == again[10_000]
     assert (again[1]["changed"], again[1]["removed"], again[1]["images_stored"]) == (2, 1, 2)
