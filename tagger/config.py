@@ -44,6 +44,12 @@ class IngestConfig(_Config):
         description="Images per Parquet shard (~20-60 MB at 512 px): big enough for fast "
         "sequential reads, small enough to rewrite cheaply.",
     )
+    chunk_size: int = Field(
+        100_000, ge=1,
+        description="Export rows read and ingested at a time: memory holds one chunk's rows and "
+        "images, not the catalog's (tables and shards come out the same for any chunk size). "
+        "100,000: ~100 MB of rows in flight, ten chunks for a million products.",
+    )
     workers: int = Field(
         8, ge=1, le=256,
         description="Threads fetching and decoding images. 8: fetching waits on the network "
@@ -250,6 +256,19 @@ class TrainConfig(_Config):
         None,
         description="Backbone weights file (local or s3://; safetensors or a timm state dict). "
         "Overrides `pretrained`. Unset: `pretrained` decides.",
+    )
+    sampler: Literal["shards", "random"] = Field(
+        "shards",
+        description="Training order. shards: shard-aware shuffling (tagger/data/shuffle.py): shard "
+        "order shuffled per epoch, products shuffled within windows of `shuffle_window` shards, "
+        "ranks and loader workers on disjoint shards, so each image shard is read about once per "
+        "epoch whatever the catalog size. random: uniform random order (DistributedSampler), which "
+        "reads a whole shard per image once the shards outgrow the loader's 2 GB cache.",
+    )
+    shuffle_window: int = Field(
+        2, ge=1, le=64,
+        description="Shards a shard-aware shuffle mixes at a time per stream. 2: a loader worker "
+        "then holds about (8 / workers) x 3 shards (~1 GB at 512 px), within its 2 GB cache.",
     )
     workers: int = Field(
         4, ge=0, le=64,

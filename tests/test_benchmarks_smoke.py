@@ -70,3 +70,28 @@ def test_tag_throughput_benchmark_runs(tmp_path, monkeypatch):
     assert r["speedup"] > 0 and r["of_limit"] > 0
     agree = r["vs_torch_fp32"]  # ours is ONNX Runtime or torch fp32: the same scores up to rounding
     assert agree["max_abs_diff"] < 1e-3 and agree["agree_at_0_5"] >= 0.99
+
+
+def test_train_input_benchmark_runs(capsys):
+    from benchmarks import train_input
+
+    # one stream: a window of 2 shards + the next fit in the 4-shard cache; the large lake is 3x it
+    r = train_input.main(["--per-shard", "4", "--side", "24", "--cache-shards", "4", "--factor", "3",
+                          "--image-size", "32", "--batch", "4", "--epochs", "2", "--partitions", "1"])
+    small, large = r["lakes"]["small"], r["lakes"]["large"]
+    assert (small["shards"], large["shards"], large["images"]) == (3, 12, 48)
+    for lake in (small, large):
+        for run in lake["runs"].values():
+            assert run["img_s"] > 0 and run["images"] == 2 * lake["images"]
+    assert small["runs"]["random"]["read_ratio"] == small["runs"]["shards"]["read_ratio"] == 0.5  # 2 epochs, read once
+    assert large["runs"]["shards"]["read_ratio"] <= 1.1 < large["runs"]["random"]["read_ratio"]
+    assert r["shards_large_over_small_img_s"] > 0
+    assert capsys.readouterr().out.count("\n| ") == 2
+
+
+def test_train_input_quality_comparison_runs():
+    from benchmarks import train_input
+
+    q = train_input.train_compare(epochs=1, products=40, backbone="test_efficientnet", image_size=48, batch=8)
+    for sampler in train_input.SAMPLERS:
+        assert 0 <= q[sampler]["test_mAP"] <= 1 and q[sampler]["val_mAP"] is not None

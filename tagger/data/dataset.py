@@ -29,6 +29,7 @@ class ShardCache:
         self._storage: Storage | None = None
         self._shards: OrderedDict[str, dict[str, bytes]] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        self.reads, self.bytes_read = 0, 0  # shards loaded and their image bytes (benchmarks, tests)
 
     def __getstate__(self):  # workers get the URI, not open clients or cached shards
         return {"lake": self.lake, "max_bytes": self.max_bytes}
@@ -51,10 +52,12 @@ class ShardCache:
         images = dict(zip(table["image_hash"].to_pylist(), table["data"].to_pylist()))
         self._shards[shard] = images
         self._sizes[shard] = sum(len(b) for b in images.values())
+        self.reads, self.bytes_read = self.reads + 1, self.bytes_read + self._sizes[shard]
         while len(self._shards) > 1 and sum(self._sizes.values()) > self.max_bytes:
             old, _ = self._shards.popitem(last=False)
             del self._sizes[old]
         return images
+
 
 class ProductImages(Dataset):
     """(image tensor, targets, mask) per product; (image, index) when there are no labels."""
@@ -83,6 +86,7 @@ class ProductImages(Dataset):
         if self.targets is None:
             return x, i
         return x, torch.from_numpy(self.targets[i]), torch.from_numpy(self.mask[i])
+
 
 def order_by_shard(shards: Sequence[str]) -> np.ndarray:
     """Indices that visit products shard by shard (sequential reads for inference)."""

@@ -16,29 +16,35 @@ def _init_worker(_worker_id: int) -> None:
 
     cv2.setNumThreads(1)
 
+def loader_workers(items: int, batch_size: int, workers: int) -> int:
+    """The worker processes create_loader starts for `items` items (see there)."""
+    return 0 if items < MIN_BATCHES_FOR_WORKERS * batch_size else workers
+
+
 def create_loader(dataset, batch_size: int, workers: int, *, shuffle=False, sampler=None,
                   drop_last=False, device: torch.device | None = None, seed: int = 0,
-                  persistent: bool = False) -> DataLoader:
+                  persistent: bool = False, batch_sampler=None) -> DataLoader:
     """DataLoader with the settings that keep a GPU fed: prefetching workers, pinned memory
     on CUDA; `persistent` keeps the workers across epochs (training).
 
     Workers start from a forkserver, not a fork of this process: Prefect runs tasks in
     threads, and a process forked while other threads hold locks can die or hang.
     A worker takes seconds to start that way, more than it saves on a small job: below
-    MIN_BATCHES_FOR_WORKERS batches the main process loads the data itself."""
-    if len(dataset) < MIN_BATCHES_FOR_WORKERS * batch_size:
-        workers = 0
+    MIN_BATCHES_FOR_WORKERS batches the main process loads the data itself (loader_workers).
+    A `batch_sampler` (tagger.data.shuffle) replaces batch_size, shuffle, sampler and
+    drop_last; it must be made for loader_workers(...) workers."""
+    workers = loader_workers(len(dataset), batch_size, workers)
+    batching = (dict(batch_sampler=batch_sampler) if batch_sampler is not None else
+                dict(batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                     sampler=sampler, drop_last=drop_last))
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
+        **batching,
         num_workers=workers,
         pin_memory=device is not None and device.type == "cuda",
         persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         multiprocessing_context="forkserver" if workers > 0 else None,
         worker_init_fn=_init_worker if workers > 0 else None,
-        drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),
     )

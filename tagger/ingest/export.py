@@ -1,16 +1,22 @@
-"""The catalog export as a whole: read it (CSV / TSV / JSON Lines / Parquet, local or S3) and
-check that it has the columns the taxonomy needs. Problems here are a CatalogError, raised
-before anything is written."""
+"""The catalog export: read it a chunk of rows at a time (CSV / TSV / JSON Lines / Parquet,
+local or S3) and check that it has the columns the taxonomy needs. Problems with the export
+as a whole are a CatalogError: raised before anything is written when the first chunk shows
+them, and before anything is committed when a later one does."""
 
 from __future__ import annotations
 
 import difflib
-import io
+import gzip
+import itertools
+import json
 import logging
 import string
-from pathlib import PurePosixPath
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.io.storage import open_file
@@ -22,44 +28,78 @@ class CatalogError(ValueError):
     """The catalog as a whole cannot be ingested; nothing was written."""
 
 
-def _parse(data: bytes, uri: str, suffix: str, compression: str | None) -> pd.DataFrame:
-    if suffix in {".csv", ".tsv", ".txt"}:
-        return pd.read_csv(
-            io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8",
-            sep="\t" if suffix == ".tsv" else ",", compression=compression,
+TEXT = {".csv", ".tsv", ".txt"}
+JSON_LINES = {".jsonl", ".ndjson", ".json"}
+
+
+def _format(uri: str, name: str) -> tuple[str, str | None]:
+    """(suffix, compression) of an export, or the CatalogError listing the accepted ones."""
+    suffix = PurePosixPath(name.lower().removesuffix(".gz")).suffix
+    if suffix not in TEXT | JSON_LINES | {".parquet"}:
+        raise CatalogError(
+            f"Catalog {uri}: unknown format {suffix!r}. Accepted: .csv, .tsv, .jsonl, "
+            ".ndjson, .json (JSON Lines), .parquet (optionally .gz for text formats)."
         )
-    if suffix in {".jsonl", ".ndjson", ".json"}:
-        return pd.read_json(io.BytesIO(data), lines=True, dtype=False, compression=compression)
-    if suffix == ".parquet":
-        return pd.read_parquet(io.BytesIO(data))
-    raise CatalogError(
-        f"Catalog {uri}: unknown format {suffix!r}. Accepted: .csv, .tsv, .jsonl, "
-        ".ndjson, .json (JSON Lines), .parquet (optionally .gz for text formats)."
-    )
+    return suffix, "gzip" if name.lower().endswith(".gz") else None
 
 
-def read_catalog(uri: str) -> pd.DataFrame:
-    """The export as a DataFrame of Python objects; CSV cells stay text ('' = empty)."""
+def _frames(local: Path, suffix: str, compression: str | None, rows: int) -> Iterator[pd.DataFrame]:
+    """The export's rows, `rows` at a time, as read: CSV cells as text, JSON and Parquet
+    values as Python objects (no per-chunk type inference, so the cells do not depend on
+    where the chunks fall)."""
+    if suffix in TEXT:
+        with pd.read_csv(local, dtype=str, keep_default_na=False, encoding="utf-8",
+                         sep="\t" if suffix == ".tsv" else ",", compression=compression,
+                         chunksize=rows) as reader:
+            yield from reader
+    elif suffix in JSON_LINES:
+        with (gzip.open if compression else open)(local, "rt", encoding="utf-8") as f:
+            for lines in iter(lambda: list(itertools.islice(f, rows)), []):
+                records = [json.loads(line) for line in lines if line.strip()]
+                if any(not isinstance(r, dict) for r in records):
+                    raise ValueError("every line must be one JSON object")
+                if records:
+                    yield pd.DataFrame(records, dtype=object)
+    else:
+        with pq.ParquetFile(local) as f:
+            for batch in f.iter_batches(batch_size=rows):
+                yield pd.DataFrame(batch.to_pylist(), columns=batch.schema.names, dtype=object)
+
+
+def read_catalog_chunks(uri: str, rows: int = 100_000) -> Iterator[pd.DataFrame]:
+    """The export as DataFrames of at most `rows` rows of Python objects (CSV cells stay
+    text, '' = empty; None for a missing value), streamed from a local file (an S3 export
+    is downloaded to one first): memory holds one chunk. A missing export or an unknown
+    format is a CatalogError at once; one that cannot be parsed or has no rows, when the
+    chunk that shows it is read."""
     storage, name = open_file(uri)
     if not storage.exists(name):
         raise CatalogError(f"Catalog {uri} does not exist.")
-    data = storage.read_bytes(name)
-    suffix = PurePosixPath(name.lower().removesuffix(".gz")).suffix
-    compression = "gzip" if name.lower().endswith(".gz") else None
-    try:
-        df = _parse(data, uri, suffix, compression)
-    except UnicodeDecodeError as e:
-        raise CatalogError(
-            f"Catalog {uri} is not UTF-8 (byte {e.start}: {e.reason}). Re-export it as UTF-8, "
-            "e.g. iconv -f latin1 -t utf-8."
-        ) from None
-    except (ValueError, pd.errors.ParserError) as e:
-        if isinstance(e, CatalogError):
-            raise
-        raise CatalogError(f"Catalog {uri} cannot be parsed as {suffix}: {e}") from None
-    if df.empty:
+    suffix, compression = _format(uri, name)
+    return _chunks(storage, name, uri, suffix, compression, rows)
+
+
+def _chunks(storage, name: str, uri: str, suffix: str, compression: str | None,
+            rows: int) -> Iterator[pd.DataFrame]:
+    with storage.local_copy(name) as local:
+        frames, total = _frames(Path(local), suffix, compression, rows), 0
+        while True:
+            try:
+                df = next(frames)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as e:
+                raise CatalogError(
+                    f"Catalog {uri} is not UTF-8 (byte {e.start}: {e.reason}). Re-export it as UTF-8, "
+                    "e.g. iconv -f latin1 -t utf-8."
+                ) from None
+            except (ValueError, pd.errors.ParserError, pa.ArrowException, OSError, EOFError) as e:
+                raise CatalogError(f"Catalog {uri} cannot be parsed as {suffix}: {e}") from None
+            total += len(df)
+            if len(df):
+                yield df.astype(object).where(df.notna(), None)
+    if not total:
         raise CatalogError(f"Catalog {uri} has no rows.")
-    return df.astype(object).where(df.notna(), None)
 
 
 def template_fields(template: str) -> list[str]:

@@ -1,25 +1,39 @@
 """The products table of a run: this export's valid rows diffed against the previous
 table (new, changed, unchanged, removed), written only when its content changed; and the
-lake's copy of the taxonomy."""
+lake's copy of the taxonomy. Neither table is held whole: the previous one is read from a
+local copy a batch at a time, the new one is built as sorted runs, one per export chunk,
+merged into the file that is uploaded."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.ingest.rows import CatalogRow
-from tagger.io.parquet import write_table
+from tagger.ingest.shards import KnownImages
+from tagger.io.parquet import PARQUET_OPTIONS, ROW_GROUP_ROWS
 from tagger.io.storage import Storage
 from tagger.lake import IMAGES_PREFIX, PRODUCTS_PATH, RELEASED_PATH, TAXONOMY_PATH, read_released
 
+log = logging.getLogger(__name__)
+
 # What tags depend on: a product whose image only moved (same content) is not a change.
 _CONTENT = ("category", "image_hash", "labels")
+
+
+# The image_shard of a row whose new image waits in the ShardWriter for its shard to fill
+# (at the end of a chunk); filled in once every shard is written (fill_pending_shards).
+PENDING_SHARD = ""
 
 
 @dataclass
@@ -30,11 +44,16 @@ class ProductChanges:
     changed: int = 0
     unchanged: int = 0
 
+    def add(self, other: ProductChanges) -> None:
+        self.new, self.changed = self.new + other.new, self.changed + other.changed
+        self.unchanged += other.unchanged
+
 
 def _record(row: CatalogRow) -> dict:
     return dict(
         product_id=row.product_id, category=row.category, image_uri=row.image_uri,
-        image_version=row.image_version, image_hash=row.image_hash, image_shard=row.image_shard,
+        image_version=row.image_version, image_hash=row.image_hash,
+        image_shard=row.image_shard or PENDING_SHARD,
         labels=sorted(row.labels.items()),
     )
 
@@ -65,20 +84,128 @@ def products_table(good: Iterable[CatalogRow], previous: dict[str, dict], run_id
     return pa.Table.from_pylist(records, schema=PRODUCTS), changes
 
 
-def keep_previous(table: pa.Table, previous: dict[str, dict], product_ids: set[str]) -> tuple[pa.Table, int]:
-    """`table` plus the previous rows of `product_ids` (those that had one); and how many."""
-    kept = [previous[p] for p in sorted(product_ids & previous.keys())]
-    if not kept:
-        return table, 0
-    both = pa.concat_tables([table, pa.Table.from_pylist(kept, schema=PRODUCTS)])
-    return both.sort_by("product_id"), len(kept)
+class PreviousProducts:
+    """The products table before this run, from a local copy read a batch at a time, never
+    whole: a chunk's previous rows, the stored images, and whether the new table differs."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.num_rows = pq.ParquetFile(path).metadata.num_rows if path is not None else 0
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The table (or these columns), ROW_GROUP_ROWS rows at a time, cast to PRODUCTS."""
+        if self.path is None:
+            return
+        schema = pa.schema([PRODUCTS.field(c) for c in columns]) if columns else PRODUCTS
+        with pq.ParquetFile(self.path) as f:
+            for batch in f.iter_batches(batch_size=ROW_GROUP_ROWS, columns=schema.names):
+                yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+
+    def rows_of(self, product_ids: Iterable[str]) -> pa.Table:
+        """The previous rows of these products (one pass over the table)."""
+        want = pa.array(sorted(set(product_ids)), pa.string())
+        hits = [t.filter(pc.is_in(t["product_id"], value_set=want)) for t in self.batches()] if len(want) else []
+        return pa.concat_tables(hits) if hits else PRODUCTS.empty_table()
+
+    def by_id(self, product_ids: Iterable[str]) -> dict[str, dict]:
+        """rows_of as Python rows by product id (a chunk's worth)."""
+        return {p["product_id"]: p for p in self.rows_of(product_ids).to_pylist()}
+
+    def known_images(self) -> KnownImages:
+        """Hash -> shard of the images the previous products show."""
+        parts = list(self.batches(["image_hash", "image_shard"]))
+        t = pa.concat_tables(parts) if parts else pa.table({"image_hash": pa.array([], pa.string()),
+                                                            "image_shard": pa.array([], pa.string())})
+        return KnownImages(t["image_hash"], t["image_shard"])
+
+    def same_as(self, path: Path) -> bool:
+        """Whether the table at `path` has exactly the previous rows (no previous table: an
+        empty one), compared ROW_GROUP_ROWS rows at a time."""
+        with pq.ParquetFile(path) as f:
+            if f.metadata.num_rows != self.num_rows:
+                return False
+        new = _rebatched(PreviousProducts(path).batches())
+        return all(a.equals(b) for a, b in zip(new, _rebatched(self.batches())))
 
 
-def write_products(storage: Storage, table: pa.Table, previous: Sequence[dict]) -> bool:
-    """Write the products table unless it equals the previous one; whether it was written."""
-    if table.equals(pa.Table.from_pylist(list(previous), schema=PRODUCTS)):
+def _rebatched(batches: Iterator[pa.Table], rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
+    """The same rows in tables of exactly `rows` rows (the last one shorter), so that two
+    files with other row groups can be compared piece by piece."""
+    held, n = [], 0
+    for t in batches:
+        held.append(t)
+        n += t.num_rows
+        while n >= rows:
+            whole = pa.concat_tables(held).combine_chunks()
+            yield whole.slice(0, rows)
+            rest = whole.slice(rows)
+            held, n = [rest], rest.num_rows
+    if n:
+        yield pa.concat_tables(held).combine_chunks()
+
+
+class ProductRuns:
+    """The new products table, built a chunk at a time: each chunk's rows go to a sorted
+    local run file, and `merged` streams all runs' rows in product id order (a batch of each
+    run in memory; product ids are unique across runs)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.paths = folder, []
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            path = self.folder / f"run-{len(self.paths):05d}.parquet"
+            pq.write_table(table.sort_by("product_id"), path, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+            self.paths.append(path)
+
+    def merged(self) -> Iterator[pa.Table]:
+        return merge_sorted([PreviousProducts(p).batches() for p in self.paths])
+
+
+def merge_sorted(runs: list[Iterator[pa.Table]]) -> Iterator[pa.Table]:
+    """Tables sorted by product id, each run's rows in order, merged into one sorted stream:
+    every row up to the smallest of the runs' last buffered ids is complete, so it goes out."""
+    its, bufs = list(runs), [PRODUCTS.empty_table() for _ in runs]
+
+    def fill(i: int) -> None:
+        while not bufs[i].num_rows and its[i] is not None:
+            nxt = next(its[i], None)
+            if nxt is None:
+                its[i] = None
+            else:
+                bufs[i] = nxt
+
+    for i in range(len(bufs)):
+        fill(i)
+    while any(b.num_rows for b in bufs):
+        cutoff = min(b["product_id"][-1].as_py() for b in bufs if b.num_rows)
+        parts = []
+        for i, b in enumerate(bufs):
+            k = (pc.sum(pc.less_equal(b["product_id"], cutoff)).as_py() or 0) if b.num_rows else 0
+            parts.append(b.slice(0, k))
+            bufs[i] = b.slice(k)
+            fill(i)
+        yield pa.concat_tables(parts).sort_by("product_id")
+
+
+def fill_pending_shards(table: pa.Table, known) -> pa.Table:
+    """`table` with the shard of every PENDING_SHARD row looked up by its hash in `known`."""
+    pending = pc.equal(table["image_shard"], PENDING_SHARD)
+    if not pc.any(pending).as_py():
+        return table
+    hashes = sorted(set(table.filter(pending)["image_hash"].to_pylist()))
+    names = pa.array([known[h] for h in hashes], pa.string())
+    looked_up = pc.take(names, pc.index_in(table["image_hash"], value_set=pa.array(hashes, pa.string())))
+    shards = pc.if_else(pending, looked_up, table["image_shard"])
+    return table.set_column(table.schema.get_field_index("image_shard"), table.schema.field("image_shard"), shards)
+
+
+def write_products(storage: Storage, local: Path, rows: int, previous: PreviousProducts) -> bool:
+    """Upload the new products table unless it equals the previous one; whether it was."""
+    if previous.same_as(local):
         return False
-    write_table(storage, PRODUCTS_PATH, table)
+    storage.upload(local, PRODUCTS_PATH)
+    log.info("wrote %d rows to %s", rows, storage.url(PRODUCTS_PATH))
     return True
 
 

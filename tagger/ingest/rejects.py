@@ -1,5 +1,6 @@
 """The rejects table: rows the ingest could not take in, with a stage and a reason. Collected
-during a run, written once at its end, and counted for people (Prefect artifacts, summaries)."""
+during a run, written once at its end in row order, and counted for people (Prefect
+artifacts, summaries)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,15 @@ class Rejects:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def in_row_order(self) -> list[dict]:
+        """The reject rows by row number (one reject per row): the same whichever chunk of
+        the export found them first, validation or fetching."""
+        return sorted(self.rows, key=lambda r: r["row_number"])
+
     def by_reason(self) -> dict[str, int]:
-        """Rows per reason code, in the order the reasons first came up."""
+        """Rows per reason code, in the order the reasons first come up by row number."""
         counts: dict[str, int] = {}
-        for r in self.rows:
+        for r in self.in_row_order():
             counts[r["reason"]] = counts.get(r["reason"], 0) + 1
         return counts
 
@@ -57,7 +63,7 @@ def write_rejects(storage: Storage, rejects: Rejects, *, rebuild: bool = False) 
     rejected, so every night that ran is there), and as the latest run's view at
     REJECTS_PATH: not rewritten when the same rows fail the same way (a rebuild does not
     read the old view, which may be damaged). Returns the history file's URL."""
-    table = pa.Table.from_pylist(rejects.rows, schema=REJECTS)
+    table = pa.Table.from_pylist(rejects.in_row_order(), schema=REJECTS)
     history = rejects_history_path(f"{rejects.at:%Y-%m-%d}", rejects.run_id)
     write_table(storage, history, table)  # a re-run of the same run id replaces its own file
     _write_latest(storage, table, rebuild)

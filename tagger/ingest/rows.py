@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from catalog_schemas.taxonomy import CatalogMapping, Taxonomy
 from tagger.ingest.rejects import Problem, Rejects
@@ -46,30 +49,68 @@ def _image_ref(rec: dict, m: CatalogMapping) -> str:
     return str(ref)
 
 
+class RowValidator:
+    """Validates an export read in chunks: row numbers count on across chunks, and the
+    first of two rows with one product id wins wherever they fall."""
+
+    def __init__(self, taxonomy: Taxonomy, source: ImageSource, rejects: Rejects):
+        self.taxonomy, self.source, self.rejects = taxonomy, source, rejects
+        self.offset = 0
+        # Every valid row of earlier chunks: its product id, row and a digest of its labels and
+        # image (what a later row with that id is compared with). Arrow and numpy, about 30
+        # bytes a product: a dict of Python objects would hold ten times that.
+        self._ids = pa.array([], pa.string())
+        self._first = np.zeros(0, np.int64)
+        self._digest = np.zeros(0, np.int64)
+
+    def _earlier(self, ids: list[str | None]) -> dict[str, tuple[int, int]]:
+        """(first row, digest) of the ids that valid rows of earlier chunks had."""
+        query = pa.array(sorted({i for i in ids if i is not None}), pa.string())
+        if not len(self._ids) or not len(query):
+            return {}
+        at = pc.index_in(query, value_set=self._ids).to_pylist()
+        return {pid: (int(self._first[k]), int(self._digest[k]))
+                for pid, k in zip(query.to_pylist(), at) if k is not None}
+
+    def _remember(self, valid: dict[str, tuple[int, int]]) -> None:
+        self._ids = pa.concat_arrays([self._ids, pa.array(list(valid), pa.string())])
+        self._first = np.concatenate([self._first, np.array([v[0] for v in valid.values()], np.int64)])
+        self._digest = np.concatenate([self._digest, np.array([v[1] for v in valid.values()], np.int64)])
+
+    def validate(self, df: pd.DataFrame) -> Iterator[CatalogRow]:
+        """The chunk's rows that can be ingested, in catalog order; every other row goes to
+        `rejects`. Consume it whole before the next chunk."""
+        m, offset = self.taxonomy.catalog, self.offset
+        self.offset += len(df)
+        records = df.to_dict("records")
+        ids = [_text(rec.get(m.id)) for rec in records]
+        earlier, valid = self._earlier(ids), {}
+        for index, (rec, pid) in enumerate(zip(records, ids), start=offset):
+            if pid is None:
+                self.rejects.add(index, None, Problem("validate", "missing_id", f"column {m.id!r} is empty"))
+                continue
+            category = _text(rec.get(m.category)) if m.category else None
+            try:
+                labels = parse_labels(rec, self.taxonomy, category)
+                uri = self.source.resolve(_image_ref(rec, m))
+            except LabelError as e:
+                self.rejects.add(index, pid, Problem("validate", e.reason, e.detail))
+                continue
+            digest = hash((tuple((k, tuple(v)) for k, v in sorted(labels.items())), uri))
+            seen = valid.get(pid) or earlier.get(pid)
+            if seen is not None:
+                same = seen[1] == digest
+                reason = "duplicate_id" if same else "conflicting_duplicate"
+                self.rejects.add(index, pid, Problem(
+                    "validate", reason,
+                    f"product id also on row {seen[0]}" + ("" if same else " with other labels or image")))
+                continue
+            valid[pid] = (index, digest)
+            yield CatalogRow(index, pid, category, labels, uri)
+        self._remember(valid)
+
+
 def validate_rows(df: pd.DataFrame, taxonomy: Taxonomy, source: ImageSource,
                   rejects: Rejects) -> Iterator[CatalogRow]:
-    """The rows that can be ingested, in catalog order; every other row goes to `rejects`."""
-    m = taxonomy.catalog
-    seen: dict[str, tuple[int, dict, str]] = {}
-    for index, rec in enumerate(df.to_dict("records")):
-        pid = _text(rec.get(m.id))
-        if pid is None:
-            rejects.add(index, None, Problem("validate", "missing_id", f"column {m.id!r} is empty"))
-            continue
-        category = _text(rec.get(m.category)) if m.category else None
-        try:
-            labels = parse_labels(rec, taxonomy, category)
-            uri = source.resolve(_image_ref(rec, m))
-        except LabelError as e:
-            rejects.add(index, pid, Problem("validate", e.reason, e.detail))
-            continue
-        if pid in seen:
-            first, first_labels, first_uri = seen[pid]
-            same = first_labels == labels and first_uri == uri
-            reason = "duplicate_id" if same else "conflicting_duplicate"
-            rejects.add(index, pid, Problem(
-                "validate", reason,
-                f"product id also on row {first}" + ("" if same else " with other labels or image")))
-            continue
-        seen[pid] = (index, labels, uri)
-        yield CatalogRow(index, pid, category, labels, uri)
+    """The rows of a whole export that can be ingested (RowValidator over one chunk)."""
+    return RowValidator(taxonomy, source, rejects).validate(df)

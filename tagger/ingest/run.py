@@ -6,6 +6,12 @@ whose content did not change is not rewritten. Bad rows become reject rows with 
 and a reason; the run goes on. Problems with the catalog as a whole (unreadable, empty,
 missing columns) are a CatalogError before anything is written.
 
+The export is streamed a chunk of rows at a time (IngestConfig.chunk_size): each chunk is
+validated, its changed images fetched and written to shards, and its products rows built
+before the next is read; the shards, rejects and
+products tables come out the same for any chunk size. The tables are written once, at the
+end, so the guards hold as before: nothing is committed when too many rows were rejected.
+
 The steps, each in its own module: export (read and check the export), rows (validate
 each row), source (where images come from), shards (fetch, normalise, write shards),
 rejects and products (the tables written at the end).
@@ -13,32 +19,41 @@ rejects and products (the tables written at the end).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from datetime import datetime, timezone
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
-from tagger.ingest.export import CatalogError, check_columns, read_catalog
+from tagger.ingest.export import CatalogError, check_columns, read_catalog_chunks
 from tagger.ingest.products import (
-    keep_previous,
+    PreviousProducts,
+    ProductChanges,
+    ProductRuns,
+    fill_pending_shards,
     products_table,
     write_products,
     write_released,
     write_taxonomy,
 )
 from tagger.ingest.rejects import Rejects, write_rejects
-from tagger.ingest.rows import CatalogRow, validate_rows
-from tagger.ingest.shards import ShardWriter, fetch_and_store, read_stored_hashes
+from tagger.ingest.rows import CatalogRow, RowValidator
+from tagger.ingest.shards import KnownImages, ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
 from tagger.io.lock import lake_lock
-from tagger.io.parquet import read_table_or_empty
+from tagger.io.parquet import RowGroupWriter, read_table
 from tagger.io.storage import Storage, open_storage
 from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, image_shard_path
 
@@ -82,13 +97,9 @@ class _Run:
     rejects: Rejects
     result: IngestResult
     now: datetime  # the time stamp of every row this run writes
-    previous: list[dict]  # the products table before this run, as rows
+    previous: PreviousProducts  # the products table before this run, read a batch at a time
     new_shards: list[str] = field(default_factory=list)  # written by this run (ShardWriter.created)
     referenced: set[str] = field(default_factory=set)  # the shards the products table names now
-
-    @cached_property
-    def previous_by_id(self) -> dict[str, dict]:
-        return {p["product_id"]: p for p in self.previous}
 
 
 def ingest_catalog(
@@ -108,16 +119,15 @@ def ingest_catalog(
     result = IngestResult(run_id=run_id, catalog=str(catalog), lake=storage.uri)
     now = datetime.now(timezone.utc)
 
-    df = read_catalog(str(catalog))
-    check_columns(df, taxonomy, str(catalog))
+    chunks = read_catalog_chunks(str(catalog), config.chunk_size)
+    first = next(chunks)
+    check_columns(first, taxonomy, str(catalog))
     # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
-    with lake_lock(storage, "catalog", owner=run_id):
-        # A rebuild starts from no products table: the old one may be damaged (or lost).
-        previous = [] if config.rebuild else read_table_or_empty(storage, PRODUCTS_PATH, PRODUCTS).to_pylist()
+    with lake_lock(storage, "catalog", owner=run_id), _open_previous(storage, config.rebuild) as previous:
         run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
                    Rejects(run_id, str(catalog), now), result, now, previous)
         try:
-            _ingest_rows(run, df)
+            _ingest_rows(run, itertools.chain([first], chunks))
         except BaseException:  # a full disk, a refused write, SIGTERM: leave nothing half-done
             _remove_new_shards(run)
             raise
@@ -130,15 +140,61 @@ def ingest_catalog(
     return result
 
 
-def _ingest_rows(run: _Run, df: pd.DataFrame) -> None:
-    """The run under the lake's lock: rows, images, then the tables."""
-    run.result.rows = len(df)
-    rows = list(validate_rows(df, run.taxonomy, run.source, run.rejects))
-    _store_images(run, _reuse_unchanged(run, rows))
-    _write_rejects(run)
-    _update_products(run, rows)
+@contextmanager
+def _open_previous(storage: Storage, rebuild: bool) -> Iterator[PreviousProducts]:
+    """The products table before this run, from a local copy; none on a rebuild (the old
+    one may be damaged or lost) or a first ingest. A damaged one raises the lake's
+    CorruptTable, which names the file and the rebuild."""
+    if rebuild or not storage.exists(PRODUCTS_PATH):
+        yield PreviousProducts(None)
+        return
+    with storage.local_copy(PRODUCTS_PATH) as local:
+        try:
+            previous = PreviousProducts(Path(local))
+            first = previous.batches()
+            next(first, None)  # the columns are there and can be read
+            first.close()
+        except (pa.ArrowException, KeyError, OSError):
+            read_table(storage, PRODUCTS_PATH, PRODUCTS)  # raises CorruptTable with the remedy
+            raise
+        yield previous
+
+
+def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
+    """The run under the lake's lock: each chunk's rows and images, then the tables. The
+    shard writer runs across chunks, so the shards are those of one chunk."""
+    writer = ShardWriter(run.storage, _known_images(run), run.config.shard_size)
+    run.new_shards = writer.created  # the same list: what to remove if the run fails midway
+    validator = RowValidator(run.taxonomy, run.source, run.rejects)
+    changes = ProductChanges()
+    with tempfile.TemporaryDirectory(prefix="tagger-ingest-") as tmp:
+        runs = ProductRuns(Path(tmp))
+        for df in chunks:
+            run.result.rows += len(df)
+            rows = list(validator.validate(df))
+            previous = run.previous.by_id(r.product_id for r in rows)
+            to_fetch = _reuse_unchanged(run, rows, previous)
+            run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
+                                                         run.rejects, final=False)
+            good = [r for r in rows if r.index not in run.rejects.row_numbers]
+            table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
+            runs.add(table)
+            changes.add(chunk_changes)
+        writer.flush(final=True)
+        run.result.images_stored += writer.images_stored
+        run.result.shards_written.extend(writer.shards)
+        _write_rejects(run)
+        _update_products(run, runs, changes, writer.known, Path(tmp) / "products.parquet")
     write_taxonomy(run.storage, run.taxonomy)
     write_released(run.storage, run.referenced, run.now)
+
+
+def _known_images(run: _Run) -> dict[str, str] | KnownImages:
+    """The images stored already, by hash: the previous products', or on a rebuild what the
+    shards themselves hold."""
+    if run.config.rebuild:
+        return read_stored_hashes(run.storage)
+    return run.previous.known_images()
 
 
 def _remove_new_shards(run: _Run) -> None:
@@ -155,10 +211,9 @@ def _remove_new_shards(run: _Run) -> None:
     log.info("removed the %d image shards of the failed run %s", len(run.new_shards), run.result.run_id)
 
 
-def _reuse_unchanged(run: _Run, rows: list[CatalogRow]) -> list[CatalogRow]:
+def _reuse_unchanged(run: _Run, rows: list[CatalogRow], previous: dict[str, dict]) -> list[CatalogRow]:
     """Cheap change check first: a row with the same image URI and source version as its
     previous product reuses that hash and shard. Returns the rows whose image must be read."""
-    previous = run.previous_by_id
     versions = read_versions(run.source, [r.image_uri for r in rows], run.config.workers)
     to_fetch = []
     for row, version in zip(rows, versions):
@@ -169,19 +224,6 @@ def _reuse_unchanged(run: _Run, rows: list[CatalogRow]) -> list[CatalogRow]:
         else:
             to_fetch.append(row)
     return to_fetch
-
-
-def _store_images(run: _Run, to_fetch: list[CatalogRow]) -> None:
-    """Fetch the changed images and write the new ones to shards."""
-    if run.config.rebuild:  # what is stored, read from the shards themselves
-        known = read_stored_hashes(run.storage)
-    else:
-        known = {p["image_hash"]: p["image_shard"] for p in run.previous}
-    writer = ShardWriter(run.storage, known, run.config.shard_size)
-    run.new_shards = writer.created  # the same list: what to remove if the run fails midway
-    run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config, run.rejects)
-    run.result.images_stored += writer.images_stored
-    run.result.shards_written.extend(writer.shards)
 
 
 def _write_rejects(run: _Run) -> None:
@@ -199,16 +241,24 @@ def _write_rejects(run: _Run) -> None:
         )
 
 
-def _update_products(run: _Run, rows: list[CatalogRow]) -> None:
-    """Diff the valid rows against the previous table and write it if it changed."""
-    result, previous = run.result, run.previous_by_id
-    good = sorted((r for r in rows if r.index not in run.rejects.row_numbers), key=lambda r: r.product_id)
-    table, changes = products_table(good, previous, result.run_id, run.now)
+def _update_products(run: _Run, runs: ProductRuns, changes: ProductChanges, known,
+                     local: Path) -> None:
+    """Merge the chunks' products into one table (sorted by id) and upload it if it changed."""
+    result, previous = run.result, run.previous
     # A product whose image could not be fetched this time (network, throttling) keeps its
     # previous row: a flaky night must not drop it and its tags.
-    table, kept = keep_previous(table, previous, run.rejects.product_ids("fetch_error"))
-    result.new, result.changed, result.unchanged = changes.new, changes.changed, changes.unchanged + kept
-    result.removed = len(set(previous) - set(table["product_id"].to_pylist()))
-    result.products = table.num_rows
-    result.products_written = write_products(run.storage, table, run.previous)
-    run.referenced = set(table["image_shard"].to_pylist())
+    kept = previous.rows_of(run.rejects.product_ids("fetch_error"))
+    runs.add(kept)
+    result.new, result.changed = changes.new, changes.changed
+    result.unchanged = changes.unchanged + kept.num_rows
+    # every previous product is in the new table once, as changed, unchanged or kept
+    result.removed = previous.num_rows - changes.changed - result.unchanged
+    referenced: set[str] = set()
+    with RowGroupWriter(local, PRODUCTS) as out:
+        for batch in runs.merged():
+            batch = fill_pending_shards(batch, known)
+            referenced.update(pc.unique(batch["image_shard"]).to_pylist())
+            out.write(batch)
+    result.products = out.rows
+    result.products_written = write_products(run.storage, local, out.rows, previous)
+    run.referenced = referenced

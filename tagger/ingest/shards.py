@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from catalog_schemas.tables import IMAGES
@@ -25,7 +26,46 @@ from tagger.lake import IMAGES_PREFIX
 log = logging.getLogger(__name__)
 
 
-def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str],
+class KnownImages:
+    """image hash -> shard of the images stored already: the previous products' in two sorted
+    Arrow arrays (a hash and a shard name per product, not a dict of Python strings), plus
+    the ones this run stores. What fetch_image and ShardWriter look up and add to."""
+
+    def __init__(self, hashes: pa.ChunkedArray | pa.Array, shards: pa.ChunkedArray | pa.Array):
+        order = pc.sort_indices(hashes)
+        self._hashes = pc.take(hashes, order)
+        self._shards = pc.take(shards, order)
+        if isinstance(self._hashes, pa.ChunkedArray):
+            self._hashes, self._shards = self._hashes.combine_chunks(), self._shards.combine_chunks()
+        self._shards = self._shards.dictionary_encode()  # a few thousand names, a code per image
+        self._added: dict[str, str] = {}
+
+    def _find(self, image_hash: str) -> int | None:
+        lo, hi = 0, len(self._hashes)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._hashes[mid].as_py() < image_hash:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo if lo < len(self._hashes) and self._hashes[lo].as_py() == image_hash else None
+
+    def __contains__(self, image_hash: str) -> bool:
+        return image_hash in self._added or self._find(image_hash) is not None
+
+    def __getitem__(self, image_hash: str) -> str:
+        if image_hash in self._added:
+            return self._added[image_hash]
+        at = self._find(image_hash)
+        if at is None:
+            raise KeyError(image_hash)
+        return self._shards[at].as_py()
+
+    def update(self, new: dict[str, str]) -> None:
+        self._added.update(new)
+
+
+def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | KnownImages,
                 config: IngestConfig) -> Problem | None:
     """Fill in the row's hash (and its normalised image if its content is new); the
     problem that rejects the row, or None."""
@@ -101,7 +141,7 @@ class ShardWriter:
     """Holds normalised new images until a shard of exactly `shard_size` distinct ones is
     full, then writes it; `known` (hash -> shard) grows with every shard written."""
 
-    def __init__(self, storage: Storage, known: dict[str, str], shard_size: int):
+    def __init__(self, storage: Storage, known: dict[str, str] | KnownImages, shard_size: int):
         self.storage, self.known, self.shard_size = storage, known, shard_size
         self.pending: list[CatalogRow] = []
         self.shards: list[str] = []
@@ -129,9 +169,11 @@ class ShardWriter:
 
 
 def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: ShardWriter,
-                    config: IngestConfig, rejects: Rejects) -> int:
+                    config: IngestConfig, rejects: Rejects, *, final: bool = True) -> int:
     """Fetch every row's image on `config.workers` threads, a shard's worth at a time, and
-    write shards as they fill up; returns the number of images fetched."""
+    write shards as they fill up; returns the number of images fetched. `final`: write the
+    last, partial shard too (not between the chunks of one export: its shards then come
+    out as they would from one chunk)."""
     fetched = 0
     bar = tqdm(total=len(rows), desc="ingest images", unit="img", disable=None)
     with ThreadPoolExecutor(config.workers) as pool:
@@ -146,6 +188,6 @@ def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: Sha
                     writer.add(row)
             bar.update(len(chunk))
             writer.flush()
-        writer.flush(final=True)
+        writer.flush(final=final)
     bar.close()
     return fetched

@@ -39,6 +39,47 @@ def write_table(storage: Storage, path: str, table: pa.Table) -> None:
     log.info("wrote %d rows to %s", table.num_rows, storage.url(path))
 
 
+class RowGroupWriter:
+    """A local Parquet file written a part at a time, in row groups of ROW_GROUP_ROWS rows
+    (write_table's layout), holding at most one row group of rows: a table too big to hold
+    is streamed into it, then uploaded (Storage.upload commits it atomically)."""
+
+    def __init__(self, local: Path, schema: pa.Schema, row_group_rows: int | None = None):
+        self.schema, self.rows = schema, 0
+        self.row_group_rows = row_group_rows or ROW_GROUP_ROWS  # read now: tests set it lower
+        self._writer = pq.ParquetWriter(local, schema, **PARQUET_OPTIONS)
+        self._buf: list[pa.Table] = []
+        self._held = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows (`schema`'s columns); full row groups are written out at once."""
+        if not table.num_rows:
+            return
+        self._buf.append(table.select(self.schema.names).cast(self.schema))
+        self._held += table.num_rows
+        self.rows += table.num_rows
+        if self._held >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        held = pa.concat_tables(self._buf) if self._buf else self.schema.empty_table()
+        full = held.num_rows if final else held.num_rows - held.num_rows % self.row_group_rows
+        if full:
+            self._writer.write_table(held.slice(0, full), row_group_size=self.row_group_rows)
+        rest = held.slice(full)
+        self._buf, self._held = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        self._flush(final=True)
+        self._writer.close()
+
+    def __enter__(self) -> RowGroupWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read_table(storage: Storage, path: str, schema: pa.Schema | None = None,
                defaults: dict | None = None) -> pa.Table:
     """Read one Parquet file; cast to `schema` when given (column order and types).

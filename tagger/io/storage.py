@@ -25,6 +25,7 @@ from tagger.io.local import LocalStorage
 from tagger.io.parquet import (
     PARQUET_OPTIONS,
     ROW_GROUP_ROWS,
+    RowGroupWriter,
     corrupt_table,
     open_parquet_file,
     read_table,
@@ -93,6 +94,6 @@ class FileReader:
 __all__ = [
     "CorruptTable", "corrupt_table", "open_parquet_file",
     "FileReader", "LocalStorage", "S3Storage", "Storage", "StorageError", "TooLarge", "is_s3",
-    "open_file", "open_storage", "PARQUET_OPTIONS", "ROW_GROUP_ROWS", "read_table",
+    "open_file", "open_storage", "PARQUET_OPTIONS", "ROW_GROUP_ROWS", "RowGroupWriter", "read_table",
     "read_table_or_empty", "read_tables", "write_table",
 ]

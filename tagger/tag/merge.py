@@ -3,13 +3,14 @@
 Latest: the previous table without the re-tagged products and those gone from the catalog,
 plus the run's rows. State: the tagged products' rows replace theirs, products gone from
 the catalog drop out. Both previous tables are read BATCH_ROWS rows at a time and merged in
-product id order with the run's rows (all sorted), so what is held is a batch and the run's
-own rows, not the whole table. The caller uploads the files (tagger.tag.run).
+product id order with the run's rows (all sorted), so what is held is a batch and, for
+latest, a part of the run's rows: the run hands them over a scoring chunk at a time. The
+caller uploads the files (tagger.tag.run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from tagger.io.storage import PARQUET_OPTIONS, ROW_GROUP_ROWS, Storage, read_tab
 from tagger.lake import LATEST_PATH, STATE_PATH
 from tagger.tag import streams
 from tagger.tag.rows import TAG_ORDER
-from tagger.tag.streams import Unsorted, bisect_ids, member, open_parquet, sorted_batches, sorted_unique
+from tagger.tag.streams import (Unsorted, Upto, bisect_ids, member, open_parquet, sorted_batches,
+                                sorted_unique)
 
 
 @dataclass
@@ -33,16 +35,28 @@ class Merged:
     previous_rows: int = 0
     removed: int = 0
     tags_per_attribute: dict[str, int] = field(default_factory=dict)
-    previous_affected: pa.Table | None = None  # previous rows of re-tagged and removed products
+    # previous rows of re-tagged and removed products, in the previous table's order: a
+    # local file next to the merged one (a full run touches every row)
+    affected_path: Path | None = None
+
+    @property
+    def previous_affected(self) -> pa.Table:
+        """The previous rows of re-tagged and removed products, as one table."""
+        if self.affected_path is None:
+            return TAG_LATEST.empty_table()
+        return pq.read_table(self.affected_path).cast(TAG_LATEST)
 
 
-def merge_latest(storage: Storage, fresh: pa.Table, tagged_ids: pa.ChunkedArray | pa.Array,
-                 current_ids: pa.ChunkedArray | pa.Array, out: Path, meta: dict[str, str]) -> Merged:
+def merge_latest(storage: Storage, fresh: pa.Table | Iterable[pa.Table],
+                 tagged_ids: pa.ChunkedArray | pa.Array, current_ids: pa.ChunkedArray | pa.Array,
+                 out: Path, meta: dict[str, str]) -> Merged:
     """Write the new latest table to `out`: the previous one without the re-tagged products
-    and those gone from the catalog, plus `fresh` (the run's rows, sorted by TAG_ORDER).
-    `current_ids`: every product id of the catalog, sorted (scan_products' ids)."""
+    and those gone from the catalog, plus `fresh`: the run's rows sorted by TAG_ORDER, as one
+    table or as tables in that order, pulled as the merge reaches them (so a run can score
+    while it merges). `current_ids`: every product id of the catalog, sorted (scan_products' ids)."""
+    parts = iter([fresh]) if isinstance(fresh, pa.Table) else iter(fresh)
     with open_parquet(storage, LATEST_PATH) as previous:
-        return _merge(previous, fresh, tagged_ids, current_ids, out, meta)
+        return _merge(previous, parts, tagged_ids, current_ids, out, meta)
 
 
 def _latest_batches(f: pq.ParquetFile | None) -> Iterator[pa.Table]:
@@ -59,16 +73,17 @@ def _count_attributes(counts: dict[str, int], part: pa.Table) -> None:
         counts[vc["values"]] = counts.get(vc["values"], 0) + vc["counts"]
 
 
-def _merge(previous: pq.ParquetFile | None, fresh: pa.Table, tagged_ids, current_ids, out: Path,
-           meta: dict[str, str]) -> Merged:
-    merged = Merged()
+def _merge(previous: pq.ParquetFile | None, fresh: Iterator[pa.Table], tagged_ids, current_ids,
+           out: Path, meta: dict[str, str]) -> Merged:
+    merged = Merged(affected_path=out.with_name(out.stem + ".affected.parquet"))
     current = current_ids.combine_chunks() if isinstance(current_ids, pa.ChunkedArray) else current_ids
     tagged_ids = tagged_ids if isinstance(tagged_ids, pa.ChunkedArray) else pa.chunked_array([tagged_ids])
     retagged = sorted_unique(tagged_ids)
-    ids = fresh["product_id"].combine_chunks()
-    done, dropped, gone_ids = 0, [], []
+    pending = Upto((t.select(TAG_LATEST.names).cast(TAG_LATEST) for t in fresh), TAG_LATEST)
+    gone_ids = []
     schema = TAG_LATEST.with_metadata({**TAG_LATEST.metadata, **meta})
-    with pq.ParquetWriter(out, schema, **PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(out, schema, **PARQUET_OPTIONS) as writer, \
+            pq.ParquetWriter(merged.affected_path, TAG_LATEST, **PARQUET_OPTIONS) as affected:
         def emit(part: pa.Table) -> None:
             if part.num_rows:
                 writer.write_table(part.replace_schema_metadata(schema.metadata),
@@ -81,17 +96,18 @@ def _merge(previous: pq.ParquetFile | None, fresh: pa.Table, tagged_ids, current
             gone = pc.invert(member(batch["product_id"], current))  # products no longer in the catalog
             gone_ids.append(pc.unique(batch["product_id"].filter(gone)))
             drop = pc.or_(gone, member(batch["product_id"], retagged))
-            dropped.append(batch.filter(drop))
+            gone_or_retagged = batch.filter(drop)
+            if gone_or_retagged.num_rows:
+                affected.write_table(gone_or_retagged)
             kept = batch.filter(pc.invert(drop))
             # fresh rows up to this batch's last product (ids never overlap with kept rows)
-            upto = bisect_ids(ids, batch["product_id"][-1].as_py(), done) if batch.num_rows else done
-            if upto > done:
-                kept = pa.concat_tables([kept, fresh.slice(done, upto - done)]).sort_by(TAG_ORDER)
-            done = upto
+            new = pending.upto(batch["product_id"][-1].as_py()) if batch.num_rows else None
+            if new is not None and new.num_rows:
+                kept = pa.concat_tables([kept, new]).sort_by(TAG_ORDER)
             emit(kept)
-        emit(fresh.slice(done))
+        for part in pending.drain():
+            emit(part)
     merged.removed = pc.count_distinct(pa.chunked_array(gone_ids, pa.string())).as_py()
-    merged.previous_affected = pa.concat_tables(dropped) if dropped else TAG_LATEST.empty_table()
     return merged
 
 

@@ -11,6 +11,11 @@ is the lake's production version unless one is named (tagger.model.production), 
 promotion or a rollback re-tags every product on the next run; a catalog taxonomy that
 differs from the model's is reported in the result's `drift` (tagger.tag.drift).
 
+Full and incremental runs stream alike: products are scored a chunk at a time
+(TagConfig.chunk_size) in product id order, and each chunk's rows go into the local history
+file (in row groups) and the latest merge (tagger.tag.merge) as they come, so a run holds a
+chunk's rows and a batch of each table, not every product's rows.
+
 Order of writes: history, then latest, then state. A crash in between leaves the previous
 latest readable, and the re-run (same run id) replaces its own history file.
 
@@ -25,6 +30,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -32,19 +38,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog_schemas.tables import TAG_LATEST
+from catalog_schemas.tables import TAG_HISTORY
 from tagger.config import TagConfig
 from tagger.corrections import Corrections, load_corrections
 from tagger.data.dataset import order_by_shard
 from tagger.io.lock import locked
-from tagger.io.storage import Storage, open_storage, write_table
+from tagger.io.storage import RowGroupWriter, Storage, open_storage
 from tagger.lake import HISTORY_PREFIX, LATEST_PATH, STATE_PATH, TAXONOMY_PATH, read_lake_taxonomy
 from tagger.model.production import resolve_version
 from tagger.model.scoring import ImageScorer
 from tagger.model.versions import load_model, read_card
-from tagger.tag.changes import compute_tag_changes
+from tagger.tag.changes import compute_tag_changes_of_files
 from tagger.tag.drift import compute_taxonomy_drift
-from tagger.tag.merge import Merged, merge_latest, merge_state, state_rows
+from tagger.tag.merge import merge_latest, merge_state, state_rows
 from tagger.tag.plan import Scan, TagPlan, plan_tagging, scan_products
 from tagger.tag.rows import ROW_COLUMNS, Rows, compute_tag_rows, rows_table
 
@@ -82,25 +88,38 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     run, in any process or machine that can read the lake. `products`: their rows
     (PRODUCT_COLUMNS), when the caller has them."""
     config = config or TagConfig()
-    storage = open_storage(lake)
-    model, card = load_model(storage, model_version)
-    scorer = ImageScorer(model, card, config)
     if products is None:
-        products = scan_products(storage, model_version, wanted=product_ids).todo
+        products = scan_products(open_storage(lake), model_version, wanted=product_ids).todo
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
     corrections = load_corrections(storage)
     rows: Rows = {k: [] for k in ROW_COLUMNS}
+    for chunk in score_chunks(lake, model_version, todo, config):
+        for k, v in chunk.items():
+            rows[k].extend(v)
+    return rows
+
+
+def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfig) -> Iterator[Rows]:
+    """The tag rows of `todo` (PRODUCT_COLUMNS rows), one scoring chunk
+    (TagConfig.chunk_size products, in todo's order) at a time."""
+    model, card = load_model(open_storage(lake), model_version)
+    scorer = ImageScorer(model, card, config)
     for start in range(0, todo.num_rows, config.chunk_size):
         chunk = _with_corrections(todo.slice(start, config.chunk_size).to_pylist(), corrections)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                               desc=f"tag {start + len(chunk)}/{todo.num_rows}")
         arrays = scorer.arrays
-        for k, v in compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
-                                     arrays.auto_thresholds,
-                                     argmax_slices=arrays.softmax_slices).items():
-            rows[k].extend(v)
-    return rows
+        yield compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
+                               arrays.auto_thresholds, argmax_slices=arrays.softmax_slices)
+
+
+def in_product_order(products: pa.Table) -> pa.Table:
+    """`products` sorted by product id (it usually is already: the table is written so)."""
+    ids = products["product_id"]
+    if len(ids) < 2 or pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
+        return products
+    return products.sort_by("product_id")
 
 
 def _with_corrections(products: list[dict], corrections: Corrections) -> list[dict]:
@@ -132,9 +151,13 @@ def tag_catalog(
     # a missing model is the first error
     version = read_card(storage, resolve_version(storage, model_version)).version
     scan = scan_products(storage, version, full=full)  # read once, for all three steps
-    plan = TagPlan(version, scan.todo["product_id"].to_pylist(), scan.products)
-    rows = score_products(lake, plan.model_version, plan.product_ids, config, scan.todo)
-    return _write_tags(storage, plan, [rows], _Run.start(run_id, run_date, config, full, t0), scan)
+    run = _Run.start(run_id, run_date, config, full, t0)
+    # Chunks in product id order, each sorted, so their rows arrive in TAG_ORDER and are
+    # streamed into the history file and the latest merge as they are scored.
+    chunks = score_chunks(lake, version, in_product_order(scan.todo), run.config)
+    meta = run.metadata(version)
+    return _write_tags(storage, version, (rows_table([c], version, run.run_id, run.now, meta) for c in chunks),
+                       run, scan)
 
 
 @locked("tags")
@@ -143,7 +166,11 @@ def write_tags(lake: str, plan: TagPlan, rows: list[Rows], *, full: bool = False
                config: TagConfig | None = None) -> TagResult:
     """Commit the tag rows of a planned run (from one or many score_products shards)."""
     run = _Run.start(run_id, run_date, config, full, time.perf_counter())
-    return _write_tags(open_storage(lake), plan, rows, run, None)
+    version = plan.model_version
+    table = rows_table(rows, version, run.run_id, run.now, run.metadata(version))  # shards: any order
+    storage = open_storage(lake)
+    return _write_tags(storage, version, iter([table]), run,
+                       scan_products(storage, version, wanted=plan.product_ids))
 
 
 @dataclass(frozen=True)
@@ -171,12 +198,12 @@ class _Run:
                 "config": self.config.model_dump_json()}
 
 
-def _write_tags(storage: Storage, plan: TagPlan, chunks: list[Rows], run: _Run,
-                scan: Scan | None) -> TagResult:
-    """History, then latest, then state (the order the module docstring explains)."""
-    version = plan.model_version
+def _write_tags(storage: Storage, version: str, tables: Iterator[pa.Table], run: _Run,
+                scan: Scan) -> TagResult:
+    """History, then latest, then state (the order the module docstring explains). `tables`:
+    the run's rows (TAG_HISTORY) in TAG_ORDER, pulled as the latest merge reaches them and
+    streamed into the history file on the way, so neither table is held whole."""
     result = TagResult(run.run_id, run.run_date.isoformat(), version, storage.uri)
-    scan = scan if scan is not None else scan_products(storage, version, wanted=plan.product_ids)
     tagged = scan.todo
     result.products, result.tagged = scan.products, tagged.num_rows
     result.skipped = scan.products - tagged.num_rows
@@ -184,20 +211,24 @@ def _write_tags(storage: Storage, plan: TagPlan, chunks: list[Rows], run: _Run,
              scan.products)
 
     meta = run.metadata(version)
-    new = rows_table(chunks, version, run.run_id, run.now, meta)
-    result.history_rows = new.num_rows
-    if new.num_rows or run.full:  # a night with nothing to tag leaves no empty file behind
-        result.history_path = _write_history(storage, new, run.run_id, run.run_date)
-
-    fresh = new.cast(TAG_LATEST).combine_chunks()
-    merged = _write_latest(storage, fresh, scan, meta)
+    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
+        history_file, latest_file = Path(tmp) / "history.parquet", Path(tmp) / "latest.parquet"
+        with RowGroupWriter(history_file, TAG_HISTORY.with_metadata({**TAG_HISTORY.metadata, **meta})) as history:
+            merged = merge_latest(storage, _recorded(tables, history), tagged["product_id"], scan.ids,
+                                  latest_file, meta)
+        result.history_rows = history.rows
+        if history.rows or run.full:  # a night with nothing to tag leaves no empty file behind
+            result.history_path = _write_history(storage, history_file, run.run_id, run.run_date)
+        if tagged.num_rows or merged.rows != merged.previous_rows:
+            storage.upload(latest_file, LATEST_PATH)
+            log.info("wrote %d rows to %s", merged.rows, storage.url(LATEST_PATH))
+        # Only tagged and removed products can change (the others' rows are copied as they
+        # were), and their rows in the new latest table are exactly the new rows.
+        result.changes = compute_tag_changes_of_files(merged.affected_path, history_file)
     result.removed = merged.removed
     result.latest_rows, result.latest_path = merged.rows, storage.url(LATEST_PATH)
     result.tags_per_attribute = merged.tags_per_attribute
     result.drift = _taxonomy_drift(storage, version)
-    # Only tagged and removed products can change (the others' rows are copied as they
-    # were), and their rows in the new latest table are exactly the new rows.
-    result.changes = compute_tag_changes(merged.previous_affected, fresh)
 
     if tagged.num_rows or result.removed:
         _write_state(storage, tagged, scan.ids, version, run.run_id)
@@ -205,6 +236,13 @@ def _write_tags(storage: Storage, plan: TagPlan, chunks: list[Rows], run: _Run,
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run.run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)
     return result
+
+
+def _recorded(tables: Iterator[pa.Table], history: RowGroupWriter) -> Iterator[pa.Table]:
+    """`tables`, each written to the history file as it passes."""
+    for table in tables:
+        history.write(table)
+        yield table
 
 
 def _taxonomy_drift(storage: Storage, version: str) -> dict:
@@ -218,26 +256,15 @@ def _taxonomy_drift(storage: Storage, version: str) -> dict:
     return drift
 
 
-def _write_history(storage: Storage, table: pa.Table, run_id: str, run_date: date) -> str:
+def _write_history(storage: Storage, local: Path, run_id: str, run_date: date) -> str:
     """One file per run; a re-run of the same run id replaces it (in any partition)."""
     path = f"{HISTORY_PREFIX}/run_date={run_date.isoformat()}/{run_id}.parquet"
     for old in storage.list(HISTORY_PREFIX):
         if old.endswith(f"/{run_id}.parquet") and old != path:
             storage.delete(old)
-    write_table(storage, path, table)
+    storage.upload(local, path)
+    log.info("wrote %s", storage.url(path))
     return storage.url(path)
-
-
-def _write_latest(storage: Storage, fresh: pa.Table, scan: Scan, meta: dict[str, str]) -> Merged:
-    """The previous latest table merged with the run's rows, uploaded when anything changed
-    (a night with nothing tagged and nothing removed leaves the file as it was)."""
-    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
-        local = Path(tmp) / "latest.parquet"
-        merged = merge_latest(storage, fresh, scan.todo["product_id"], scan.ids, local, meta)
-        if scan.todo.num_rows or merged.rows != merged.previous_rows:
-            storage.upload(local, LATEST_PATH)
-            log.info("wrote %d rows to %s", merged.rows, storage.url(LATEST_PATH))
-    return merged
 
 
 def _write_state(storage: Storage, tagged: pa.Table, current_ids: pa.Array, model_version: str,

@@ -102,3 +102,15 @@ class Upto:
         k = bisect_ids(self._buf["product_id"], pid)
         out, self._buf = self._buf.slice(0, k), self._buf.slice(k)
         return out
+
+    def drain(self) -> Iterator[pa.Table]:
+        """The rows not handed out yet, a batch at a time."""
+        if self._buf.num_rows:
+            yield self._buf
+        self._buf = self._buf.slice(0, 0)
+        while self._more:
+            batch = next(self._batches, None)
+            if batch is None:
+                self._more = False
+            elif batch.num_rows:
+                yield batch

@@ -29,7 +29,8 @@ from torch.utils.data.distributed import DistributedSampler
 from catalog_schemas.card import DataConfig
 from tagger.config import FROM_BACKBONE, TrainConfig
 from tagger.data.dataset import ProductImages
-from tagger.data.loader import create_loader
+from tagger.data.loader import create_loader, loader_workers
+from tagger.data.shuffle import ShardBatchSampler
 from tagger.data.transforms import BatchNormalize
 from tagger.io.storage import Storage, open_storage
 from tagger.backbones import get_backbone
@@ -102,13 +103,23 @@ def _create_model(config: TrainConfig, num_outputs: int, procs: Processes) -> tu
 
 
 def _create_train_loader(train_ds: ProductImages, config: TrainConfig,
-                         procs: Processes) -> tuple[DistributedSampler, DataLoader]:
-    # One sampler for one process or many: N processes with batch b draw exactly the global
-    # batches that one process draws with batch N*b (tests/train/test_ddp.py compares the two).
+                         procs: Processes) -> tuple[ShardBatchSampler | DistributedSampler, DataLoader]:
+    """The training loader and its sampler (set_epoch before each epoch). Either sampler
+    makes N processes with batch b draw exactly the global batches one process draws with
+    batch N*b (tests/train/test_ddp.py compares the two)."""
+    drop_last = len(train_ds) > config.batch_size
+    if config.sampler == "shards":
+        workers = loader_workers(len(train_ds), config.batch_size, config.workers)
+        sampler = ShardBatchSampler(train_ds.shards, config.batch_size, seed=config.seed,
+                                    world_size=procs.world_size, rank=procs.rank, workers=workers,
+                                    window=config.shuffle_window, drop_last=drop_last)
+        loader = create_loader(train_ds, config.batch_size, config.workers, batch_sampler=sampler,
+                               device=procs.device, seed=config.seed, persistent=True)
+        return sampler, loader
     sampler = DistributedSampler(train_ds, num_replicas=procs.world_size, rank=procs.rank,
                                  seed=config.seed, drop_last=True)
     loader = create_loader(train_ds, config.batch_size, config.workers, shuffle=True,
-                           sampler=sampler, drop_last=len(train_ds) > config.batch_size,
+                           sampler=sampler, drop_last=drop_last,
                            device=procs.device, seed=config.seed, persistent=True)
     return sampler, loader
 
@@ -200,7 +211,8 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     return version
 
 
-def _train_epochs(storage: Storage, key: str, fit: Fit, sampler: DistributedSampler,
+def _train_epochs(storage: Storage, key: str, fit: Fit,
+                  sampler: ShardBatchSampler | DistributedSampler,
                   train_loader: DataLoader, config: TrainConfig, procs: Processes,
                   watch: EpochWatch | None, start_epoch: int, history: list[dict]) -> None:
     """Epochs start_epoch.. into `history`: train, then (rank 0) validate and checkpoint; stop

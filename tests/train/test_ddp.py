@@ -105,9 +105,10 @@ def _initial_weights(version_card) -> np.ndarray:
     dict(head="softmax", class_weight="sqrt"),
 ], ids=["sigmoid", "softmax"])
 def test_two_processes_train_the_same_model_as_one(trained_lake, tmp_path, options):
-    """Same global batches (DistributedSampler for any world size), gradients averaged by
-    DDP with each term of the loss divided by its global count: 2 processes x batch 8
-    end where 1 process x batch 16 ends, up to float rounding. A control (1 process x batch 8:
+    """Same global batches (the shard-aware sampler's plan does not depend on the world
+    size: tests/data/test_shuffle.py), gradients averaged by DDP with each term of the loss
+    divided by its global count: 2 processes x batch 8 end where 1 process x batch 16 ends,
+    up to float rounding. A control (1 process x batch 8:
     another training) shows how far a different run lands."""
     lake, first = trained_lake
     script = tmp_path / "train_like_for_like.py"
