@@ -91,7 +91,6 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     if products is None:
         products = scan_products(open_storage(lake), model_version, wanted=product_ids).todo
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
-    corrections = load_corrections(storage)
     rows: Rows = {k: [] for k in ROW_COLUMNS}
     for chunk in score_chunks(lake, model_version, todo, config):
         for k, v in chunk.items():
@@ -102,8 +101,10 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
 def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfig) -> Iterator[Rows]:
     """The tag rows of `todo` (PRODUCT_COLUMNS rows), one scoring chunk
     (TagConfig.chunk_size products, in todo's order) at a time."""
-    model, card = load_model(open_storage(lake), model_version)
+    storage = open_storage(lake)
+    model, card = load_model(storage, model_version)
     scorer = ImageScorer(model, card, config)
+    corrections = load_corrections(storage)
     for start in range(0, todo.num_rows, config.chunk_size):
         chunk = _with_corrections(todo.slice(start, config.chunk_size).to_pylist(), corrections)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
