@@ -22,6 +22,13 @@ Device = Annotated[Literal["auto", "cpu", "cuda"], Field(
     description="auto: CUDA when present, so one config runs on a laptop and a GPU node.")]
 
 
+# The stored image size follows the largest training size the registry configures: every
+# transform fits an image to the model's size first (tagger/data/transforms.py), so stored
+# pixels beyond it are never used, and fewer stored pixels let JPEG draft decoding (1/2, 1/4,
+# 1/8 scale while >= the stored size) work on more photos: 800 px ones decode at 400.
+STORED_SIDE = max(b.image_size for b in BACKBONES.values())
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -30,9 +37,12 @@ class IngestConfig(_Config):
     """How a catalog export becomes products, image shards and rejects."""
 
     image_max_side: int = Field(
-        512, ge=32, le=4096,
-        description="Longest side of stored images. >= the largest training size "
-        "(EfficientNet-B4: 380) with room for crops; images are never upscaled.",
+        STORED_SIDE, ge=32, le=4096,
+        description="Longest side of stored images: the largest native size in the backbone "
+        "registry (tagger/backbones.py; EfficientNet-B4: 380). Training and tagging first fit "
+        "each image to the model's size, so more pixels are never used, and at 380 an 800 px "
+        "photo decodes at half scale (JPEG draft). Training bigger than this: raise it "
+        "before ingesting. Images are never upscaled.",
     )
     jpeg_quality: int = Field(
         90, ge=50, le=100,
@@ -41,7 +51,7 @@ class IngestConfig(_Config):
     )
     shard_size: int = Field(
         1000, ge=1, le=100_000,
-        description="Images per Parquet shard (~20-60 MB at 512 px): big enough for fast "
+        description="Images per Parquet shard (~20-60 MB at 512 px, about half at 380): big enough for fast "
         "sequential reads, small enough to rewrite cheaply.",
     )
     chunk_size: int = Field(

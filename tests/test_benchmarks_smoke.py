@@ -31,11 +31,12 @@ def test_train_loader_benchmark_runs(capsys):
 
 
 def test_ingest_decode_benchmark_runs(capsys):
-    # 1100 px: draft decodes at 1/2 scale (550 px >= 512); 600 px: no draft (300 < 512).
+    # Stored at 380 px (IngestConfig's default): 1100 px drafts to 1/2 (550 >= 380, 1/4 = 275
+    # is not), 600 px not at all (300 < 380).
     r = ingest_decode.main(["--images", "3", "--sides", "1100,600", "--real-images", "0"])
     big, small = r["catalogs"]["generated_1100"], r["catalogs"]["generated_600"]
-    assert big["draft_decode_px"] == [550, 550] and big["stored_px"] == [512, 512]
-    assert small["draft_decode_px"] == [600, 600] and small["stored_px"] == [512, 512]
+    assert big["draft_decode_px"] == [550, 550] and big["stored_px"] == [380, 380]
+    assert small["draft_decode_px"] == [600, 600] and small["stored_px"] == [380, 380]
     for m in (big, small):
         for key in ("plain_decode_ms", "ours_decode_ms", "plain_step_ms", "ours_step_ms",
                     "ours_ingest_img_s", "plain_ingest_img_s", "ours_ingest_img_cpu_s", "plain_ingest_img_cpu_s",

@@ -4,7 +4,13 @@ Pure functions over bytes: no file or network I/O. `decode_image` turns whatever
 merchant uploaded into an upright 8-bit RGB image or raises `ImageError` with a
 short reason code for the rejects table; `normalise_image` re-encodes it as a
 bounded-size baseline JPEG for storage; `load_rgb` is the loader's hot path over
-those stored JPEGs.
+those stored JPEGs; `fit_square` is the model's eval input made from such an image.
+
+One decode per image: `normalise_image(..., keep_pixels=True)` also returns the resized
+pixels it encoded, so a nightly run can make the model's input from them without
+decoding the stored JPEG again (tagger.nightly). JPEGs are decoded at 1/2, 1/4 or 1/8
+scale (libjpeg's DCT scaling, `Image.draft`) whenever that still leaves the longest side
+>= the stored size: decoding fewer pixels and resizing from fewer is most of the gain.
 """
 
 from __future__ import annotations
@@ -191,10 +197,13 @@ def normalise_image(
     quality: int = 90,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
-) -> tuple[bytes, int, int]:
+    keep_pixels: bool = False,
+) -> tuple[bytes, int, int] | tuple[bytes, int, int, np.ndarray]:
     """Decode, downscale so the longest side <= max_side (never upscale), re-encode as baseline RGB JPEG.
 
-    Returns (jpeg_bytes, width, height). Raises ImageError like `decode_image`.
+    Returns (jpeg_bytes, width, height), and with `keep_pixels` the RGB pixels that were
+    encoded as a 4th item (uint8 [height, width, 3]: what a decode of the JPEG gives, up to
+    JPEG's loss). Raises ImageError like `decode_image`.
     """
     if max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
@@ -212,6 +221,8 @@ def normalise_image(
     # No exif/icc_profile passed on purpose: orientation is already applied, and a
     # stale Orientation tag would make viewers rotate the image a second time.
     img.save(out, format="JPEG", quality=quality, progressive=False, optimize=False)
+    if keep_pixels:
+        return out.getvalue(), img.width, img.height, np.array(img)
     return out.getvalue(), img.width, img.height
 
 
@@ -223,3 +234,26 @@ def load_rgb(data: bytes) -> np.ndarray:
         # np.array (not asarray): asarray over Pillow's bytes is read-only, which
         # torch.from_numpy warns about and in-place augmentations trip over.
         return np.array(img)
+
+
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """The model's eval input of an RGB uint8 [H, W, 3] image: the longest side resized to
+    `size` (cv2 INTER_AREA, aspect kept), then padded with white to size x size, centred.
+
+    The same pixels as tagger.data.transforms.create_transforms(size, train=False) gives
+    (tests/data/test_images.py checks it), without importing albumentations: scoring with
+    ONNX Runtime runs on numpy and OpenCV alone."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    # albumentations' LongestMaxSize rounds each side with Python's round(); equal: no resize
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    if nh == size and nw == size:
+        return image
+    top, left = max(0, size - nh) // 2, max(0, size - nw) // 2
+    out = np.full((max(size, nh), max(size, nw), 3), 255, dtype=np.uint8)
+    out[top:top + nh, left:left + nw] = image
+    return out

@@ -50,7 +50,7 @@ from tagger.ingest.products import (
 )
 from tagger.ingest.rejects import Rejects, write_rejects
 from tagger.ingest.rows import CatalogRow, RowValidator
-from tagger.ingest.shards import KnownImages, ShardWriter, fetch_and_store, read_stored_hashes
+from tagger.ingest.shards import KnownImages, OnImage, ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
 from tagger.io.lock import lake_lock
 from tagger.io.parquet import RowGroupWriter, read_table
@@ -98,6 +98,7 @@ class _Run:
     result: IngestResult
     now: datetime  # the time stamp of every row this run writes
     previous: PreviousProducts  # the products table before this run, read a batch at a time
+    on_image: OnImage | None = None  # ingest_catalog's hook: the pixels of each image stored now
     new_shards: list[str] = field(default_factory=list)  # written by this run (ShardWriter.created)
     referenced: set[str] = field(default_factory=set)  # the shards the products table names now
 
@@ -109,8 +110,11 @@ def ingest_catalog(
     config: IngestConfig | None = None,
     *,
     run_id: str | None = None,
+    on_image: OnImage | None = None,
 ) -> IngestResult:
-    """Ingest one catalog export into the lake; returns counts of what happened."""
+    """Ingest one catalog export into the lake; returns counts of what happened.
+    `on_image(image_hash, pixels)` is called for every image decoded and stored by this run
+    (tagger.ingest.shards), on the fetching threads."""
     t0 = time.perf_counter()
     config = config or IngestConfig()
     taxonomy = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
@@ -125,7 +129,7 @@ def ingest_catalog(
     # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
     with lake_lock(storage, "catalog", owner=run_id), _open_previous(storage, config.rebuild) as previous:
         run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
-                   Rejects(run_id, str(catalog), now), result, now, previous)
+                   Rejects(run_id, str(catalog), now), result, now, previous, on_image)
         try:
             _ingest_rows(run, itertools.chain([first], chunks))
         except BaseException:  # a full disk, a refused write, SIGTERM: leave nothing half-done
@@ -175,7 +179,7 @@ def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
             previous = run.previous.by_id(r.product_id for r in rows)
             to_fetch = _reuse_unchanged(run, rows, previous)
             run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
-                                                         run.rejects, final=False)
+                                                         run.rejects, final=False, on_image=run.on_image)
             good = [r for r in rows if r.index not in run.rejects.row_numbers]
             table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
             runs.add(table)

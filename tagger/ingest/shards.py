@@ -1,14 +1,19 @@
 """New images -> image shards: fetch each changed image, hash it, normalise it once per
 distinct content, and write the new ones to Parquet shards of `shard_size` images whose
-names derive from their content (a re-run after a crash writes the same names)."""
+names derive from their content (a re-run after a crash writes the same names).
+
+`on_image` (ingest_catalog's hook) is handed the pixels of every image normalised now, on
+the fetching thread, right after its one decode: a nightly run makes the model's input
+from them instead of decoding the stored JPEG again (tagger.nightly)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
@@ -24,6 +29,10 @@ from tagger.io.storage import CorruptTable, Storage, TooLarge
 from tagger.lake import IMAGES_PREFIX
 
 log = logging.getLogger(__name__)
+
+# (image hash, RGB uint8 [H, W, 3] pixels as stored, before JPEG encoding); called from the
+# fetching threads, so it must be thread-safe.
+OnImage = Callable[[str, np.ndarray], None]
 
 
 class KnownImages:
@@ -66,9 +75,9 @@ class KnownImages:
 
 
 def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | KnownImages,
-                config: IngestConfig) -> Problem | None:
-    """Fill in the row's hash (and its normalised image if its content is new); the
-    problem that rejects the row, or None."""
+                config: IngestConfig, on_image: OnImage | None = None) -> Problem | None:
+    """Fill in the row's hash (and its normalised image if its content is new, handed to
+    `on_image` too); the problem that rejects the row, or None."""
     try:
         data = source.read(row.image_uri)
     except FileNotFoundError:
@@ -84,12 +93,15 @@ def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | Kn
         row.image_shard = known[row.image_hash]
         return None
     try:
-        row.stored = normalise_image(
+        stored = normalise_image(
             data, max_side=config.image_max_side, quality=config.jpeg_quality,
-            max_pixels=config.max_pixels,
+            max_pixels=config.max_pixels, keep_pixels=on_image is not None,
         )
     except ImageError as e:
         return Problem("decode", e.reason, f"image {row.image_uri}: {e.detail}")
+    row.stored = stored[:3]
+    if on_image is not None:
+        on_image(row.image_hash, stored[3])
     return None
 
 
@@ -169,7 +181,8 @@ class ShardWriter:
 
 
 def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: ShardWriter,
-                    config: IngestConfig, rejects: Rejects, *, final: bool = True) -> int:
+                    config: IngestConfig, rejects: Rejects, *, final: bool = True,
+                    on_image: OnImage | None = None) -> int:
     """Fetch every row's image on `config.workers` threads, a shard's worth at a time, and
     write shards as they fill up; returns the number of images fetched. `final`: write the
     last, partial shard too (not between the chunks of one export: its shards then come
@@ -179,7 +192,7 @@ def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: Sha
     with ThreadPoolExecutor(config.workers) as pool:
         for start in range(0, len(rows), config.shard_size):
             chunk = rows[start:start + config.shard_size]
-            problems = pool.map(lambda r: fetch_image(r, source, writer.known, config), chunk)
+            problems = pool.map(lambda r: fetch_image(r, source, writer.known, config, on_image), chunk)
             for row, problem in zip(chunk, problems):
                 fetched += 1
                 if problem:

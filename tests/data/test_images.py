@@ -277,3 +277,56 @@ def test_load_rgb_shape_dtype_and_values():
 def test_load_rgb_greyscale_jpeg_still_three_channels():
     arr = load_rgb(encode(solid(90, (20, 10), mode="L"), "JPEG"))
     assert arr.shape == (10, 20, 3) and arr.dtype == np.uint8
+
+
+# --- one decode per image, draft decoding, the model's input without albumentations ---
+
+
+def _photo(side: int, seed: int = 0) -> bytes:
+    """A photo-like JPEG: a drawn demo product enlarged to side x side px with sensor noise
+    (smooth shapes + +-6 levels of noise, like benchmarks/catalogs.py), quality 90."""
+    from tagger.demo.sample import _sample_product, render_product
+
+    rng = np.random.default_rng(seed)
+    img = render_product(_sample_product(rng), rng, 192).resize((side, side), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, np.int16) + rng.integers(-6, 7, (side, side, 3), dtype=np.int16)
+    return encode(Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), "JPEG", quality=90)
+
+
+@pytest.mark.parametrize("shape", [(380, 253), (253, 380), (96, 96), (50, 70), (97, 300), (48, 48), (1, 40)])
+@pytest.mark.parametrize("size", [96, 48])
+def test_fit_square_gives_the_eval_transforms_pixels(shape, size):
+    from tagger.data.images import fit_square
+    from tagger.data.transforms import create_transforms
+
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    expected = create_transforms(size, train=False)(image=image)["image"]
+    got = fit_square(image, size)
+    assert got.shape == (size, size, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_normalise_keeps_the_pixels_it_encoded():
+    data = _photo(500)
+    jpeg, w, h, pixels = normalise_image(data, max_side=380, keep_pixels=True)
+    assert (w, h) == (380, 380) and pixels.shape == (380, 380, 3) and pixels.dtype == np.uint8
+    assert normalise_image(data, max_side=380) == (jpeg, w, h)  # the same stored bytes
+    decoded = load_rgb(jpeg).astype(np.int16)
+    err = np.abs(decoded - pixels)
+    # q90's loss on a photo with sensor noise (measured: mean 2.5, 99th percentile 14 levels)
+    assert 0 < err.mean() < 3.5 and np.percentile(err, 99) <= 20
+
+
+@pytest.mark.parametrize("side, draft_px", [(800, 400), (1500, 750), (760, 380), (740, 740)])
+def test_draft_decode_is_within_jpeg_tolerance_of_a_full_decode(side, draft_px):
+    """At 380 px stored, an 800 px photo decodes at 1/2 scale (400 >= 380), a 1500 px one at
+    1/2 too (1/4 would be 375 < 380); 740 px cannot be halved. The stored pixels differ from
+    a full decode resized the same way by less than storing them as JPEG loses anyway."""
+    data = _photo(side)
+    assert decode_image(data, draft_side=380).size == (draft_px, draft_px)
+    jpeg, w, h, ours = normalise_image(data, max_side=380, keep_pixels=True)
+    full = Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+    err = np.abs(ours.astype(np.int16) - np.asarray(full, np.int16))
+    jpeg_loss = np.abs(load_rgb(jpeg).astype(np.int16) - ours)
+    assert err.mean() < jpeg_loss.mean() and np.percentile(err, 99) <= np.percentile(jpeg_loss, 99)
+    assert err.mean() < 1.5  # measured: 0.90 at 800 px, 0.34 at 1500 px
