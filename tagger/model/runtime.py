@@ -18,6 +18,13 @@ used KEEP_EXPORTS stay.
 
 The exporter is torch's default, torch.export-based one (`dynamo=True`; needs `onnxscript`
 and `onnx`), not the deprecated TorchScript one (`dynamo=False`, which needs `onnx` too).
+
+Opening a cached export needs neither torch nor timm (~2 s of imports per process on a
+2-core machine): `card_session` finds the export of a model card by a key of the card
+alone (its weights' sha256, backbone, test-time augmentation, outputs, input shape and the
+installed torch/timm versions), through a small pointer file written next to the export
+the first time it is made (`card-<key>.json`). Only a missing or pruned export loads the
+model (torch) and exports it.
 """
 
 from __future__ import annotations
@@ -38,16 +45,18 @@ import uuid
 import warnings
 from pathlib import Path
 
+from importlib.metadata import PackageNotFoundError, version as dist_version
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
 from tqdm.auto import tqdm
 
+from catalog_schemas.card import ModelCard
 from tagger.config import load_settings
-from tagger.model.device import unwrap
-from tagger.data.transforms import model_input
-from tagger.model.factory import FlipTTA
-from tagger.model.predict import predict_scores
+
+if TYPE_CHECKING:  # torch is imported where a model is exported or run, not to open a cached export
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +90,7 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto") -> str:
+def resolve_runtime(runtime: str, device: torch.device | str, precision: str = "auto") -> str:
     """'torch' or 'onnx'. auto: ONNX Runtime on the CPU when precision is auto or fp32 and
     its packages are installed (faster than torch bf16 even on CPUs with native bf16, and
     exact: see the module docstring); torch otherwise (CUDA, an explicit bf16/fp16). A
@@ -90,11 +99,12 @@ def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto")
         raise ValueError(f"Unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}.")
     if runtime == "torch":
         return "torch"
+    device_type = getattr(device, "type", device)  # a torch.device or its type ('cpu', 'cuda')
     missing = missing_packages()
     if runtime == "onnx":
-        if device.type != "cpu":
+        if device_type != "cpu":
             raise RuntimeUnavailable(
-                f"runtime='onnx' runs on the CPU only, but the device is {device.type}: "
+                f"runtime='onnx' runs on the CPU only, but the device is {device_type}: "
                 "use runtime 'torch' or 'auto' (auto takes torch on CUDA).")
         if precision not in ("auto", "fp32"):
             raise RuntimeUnavailable(
@@ -105,7 +115,7 @@ def resolve_runtime(runtime: str, device: torch.device, precision: str = "auto")
                 f"runtime='onnx' needs {', '.join(missing)}, which cannot be imported here: "
                 f"pip install {' '.join(missing)} (or use runtime 'torch' or 'auto').")
         return "onnx"
-    if device.type == "cpu" and precision in ("auto", "fp32") and not missing:
+    if device_type == "cpu" and precision in ("auto", "fp32") and not missing:
         return "onnx"
     return "torch"
 
@@ -131,6 +141,9 @@ def cache_dir() -> Path:
 def _exported(model: nn.Module) -> nn.Module:
     """The module an export runs: DDP / torch.compile wrappers removed, inside and outside a
     test-time augmentation wrapper, which stays (it is part of what the export computes)."""
+    from tagger.model.device import unwrap
+    from tagger.model.factory import FlipTTA
+
     m = unwrap(model)
     return FlipTTA(unwrap(m.model)) if isinstance(m, FlipTTA) else m
 
@@ -138,6 +151,8 @@ def _exported(model: nn.Module) -> nn.Module:
 def _architecture(m: nn.Module) -> str:
     """The class of the model, and of the model inside a TTA wrapper: `FlipTTA(EfficientNet)`.
     A plain model's is its class alone, so its exports keep their keys."""
+    from tagger.model.factory import FlipTTA
+
     name = f"{type(m).__module__}.{type(m).__qualname__}"
     return f"{name}({_architecture(m.model)})" if isinstance(m, FlipTTA) else name
 
@@ -146,6 +161,7 @@ def export_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     """sha256 of what the export depends on: weights (any memory format), architecture,
     test-time augmentation, input shape (C, H, W), torch and timm versions, EXPORT_FORMAT."""
     import timm
+    import torch
 
     m = _exported(model)
     h = hashlib.sha256(json.dumps([
@@ -162,6 +178,8 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     """An fp32 CPU copy in eval mode with ordinary tensors: a model that went through
     predict_scores holds inference-mode tensors (channels_last conversion under
     inference_mode), which torch.export refuses."""
+    import torch
+
     m = copy.deepcopy(_exported(model)).cpu().float().eval()
     for t in itertools.chain(m.parameters(), m.buffers()):
         t.data = t.data.clone(memory_format=torch.contiguous_format)
@@ -187,6 +205,8 @@ def _export(model, input_shape, directory: Path, key: str, path: Path) -> Path:
     missing = [p for p in ("onnxscript", "onnx") if p in missing_packages()]
     if missing:
         raise RuntimeUnavailable(f"Exporting to ONNX needs {', '.join(missing)}: pip install {' '.join(missing)}")
+    import torch
+
     t0 = time.perf_counter()
     tmp = directory / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -247,10 +267,86 @@ def onnx_session(model: nn.Module, input_shape: tuple[int, ...], *, threads: int
                  directory: Path | None = None):
     """An onnxruntime InferenceSession of the model (exported or taken from the cache),
     intra-op threads = torch.get_num_threads() unless given; sessions are reused."""
+    import torch
+
     if missing_packages():
-        resolve_runtime("onnx", torch.device("cpu"))  # raises, saying what is missing
+        resolve_runtime("onnx", "cpu")  # raises, saying what is missing
     path = export_onnx(model, tuple(input_shape), directory)
     return _open_session(str(path), threads or torch.get_num_threads())
+
+
+def card_key(card: ModelCard, input_shape: tuple[int, ...]) -> str | None:
+    """sha256 of what a card's export depends on, from the card alone (no torch): its
+    weights' sha256, backbone, test-time augmentation, outputs, the input shape and the
+    installed torch and timm versions (read from package metadata, not imported). None for
+    a card without a weights digest: its export is found by loading the model."""
+    if not card.weights_sha256:
+        return None
+    try:
+        versions = [dist_version("torch"), dist_version("timm")]
+    except PackageNotFoundError:
+        return None
+    return hashlib.sha256(json.dumps([
+        EXPORT_FORMAT, card.weights_sha256, card.backbone, card.timm_name, card.tta,
+        card.taxonomy.num_outputs,
+        list(input_shape), *versions,
+    ]).encode()).hexdigest()
+
+
+def _pointer(directory: Path, key: str) -> Path:
+    return directory / f"card-{key}.json"
+
+
+def cached_card_export(card: ModelCard, input_shape: tuple[int, ...],
+                       directory: Path | None = None) -> Path | None:
+    """The cached export of this card's model, found without loading it; None when there is
+    none yet (or it was pruned)."""
+    key = card_key(card, input_shape)
+    if key is None:
+        return None
+    directory = Path(directory) if directory is not None else cache_dir()
+    try:
+        name = json.loads(_pointer(directory, key).read_text())["export"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = directory / Path(name).name
+    if not path.exists():
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: pruning keeps it
+    return path
+
+
+def card_session(card: ModelCard, input_shape: tuple[int, ...], load_model, *,
+                 threads: int | None = None, directory: Path | None = None):
+    """An onnxruntime session of the card's model: from the cache when the card's export is
+    there (no torch import), else `load_model()` (-> the torch model) is exported first and
+    a pointer from the card's key to the export is written for the next process.
+    Threads: `threads`, else $OMP_NUM_THREADS, else ONNX Runtime's own default (the
+    physical cores)."""
+    if missing_packages():
+        resolve_runtime("onnx", "cpu")  # raises, saying what is missing
+    directory = Path(directory) if directory is not None else cache_dir()
+    threads = threads or _env_threads()
+    path = cached_card_export(card, input_shape, directory)
+    if path is None:
+        path = export_onnx(load_model(), tuple(input_shape), directory)
+        key = card_key(card, input_shape)
+        if key is not None:
+            pointer = _pointer(directory, key)
+            tmp = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_text(json.dumps({"export": path.name, "model_version": card.version}))
+            os.replace(tmp, pointer)
+    return _open_session(str(path), threads)
+
+
+def _env_threads() -> int:
+    """Intra-op threads without asking torch: OMP_NUM_THREADS where set, else 0 (ONNX
+    Runtime's default: one per physical core, what torch.get_num_threads() gives too)."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
 
 
 def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc: str = "predict",
@@ -260,6 +356,10 @@ def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc:
     scores (raw logits with `logits`), rows in dataset order (the loader must not shuffle).
     uint8 batches need `normalize` (a BatchNormalize; its buffer is reused batch to batch).
     Export or session problems raise before the first batch is scored."""
+    import torch
+
+    from tagger.data.transforms import model_input
+
     n = len(loader.dataset)
     out: np.ndarray | None = None
     session = None
@@ -288,6 +388,8 @@ def predict_with_runtime(model: nn.Module, loader, device: torch.device, *, runt
     """Scores (or logits) with the runtime `runtime` resolves to: predict_scores_onnx or
     tagger.model.predict.predict_scores. Under auto, a model the exporter cannot handle is scored
     with torch (warning); a forced 'onnx' raises."""
+    from tagger.model.predict import predict_scores
+
     if resolve_runtime(runtime, device, precision or "auto") == "onnx":
         try:
             return predict_scores_onnx(model, loader, logits=logits, desc=desc, normalize=normalize)

@@ -13,15 +13,15 @@ import logging
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from catalog_schemas.card import ModelCard, parse_card
 from tagger.io.lock import lake_lock
 from tagger.io.storage import Storage
 from tagger.lake import CARD, MODELS, WEIGHTS, model_path
-from tagger.model.factory import create_model, with_tta
-from tagger.model.weights import load_weights, save_weights
+
+if TYPE_CHECKING:  # torch is imported by the functions that build a model: reading cards needs none
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ def latest_version(storage: Storage) -> str:
 
 def register_model(storage: Storage, model: nn.Module, card: ModelCard) -> ModelCard:
     """Write the weights, then the card with their sha256; returns the card as written."""
+    from tagger.model.weights import save_weights
+
     version = card.version
     with lake_lock(storage, "models", owner=version), tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         local = Path(tmp) / WEIGHTS
@@ -79,6 +81,9 @@ def read_card(storage: Storage, version: str | None = None) -> ModelCard:
 def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module, ModelCard]:
     """(model in eval mode on CPU, card) of a version (default: the newest). The model
     scores as the card says: wrapped in its test-time augmentation (with_tta) when it has one."""
+    from tagger.model.factory import create_model, with_tta
+    from tagger.model.weights import load_weights
+
     card = read_card(storage, version)
     model = create_model(card.backbone, card.taxonomy.num_outputs, pretrained=False)
     with storage.local_copy(model_path(card.version, WEIGHTS)) as local:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
 T_MIN, T_MAX = 0.05, 20.0
@@ -32,6 +31,8 @@ def _softmax_nll(logits: np.ndarray, label: np.ndarray, temperature: float) -> f
 
 
 def _search(nll) -> float:
+    from scipy.optimize import minimize_scalar  # fitting only: applying temperatures needs none
+
     res = minimize_scalar(lambda log_t: nll(float(np.exp(log_t))),
                           bounds=(np.log(T_MIN), np.log(T_MAX)), method="bounded",
                           options={"xatol": 1e-4})

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
+
+
+def precision_recall_curve(y_true, y_score):
+    """sklearn.metrics.precision_recall_curve, imported when thresholds are tuned: a tag
+    run only applies them, and importing scikit-learn costs it ~1.4 s."""
+    from sklearn.metrics import precision_recall_curve as curve
+
+    return curve(y_true, y_score)
 
 
 def _best_f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
