@@ -30,24 +30,24 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog_schemas.tables import TAG_HISTORY
 from tagger.config import TagConfig
 from tagger.corrections import Corrections, load_corrections
-from tagger.data.dataset import order_by_shard
 from tagger.io.lock import locked
 from tagger.io.storage import RowGroupWriter, Storage, open_storage
 from tagger.lake import HISTORY_PREFIX, LATEST_PATH, STATE_PATH, TAXONOMY_PATH, read_lake_taxonomy
 from tagger.model.production import resolve_version
-from tagger.model.scoring import ImageScorer
-from tagger.model.versions import load_model, read_card
+from tagger.model.scoring import ImageScorer, order_by_shard
+from tagger.model.versions import read_card
 from tagger.tag.changes import compute_tag_changes_of_files
 from tagger.tag.drift import compute_taxonomy_drift
 from tagger.tag.merge import merge_latest, merge_state, state_rows
@@ -98,18 +98,20 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     return rows
 
 
-def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfig) -> Iterator[Rows]:
+def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfig,
+                 images: Mapping[str, np.ndarray] | None = None) -> Iterator[Rows]:
     """The tag rows of `todo` (PRODUCT_COLUMNS rows), one scoring chunk
-    (TagConfig.chunk_size products, in todo's order) at a time."""
+    (TagConfig.chunk_size products, in todo's order) at a time. `images`: model inputs by
+    image hash already in memory (ImageScorer.score)."""
     storage = open_storage(lake)
-    model, card = load_model(storage, model_version)
-    scorer = ImageScorer(model, card, config)
+    scorer = ImageScorer.of_version(storage, model_version, config)  # weights only if needed
+    card = scorer.card
     corrections = load_corrections(storage)
     for start in range(0, todo.num_rows, config.chunk_size):
         chunk = _with_corrections(todo.slice(start, config.chunk_size).to_pylist(), corrections)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
-                              desc=f"tag {start + len(chunk)}/{todo.num_rows}")
+                              desc=f"tag {start + len(chunk)}/{todo.num_rows}", images=images)
         arrays = scorer.arrays
         yield compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
                                arrays.auto_thresholds, argmax_slices=arrays.softmax_slices)
@@ -144,9 +146,12 @@ def tag_catalog(
     run_id: str | None = None,
     run_date: date | None = None,
     config: TagConfig | None = None,
+    images: Mapping[str, np.ndarray] | None = None,
 ) -> TagResult:
     """Tag new and changed products (all with `full` or a new model) and write the tables,
-    with `model_version` (default: the lake's production version, tagger.model.production)."""
+    with `model_version` (default: the lake's production version, tagger.model.production).
+    `images`: model inputs by image hash already in memory (a nightly run's new images,
+    tagger.nightly); the other products' images are read from their shards."""
     t0 = time.perf_counter()
     storage = open_storage(lake)
     # a missing model is the first error
@@ -155,7 +160,7 @@ def tag_catalog(
     run = _Run.start(run_id, run_date, config, full, t0)
     # Chunks in product id order, each sorted, so their rows arrive in TAG_ORDER and are
     # streamed into the history file and the latest merge as they are scored.
-    chunks = score_chunks(lake, version, in_product_order(scan.todo), run.config)
+    chunks = score_chunks(lake, version, in_product_order(scan.todo), run.config, images)
     meta = run.metadata(version)
     return _write_tags(storage, version, (rows_table([c], version, run.run_id, run.now, meta) for c in chunks),
                        run, scan)
