@@ -70,6 +70,19 @@ def cmd_tag(args) -> int:
     return 0
 
 
+def cmd_nightly(args) -> int:
+    tag_config = config_from_args(TagConfig, args)
+    ingest_config = config_from_args(IngestConfig, argparse.Namespace(config=args.ingest_config))
+    from tagger.nightly import run_nightly
+
+    result = run_nightly(args.catalog, args.taxonomy, args.lake, ingest_config, tag_config,
+                         model_version=args.model, tag_run_id=args.run_id, run_date=args.run_date)
+    out = result.to_dict()
+    out["ingest"]["shards_written"] = len(out["ingest"]["shards_written"])
+    _print_json(out)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     config = config_from_args(TagConfig, args)
     from tagger.model.evaluate import evaluate_model
@@ -192,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-date", type=date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
     add_config_flags(g, TagConfig)
     g.set_defaults(func=cmd_tag)
+
+    n = sub.add_parser("nightly", help="ingest, then tag new and changed products, in one process "
+                       "(each new image decoded once)")
+    n.add_argument("catalog", help="CSV, JSON Lines or Parquet export (local path or s3://)")
+    n.add_argument("--taxonomy", required=True, help="taxonomy YAML (catalog_schemas/taxonomies/)")
+    n.add_argument("--lake", required=True, help="lake root: a folder or s3://bucket/prefix")
+    n.add_argument("--model", help="model version (default: the lake's production version)")
+    n.add_argument("--ingest-config", help="YAML with IngestConfig fields")
+    n.add_argument("--config", help="YAML with TagConfig fields (flags override it)")
+    n.add_argument("--run-id", help="the tag run's id: re-using one replaces that run's output")
+    n.add_argument("--run-date", type=date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
+    add_config_flags(n, TagConfig)
+    n.set_defaults(func=cmd_nightly)
 
     e = sub.add_parser("evaluate", help="evaluate a model on a labelled catalog it never saw")
     e.add_argument("catalog", help="labelled catalog export (CSV, JSON Lines, Parquet; local or s3://)")
