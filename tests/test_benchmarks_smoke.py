@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from benchmarks import ingest_decode, tag_throughput, train_loader
 
 
@@ -96,3 +98,18 @@ def test_train_input_quality_comparison_runs():
     q = train_input.train_compare(epochs=1, products=40, backbone="test_efficientnet", image_size=48, batch=8)
     for sampler in train_input.SAMPLERS:
         assert 0 <= q[sampler]["test_mAP"] <= 1 and q[sampler]["val_mAP"] is not None
+
+
+@pytest.mark.slow
+def test_nightly_new_benchmark_runs(capsys):
+    from benchmarks import nightly_new
+
+    r = nightly_new.main(["--products", "4", "--sides", "120", "--models", "test_efficientnet:32",
+                          "--repeats", "1"])
+    (m,) = r["results"]
+    assert (m["products"], m["side"], m["repeats"]) == (4, 120, 1)
+    for path in nightly_new.PATHS:
+        assert m["img_s"][path] > 0 and len(m["wall_s"][path]) == 1, path
+    assert m["vs_baseline"]["nightly"] > 0 and m["vs_baseline"]["ingest_tag"] > 0 and m["tag_empty_s"] > 0
+    assert m["nightly_vs_ingest_tag"]["rows"] > 0
+    assert capsys.readouterr().out.count("\n| ") == 1
