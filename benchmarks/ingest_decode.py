@@ -6,8 +6,8 @@ open/convert/thumbnail/save, per image and through the whole ingest, from one ru
 - ours: `tagger.data.images.normalise_image` (what ingest runs per new image): header checks,
   `draft()` so libjpeg decodes at 1/2, 1/4 or 1/8 scale while the longest side stays
   >= the stored size (IngestConfig.image_max_side: 380 since it follows the largest
-  training size; 512 before), EXIF orientation, RGB, one LANCZOS resize to it
-  (reducing_gap 3), JPEG q90;
+  training size; 512 before), EXIF orientation, RGB, one resize to it (OpenCV INTER_AREA;
+  PIL LANCZOS with reducing_gap 3 before: benchmarks/decoders.py), JPEG q90;
 - plain: `Image.open(...).convert("RGB")`, `thumbnail((side, side), LANCZOS)`, JPEG q90: what
   one writes without thinking about decode cost (convert() decodes at full size, so the
   draft that thumbnail() would apply comes too late).

@@ -329,4 +329,4 @@ def test_draft_decode_is_within_jpeg_tolerance_of_a_full_decode(side, draft_px):
     err = np.abs(ours.astype(np.int16) - np.asarray(full, np.int16))
     jpeg_loss = np.abs(load_rgb(jpeg).astype(np.int16) - ours)
     assert err.mean() < jpeg_loss.mean() and np.percentile(err, 99) <= np.percentile(jpeg_loss, 99)
-    assert err.mean() < 1.5  # measured: 0.90 at 800 px, 0.34 at 1500 px
+    assert err.mean() < 1.5  # measured: 1.03 at 800 px, 0.60 at 1500 px (INTER_AREA vs LANCZOS)
