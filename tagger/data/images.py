@@ -219,14 +219,17 @@ def normalise_image(
         # The model's own fit is INTER_AREA too (tagger.data.transforms).
         import cv2
 
-        img = Image.fromarray(cv2.resize(np.asarray(img), size, interpolation=cv2.INTER_AREA))
+        pixels = cv2.resize(np.asarray(img), size, interpolation=cv2.INTER_AREA)
+        img = Image.fromarray(pixels)
+    else:
+        pixels = None
 
     out = io.BytesIO()
     # No exif/icc_profile passed on purpose: orientation is already applied, and a
     # stale Orientation tag would make viewers rotate the image a second time.
     img.save(out, format="JPEG", quality=quality, progressive=False, optimize=False)
     if keep_pixels:
-        return out.getvalue(), img.width, img.height, np.array(img)
+        return out.getvalue(), img.width, img.height, pixels if pixels is not None else np.array(img)
     return out.getvalue(), img.width, img.height
 
 
