@@ -60,7 +60,7 @@ FLOORS = {
     "tagger.ingest": 5,
     "tagger.model": 6,
     "tagger.train": 7, "tagger.tag": 7,
-    "tagger.demo": 8, "tagger.ops": 8, "tagger.review": 8,
+    "tagger.demo": 8, "tagger.ops": 8, "tagger.review": 8, "tagger.nightly": 8,
     "tagger.cli": 9, "tagger": 9,
 }
 
