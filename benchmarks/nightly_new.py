@@ -131,13 +131,15 @@ def _compare_tags(a: str, b: str) -> dict:
 
 
 def measure(side: int, backbone: str, size: int, n: int, repeats: int, tmp: Path, env: dict,
-            catalogs: dict) -> dict:
+            made: dict) -> dict:
     from benchmarks.catalogs import large_catalog
 
-    if (side, n) not in catalogs:
-        catalogs[side, n] = large_catalog(tmp / f"catalog-{side}-{n}", n, side)[:2]
-    catalog, taxonomy = catalogs[side, n]
-    template, model = _prepare(tmp, backbone, size, taxonomy, env)
+    if (side, n) not in made:  # a catalog per photo size and count, a model per backbone
+        made[side, n] = large_catalog(tmp / f"catalog-{side}-{n}", n, side)[:2]
+    catalog, taxonomy = made[side, n]
+    if (backbone, size) not in made:
+        made[backbone, size] = _prepare(tmp, backbone, size, taxonomy, env)
+    template, model = made[backbone, size]
     baseline_py = tmp / "baseline.py"
     baseline_py.write_text(BASELINE)
     py, lake, other = sys.executable, tmp / "lake", tmp / "lake-two-step"
@@ -194,10 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-nightly-new-") as tmp:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                "TAGGER_ONNX_CACHE": str(Path(tmp) / "onnx"), "TQDM_DISABLE": "1"}
-        catalogs: dict = {}
+        made: dict = {}
         for side in (int(s) for s in a.sides.split(",")):
             for backbone, size, n in _model_specs(a.models, a.products):
-                results.append(measure(side, backbone, size, n, a.repeats, Path(tmp), env, catalogs))
+                results.append(measure(side, backbone, size, n, a.repeats, Path(tmp), env, made))
     out = dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", results=results)
     print(json.dumps(out, indent=2))
     for r in results:

@@ -44,7 +44,7 @@ from tagger.data.images import fit_square, load_rgb
 from tagger.io.storage import Storage, open_storage, read_table
 from tagger.labels import softmax_slices, vector_from_values
 from tagger.lake import IMAGES_PREFIX
-from tagger.model.runtime import INPUT, OUTPUT, ExportError, card_session, resolve_runtime
+from tagger.model.runtime import INPUT, OUTPUT, ExportError, card_session, onnx_session, resolve_runtime
 from tagger.model.versions import load_model, read_card
 from tagger.quality.calibration import apply_temperature, temperature_vector
 
@@ -175,7 +175,11 @@ class ImageScorer:
                               logits=True, normalize=normalize)
 
     def _onnx_logits(self, lake, shards, hashes, desc, images) -> np.ndarray:
-        session = card_session(self.card, (3, self.size, self.size), lambda: self.model)
+        shape = (3, self.size, self.size)
+        if self._load_model is None:  # a model in hand (maybe not the card's weights): its own export
+            session = onnx_session(self._model, shape)
+        else:  # a registered version: found by its card, loaded only to be exported
+            session = card_session(self.card, shape, lambda: self.model)
         out = np.zeros((len(hashes), self.card.taxonomy.num_outputs), np.float32)
         t0, held = time.perf_counter(), 0
         for start, batch, from_memory in self._batches(lake, shards, hashes, images):
