@@ -46,15 +46,17 @@ def _add_products(catalog: Path, n: int, *, seed: int, side: int) -> list[str]:
 
 
 class _Decodes:
-    """Counts decodes of source photos (decode_image) and of stored JPEGs (load_rgb)."""
+    """Counts decodes of source photos (decode_image; those that gave an image: the
+    catalog's broken image is tried, and rejected, every night) and of stored JPEGs (load_rgb)."""
 
     def __init__(self, monkeypatch):
         self.source = self.stored = 0
         decode, load = tagger.data.images.decode_image, tagger.model.scoring.load_rgb
 
         def counted_decode(*a, **kw):
+            image = decode(*a, **kw)
             self.source += 1
-            return decode(*a, **kw)
+            return image
 
         def counted_load(*a, **kw):
             self.stored += 1
