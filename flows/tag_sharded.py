@@ -4,33 +4,24 @@ Same tables as the `tag` flow: the plan, the scoring and the commit are the same
 functions; only the scoring runs as one task per shard, on Dask workers. Without
 TAGGER_DASK_ADDRESS the flow starts a local cluster of TAGGER_DASK_WORKERS (2) processes;
 with it, it uses that cluster (e.g. `dask scheduler` + `dask worker` on GPU machines). Both
-are Settings (tagger/config.py), read when this module is imported.
+are Settings (tagger/config.py), read when this module is imported (flows/_dask.py).
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 from pydantic import Field
 from typing_extensions import Annotated
 
 from flows._artifacts import publish_tagging
 from flows._common import DEFAULT_LAKE, retry_on_transient
+from flows._dask import dask_task_runner as _dask
 from flows.tag import rejects_task
-from tagger.config import TagConfig, load_settings
+from tagger.config import TagConfig
 from tagger.tag.run import TagPlan, plan_tagging, score_products, write_tags
 
 _RETRY = dict(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_on_transient)
-
-
-def _dask() -> DaskTaskRunner:
-    settings = load_settings()
-    if address := settings.dask_address:
-        return DaskTaskRunner(address=address)
-    cluster = dict(n_workers=settings.dask_workers, threads_per_worker=1, processes=True,
-                   dashboard_address=None)
-    return DaskTaskRunner(cluster_kwargs=cluster)
 
 
 @task(**_RETRY)

@@ -392,12 +392,13 @@ class Settings(BaseSettings):
         None, description="Folder of ONNX exports. Unset: $XDG_CACHE_HOME or ~/.cache, in "
         "product-tagger/onnx: local to the machine, never the lake (scoring only reads the lake).")
     dask_address: str | None = Field(
-        None, description="Dask scheduler of the tag-sharded flow (tcp://host:8786). Unset: a "
-        "local cluster of dask_workers processes, so the flow runs on one machine as it is.")
+        None, description="Dask scheduler of the tag-sharded and ingest-sharded flows "
+        "(tcp://host:8786). Unset: a local cluster of dask_workers processes, so the flows run "
+        "on one machine as they are.")
     dask_workers: int = Field(
         2, ge=1, le=256, description="Processes of the local Dask cluster that the "
-        "tag-sharded flow starts when dask_address is unset. 2: fits the smallest worker "
-        "machine; raise it on bigger ones.")
+        "tag-sharded and ingest-sharded flows start when dask_address is unset. 2: fits the "
+        "smallest worker machine; raise it on bigger ones.")
 
 
 def load_settings() -> Settings:

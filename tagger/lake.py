@@ -20,6 +20,7 @@ One root URI (a local folder or `s3://bucket/prefix`, see tagger.io.storage) hol
 | tags/latest/tags.parquet                 | one current row per product and tag   | tag         |
 | tags/state/tagged.parquet                | what each product was tagged from     | tag         |
 | .locks/                                  | one writer per table group            | tagger.io.lock |
+| .staging/ingest/<run>/                   | a fanned-out ingest's fetched images, until its shards are written | ingest (sharded) |
 
 The table schemas are declared in catalog_schemas.tables; the layout never changes in
 place, so a lake written by an earlier version opens with this one (tests/test_old_lake.py).
@@ -57,6 +58,9 @@ REJECTS_PREFIX = "catalog/rejects"
 CORRECTIONS_PATH = "catalog/corrections/corrections.parquet"
 LABEL_ISSUES_PATH = "catalog/label_issues/issues.parquet"
 RELEASED_PATH = "catalog/images/.released.json"  # when each unreferenced shard was let go
+# Images a fanned-out ingest's workers fetched, until the shards are written (hidden: no
+# table listing or reader sees them; the run deletes its own).
+STAGING_PREFIX = ".staging/ingest"
 
 # What an operator runs when a lake file is damaged (named in every CorruptTable).
 REBUILD_CATALOG = ("Rebuild the catalog tables from the export and the stored image shards: "
@@ -76,6 +80,10 @@ register_remedy(HISTORY_PREFIX + "/", "Delete it: that run's rows leave the hist
 
 def image_shard_path(shard: str) -> str:
     return f"{IMAGES_PREFIX}/{shard}"
+
+
+def staging_path(run_id: str, part: str) -> str:
+    return f"{STAGING_PREFIX}/{run_id}/{part}.parquet"
 
 
 def model_path(version: str, name: str = "") -> str:

@@ -113,3 +113,39 @@ def test_nightly_new_benchmark_runs(capsys):
     assert m["vs_baseline"]["nightly"] > 0 and m["vs_baseline"]["ingest_tag"] > 0 and m["tag_empty_s"] > 0
     assert m["nightly_vs_ingest_tag"]["rows"] > 0
     assert capsys.readouterr().out.count("\n| ") == 1
+
+
+def test_scale_goals_are_checked_from_the_figures():
+    from benchmarks import scale
+
+    def size(n, peaks, night):
+        return dict(products=n, night_ratio=night,
+                    steps={s: dict(seconds=1.0, peak_mb=p) for s, p in zip(scale.STEPS, peaks)})
+
+    start = dict(ingest_mb=200.0, tag_mb=1000.0, help_mb=90.0)
+    g = scale.goals([size(10, [300, 1100, 300, 1100], 0.2), size(100, [450, 1600, 301, 1100], 0.05)], start)
+    assert (g["ingest_peak_ratio"]["value"], g["ingest_peak_ratio"]["met"]) == (1.5, True)
+    assert (g["tag_full_peak_over_startup_mb"]["value"], g["tag_full_peak_over_startup_mb"]["met"]) == (600.0, False)
+    assert (g["reingest_peak_over_startup_mb"]["value"], g["reingest_peak_over_startup_mb"]["met"]) == (101.0, True)
+    assert g["tag_full_peak_ratio"]["met"] is True and g["night_ratio"] == dict(value=0.05, limit=0.05, met=True)
+    assert len(g) == 2 * len(scale.STEPS) + 1
+
+
+@pytest.mark.slow  # 13 whole commands, each a fresh process that imports torch
+def test_scale_benchmark_runs(tmp_path, capsys):
+    import json
+
+    from benchmarks import scale
+
+    r = scale.main(["--sizes", "20,40", "--workdir", str(tmp_path), "--json", str(tmp_path / "scale.json")])
+    assert [(s["products"], s["changed"]) for s in r["sizes"]] == [(20, 1), (40, 1)]
+    for s in r["sizes"]:
+        assert all(s["checks"].values()), s["checks"]  # ingested, tagged all, then exactly the changed
+        for step in scale.STEPS:
+            assert s["steps"][step]["seconds"] > 0 and s["steps"][step]["peak_mb"] > 0, step
+    assert r["startup"]["tag_mb"] > r["startup"]["help_mb"] > 0
+    assert set(r["goals"]) == scale.goals(r["sizes"], r["startup"]).keys() and len(r["goals"]) == 9
+    assert json.loads((tmp_path / "scale.json").read_text()) == r
+    out = capsys.readouterr().out
+    assert out.count("\n| 40 | ") == 5 and "| night_ratio |" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["scale.json"]  # catalogs and lakes removed

@@ -105,25 +105,37 @@ def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | Kn
     return None
 
 
-def write_shard(storage: Storage, rows: Sequence[CatalogRow]) -> tuple[str, bool]:
-    """One Parquet shard of new images; its name is derived from its content (idempotent).
-    Returns (name, whether it was written now: False when it was there already)."""
-    unique = {r.image_hash: r.stored for r in rows}
-    hashes = sorted(unique)
-    name = "shard-" + hashlib.sha256("".join(hashes).encode()).hexdigest()[:20] + ".parquet"
+def shard_name(hashes: Sequence[str]) -> str:
+    """The name of the shard of these images: derived from their hashes alone, so a re-run
+    (or another process that plans the same shard) arrives at the same name."""
+    return "shard-" + hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:20] + ".parquet"
+
+
+def write_images(storage: Storage, images: dict[str, tuple[bytes, int, int]]) -> tuple[str, bool]:
+    """One Parquet shard of these normalised images (hash -> (JPEG, width, height)), sorted by
+    hash. Returns (name, whether it was written now: False when it was there already)."""
+    hashes = sorted(images)
+    name = shard_name(hashes)
     path = f"{IMAGES_PREFIX}/{name}"
     created = not storage.exists(path)
     if created:
         table = pa.table(
             {
                 "image_hash": hashes,
-                "width": [unique[h][1] for h in hashes],
-                "height": [unique[h][2] for h in hashes],
-                "data": [unique[h][0] for h in hashes],
+                "width": [images[h][1] for h in hashes],
+                "height": [images[h][2] for h in hashes],
+                "data": [images[h][0] for h in hashes],
             },
             schema=IMAGES,
         )
         write_table(storage, path, table)
+    return name, created
+
+
+def write_shard(storage: Storage, rows: Sequence[CatalogRow]) -> tuple[str, bool]:
+    """One Parquet shard of the rows' new images; its name is derived from its content
+    (idempotent). Returns (name, whether it was written now: False when it was there already)."""
+    name, created = write_images(storage, {r.image_hash: r.stored for r in rows})
     for r in rows:
         r.image_shard, r.stored = name, None
     return name, created

@@ -75,6 +75,9 @@ def create_s3_client() -> Any:
                 max_pool_connections=64,
                 connect_timeout=10,
                 read_timeout=60,
+                # Requests are SigV4 anyway; presigned URLs would default to SigV2, which
+                # newer regions and most S3-compatible stores refuse.
+                signature_version="s3v4",
             )
             _CLIENTS[key] = boto3.session.Session().client("s3", config=config)
         return _CLIENTS[key]

@@ -57,7 +57,7 @@ def test_first_day_deploy_retrain_and_nightly(server, catalog, tmp_path):
     nightly = _deployment(api, "nightly")
     retrain = _deployment(api, "retrain")
     assert {d["name"] for d in api.post("/deployments/filter", json={}).json()} == {
-        "nightly", "retrain", "tag", "tag-sharded", "ingest", "promote", "vacuum", "review-push",
+        "nightly", "retrain", "tag", "tag-sharded", "ingest-sharded", "ingest", "promote", "vacuum", "review-push",
         "review-pull"}
     [schedule] = [s["schedule"] for s in nightly["schedules"]]
     assert (schedule["cron"], schedule["timezone"]) == ("0 2 * * *", "Europe/Berlin")

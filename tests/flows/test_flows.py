@@ -100,8 +100,11 @@ def test_retries_only_on_transient_errors(prefect_api):
     assert len(calls) == 1
 
 
-def test_sharded_tagging_gives_the_same_tags_as_one_process(prefect_api, trained_lake, tmp_path):
-    """tag-sharded on a local Dask cluster of 2 worker processes writes the tags `tag` writes."""
+@pytest.mark.parametrize("cluster", ["local", "scheduler"])
+def test_sharded_tagging_gives_the_same_tags_as_one_process(cluster, prefect_api, trained_lake, tmp_path, request):
+    """tag-sharded writes the tags `tag` writes: on the local cluster it starts itself (2
+    worker processes), and on a `dask scheduler` + 2 `dask worker` processes it is pointed
+    at by address (tests/dask_cluster.py), as in production."""
     import shutil
 
     import numpy as np
@@ -111,6 +114,11 @@ def test_sharded_tagging_gives_the_same_tags_as_one_process(prefect_api, trained
     from tagger.io.storage import open_storage
     from tagger.lake import read_latest
 
+    if cluster == "scheduler":
+        from prefect_dask import DaskTaskRunner
+
+        tag_sharded = tag_sharded.with_options(
+            task_runner=DaskTaskRunner(address=request.getfixturevalue("dask_address")))
     lake, version = trained_lake
     other = tmp_path / "other"
     shutil.copytree(lake, other)

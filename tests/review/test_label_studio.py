@@ -53,11 +53,13 @@ def test_push_annotate_pull_round_trip(studio, trained_lake, monkeypatch):
     latest = read_latest(storage)
     review = set(latest.filter(latest["needs_review"])["product_id"].to_pylist())
     assert review, "the precision target leaves no tag to review"
+    published = set(latest.filter(pc.equal(latest["source"], "model"))["product_id"].to_pylist()) - review
+    sampled = min(2, len(published))  # a weak model may leave no product wholly auto-published
 
     t0 = time.monotonic()
     pushed = push_reviews(lake, sample=2)
     t_push = time.monotonic() - t0
-    assert pushed.added == len(review) + 2 == pushed.per_reason["needs_review"] + 2
+    assert pushed.added == len(review) + sampled and pushed.per_reason["needs_review"] == len(review)
     again = push_reviews(lake, sample=2)
     assert again.added == 0 and again.already_there == pushed.added  # no duplicate tasks
 
@@ -70,7 +72,10 @@ def test_push_annotate_pull_round_trip(studio, trained_lake, monkeypatch):
     decided = {}
     t0 = time.monotonic()
     for i, task in enumerate(tasks[:4]):
-        result = [dict(r, id=f"r{i}{j}") for j, r in enumerate(task["predictions"][0]["result"])]
+        prediction = task["predictions"][0]
+        if isinstance(prediction, int):  # the export lists a task's predictions by id
+            prediction = client.request("GET", f"/api/predictions/{prediction}/").json()
+        result = [dict(r, id=f"r{i}{j}") for j, r in enumerate(prediction["result"])]
         if i % 2:  # correct the colour; the others accepted as shown
             result = [r for r in result if r["from_name"] != "colour"]
             shown = (task["data"]["shown"].get("colour") or ["?"])[0]

@@ -35,3 +35,20 @@ def test_an_s3_image_is_a_presigned_url_that_serves_it(s3_bucket, trained_lake):
     url = image_url(open_storage(lake), ShardCache(lake), product, 300)
     assert url.startswith("http") and "Signature" in url
     assert httpx.get(url, timeout=10).content == b"\xff\xd8jpeg bytes"
+
+
+def test_products_are_chosen_for_review_issues_and_a_sample_of_published_ones():
+    import pyarrow as pa
+
+    from tagger.review.push import select_products
+
+    latest = pa.table({"product_id": ["a", "a", "b", "c", "d", "e"],
+                       "needs_review": [False, True, False, False, False, False],
+                       "source": ["model", "model", "model", "curated", "model", "model"]})
+    issues = pa.table({"product_id": ["b", "a"]})
+    assert select_products(latest, None, 0, 0) == {"a": "needs_review"}
+    assert select_products(latest, issues, 0, 0) == {"a": "needs_review", "b": "label_issue"}
+    sampled = select_products(latest, issues, 5, 0)  # published by the model: d and e only
+    assert sampled == {"a": "needs_review", "b": "label_issue", "d": "sample", "e": "sample"}
+    one = select_products(latest, None, 1, 0)
+    assert len(one) == 2 and set(one) - {"a"} <= {"b", "d", "e"} and one == select_products(latest, None, 1, 0)
