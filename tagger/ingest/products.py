@@ -92,13 +92,13 @@ class PreviousProducts:
         self.path = path
         self.num_rows = pq.ParquetFile(path).metadata.num_rows if path is not None else 0
 
-    def batches(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """The table (or these columns), ROW_GROUP_ROWS rows at a time, cast to PRODUCTS."""
+    def batches(self, columns: list[str] | None = None, rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
+        """The table (or these columns), `rows` rows at a time, cast to PRODUCTS."""
         if self.path is None:
             return
         schema = pa.schema([PRODUCTS.field(c) for c in columns]) if columns else PRODUCTS
         with pq.ParquetFile(self.path) as f:
-            for batch in f.iter_batches(batch_size=ROW_GROUP_ROWS, columns=schema.names):
+            for batch in f.iter_batches(batch_size=rows, columns=schema.names):
                 yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
 
     def rows_of(self, product_ids: Iterable[str]) -> pa.Table:
@@ -144,10 +144,18 @@ def _rebatched(batches: Iterator[pa.Table], rows: int = ROW_GROUP_ROWS) -> Itera
         yield pa.concat_tables(held).combine_chunks()
 
 
+# Rows per row group of a run file, and per batch read from each run while merging. The
+# merge holds a reader and a batch of every run at once, and there is a run per export chunk
+# (ten for a million products): at ROW_GROUP_ROWS rows that was ~15-25 MB a run, so the merge
+# grew with the catalog. Run files are local and temporary; the merged table is written in
+# ROW_GROUP_ROWS row groups as before.
+RUN_ROWS = 2048
+
+
 class ProductRuns:
     """The new products table, built a chunk at a time: each chunk's rows go to a sorted
-    local run file, and `merged` streams all runs' rows in product id order (a batch of each
-    run in memory; product ids are unique across runs)."""
+    local run file, and `merged` streams all runs' rows in product id order (RUN_ROWS rows
+    of each run in memory; product ids are unique across runs)."""
 
     def __init__(self, folder: Path):
         self.folder, self.paths = folder, []
@@ -155,11 +163,11 @@ class ProductRuns:
     def add(self, table: pa.Table) -> None:
         if table.num_rows:
             path = self.folder / f"run-{len(self.paths):05d}.parquet"
-            pq.write_table(table.sort_by("product_id"), path, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+            pq.write_table(table.sort_by("product_id"), path, row_group_size=RUN_ROWS, **PARQUET_OPTIONS)
             self.paths.append(path)
 
     def merged(self) -> Iterator[pa.Table]:
-        return merge_sorted([PreviousProducts(p).batches() for p in self.paths])
+        return merge_sorted([PreviousProducts(p).batches(rows=RUN_ROWS) for p in self.paths])
 
 
 def merge_sorted(runs: list[Iterator[pa.Table]]) -> Iterator[pa.Table]:

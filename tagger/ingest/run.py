@@ -126,12 +126,14 @@ def ingest_catalog(
     chunks = read_catalog_chunks(str(catalog), config.chunk_size)
     first = next(chunks)
     check_columns(first, taxonomy, str(catalog))
+    chunks = itertools.chain([first], chunks)
+    del first  # held here, the first chunk's rows would stay in memory for the whole run
     # Catalog-level errors above write nothing, not even a lock. One ingest per lake at a time.
     with lake_lock(storage, "catalog", owner=run_id), _open_previous(storage, config.rebuild) as previous:
         run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
                    Rejects(run_id, str(catalog), now), result, now, previous, on_image)
         try:
-            _ingest_rows(run, itertools.chain([first], chunks))
+            _ingest_rows(run, chunks)
         except BaseException:  # a full disk, a refused write, SIGTERM: leave nothing half-done
             _remove_new_shards(run)
             raise
@@ -174,16 +176,8 @@ def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
     with tempfile.TemporaryDirectory(prefix="tagger-ingest-") as tmp:
         runs = ProductRuns(Path(tmp))
         for df in chunks:
-            run.result.rows += len(df)
-            rows = list(validator.validate(df))
-            previous = run.previous.by_id(r.product_id for r in rows)
-            to_fetch = _reuse_unchanged(run, rows, previous)
-            run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
-                                                         run.rejects, final=False, on_image=run.on_image)
-            good = [r for r in rows if r.index not in run.rejects.row_numbers]
-            table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
-            runs.add(table)
-            changes.add(chunk_changes)
+            _ingest_chunk(run, df, validator, writer, runs, changes)
+            del df  # not held while the next chunk is read
         writer.flush(final=True)
         run.result.images_stored += writer.images_stored
         run.result.shards_written.extend(writer.shards)
@@ -191,6 +185,22 @@ def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
         _update_products(run, runs, changes, writer.known, Path(tmp) / "products.parquet")
     write_taxonomy(run.storage, run.taxonomy)
     write_released(run.storage, run.referenced, run.now)
+
+
+def _ingest_chunk(run: _Run, df: pd.DataFrame, validator: RowValidator, writer: ShardWriter,
+                  runs: ProductRuns, changes: ProductChanges) -> None:
+    """One chunk's rows, images and products run. Its own function so that the chunk's rows
+    (Python objects, a few hundred bytes each) are freed before the next chunk is read."""
+    run.result.rows += len(df)
+    rows = list(validator.validate(df))
+    previous = run.previous.by_id(r.product_id for r in rows)
+    to_fetch = _reuse_unchanged(run, rows, previous)
+    run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
+                                                 run.rejects, final=False, on_image=run.on_image)
+    good = [r for r in rows if r.index not in run.rejects.row_numbers]
+    table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
+    runs.add(table)
+    changes.add(chunk_changes)
 
 
 def _known_images(run: _Run) -> dict[str, str] | KnownImages:

@@ -38,16 +38,40 @@ OnImage = Callable[[str, np.ndarray], None]
 class KnownImages:
     """image hash -> shard of the images stored already: the previous products' in two sorted
     Arrow arrays (a hash and a shard name per product, not a dict of Python strings), plus
-    the ones this run stores. What fetch_image and ShardWriter look up and add to."""
+    the ones this run stores. What fetch_image and ShardWriter look up and add to.
+
+    The images this run stores wait in a dict only until FOLD_EVERY of them are there, then
+    join the sorted arrays: a first ingest stores an image per product, and a dict of Python
+    strings held every one (~190 bytes a product, ~190 MB at a million)."""
+
+    FOLD_EVERY = 65_536
 
     def __init__(self, hashes: pa.ChunkedArray | pa.Array, shards: pa.ChunkedArray | pa.Array):
+        self._set(hashes, shards)
+        self._added: dict[str, str] = {}
+
+    def _set(self, hashes: pa.ChunkedArray | pa.Array, shards: pa.ChunkedArray | pa.Array) -> None:
         order = pc.sort_indices(hashes)
         self._hashes = pc.take(hashes, order)
         self._shards = pc.take(shards, order)
         if isinstance(self._hashes, pa.ChunkedArray):
             self._hashes, self._shards = self._hashes.combine_chunks(), self._shards.combine_chunks()
         self._shards = self._shards.dictionary_encode()  # a few thousand names, a code per image
-        self._added: dict[str, str] = {}
+
+    def _fold(self) -> None:
+        """The added images into the sorted arrays; an added hash replaces the same hash there
+        (as a lookup sees it: the added one first)."""
+        added = pa.array(list(self._added), pa.string())
+        hashes, shards = self._hashes, self._shards.dictionary_decode()
+        again = pc.is_in(hashes, value_set=added)
+        if pc.any(again).as_py():
+            hashes, shards = hashes.filter(pc.invert(again)), shards.filter(pc.invert(again))
+        hashes = pa.concat_arrays([hashes, added])
+        shards = pa.concat_arrays([shards, pa.array(list(self._added.values()), pa.string())])
+        # the old arrays go before the new ones are sorted: a copy less at the peak
+        self._hashes = self._shards = added = again = None
+        self._added = {}
+        self._set(hashes, shards)
 
     def _find(self, image_hash: str) -> int | None:
         lo, hi = 0, len(self._hashes)
@@ -72,6 +96,8 @@ class KnownImages:
 
     def update(self, new: dict[str, str]) -> None:
         self._added.update(new)
+        if len(self._added) >= self.FOLD_EVERY:
+            self._fold()
 
 
 def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | KnownImages,
