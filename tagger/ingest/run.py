@@ -24,7 +24,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -115,6 +115,19 @@ def ingest_catalog(
     """Ingest one catalog export into the lake; returns counts of what happened.
     `on_image(image_hash, pixels)` is called for every image decoded and stored by this run
     (tagger.ingest.shards), on the fetching threads."""
+    return run_ingest(catalog, taxonomy, lake, config, _ingest_rows, run_id=run_id, on_image=on_image)
+
+
+IngestRows = Callable[["_Run", Iterator[pd.DataFrame]], None]
+
+
+def run_ingest(catalog: str, taxonomy: Taxonomy | str, lake: str, config: IngestConfig | None,
+               ingest_rows: IngestRows, *, run_id: str | None = None, on_image: OnImage | None = None,
+               how: str = "") -> IngestResult:
+    """The envelope of every ingest (one process or fanned out, tagger.ingest.sharded): the
+    export's columns checked before anything is written, the catalog lock, the previous
+    products table, `ingest_rows(run, chunks)` for the work, and a failed run's new shards
+    removed."""
     t0 = time.perf_counter()
     config = config or IngestConfig()
     taxonomy = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
@@ -133,14 +146,14 @@ def ingest_catalog(
         run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
                    Rejects(run_id, str(catalog), now), result, now, previous, on_image)
         try:
-            _ingest_rows(run, chunks)
+            ingest_rows(run, chunks)
         except BaseException:  # a full disk, a refused write, SIGTERM: leave nothing half-done
             _remove_new_shards(run)
             raise
         result.seconds = round(time.perf_counter() - t0, 3)
     log.info(
-        "ingest %s: %d rows -> %d products (%d new, %d changed, %d removed), %d rejected, "
-        "%d images stored in %.1fs", run_id, result.rows, result.products, result.new,
+        "ingest %s%s: %d rows -> %d products (%d new, %d changed, %d removed), %d rejected, "
+        "%d images stored in %.1fs", run_id, how, result.rows, result.products, result.new,
         result.changed, result.removed, result.rejected, result.images_stored, result.seconds,
     )
     return result

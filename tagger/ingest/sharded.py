@@ -26,15 +26,11 @@ takes the fan-out that runs the other two (InProcess by default).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -43,25 +39,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog_schemas.tables import IMAGES
-from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
+from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import IngestConfig
-from tagger.ingest.export import check_columns, read_catalog_chunks
 from tagger.ingest.products import ProductChanges, ProductRuns, products_table, write_released, write_taxonomy
-from tagger.ingest.rejects import Problem, Rejects
+from tagger.ingest.rejects import Problem
 from tagger.ingest.rows import CatalogRow, RowValidator
 from tagger.ingest.run import (
     IngestResult,
     _known_images,
-    _open_previous,
-    _remove_new_shards,
     _reuse_unchanged,
     _Run,
     _update_products,
     _write_rejects,
+    run_ingest,
 )
 from tagger.ingest.shards import fetch_image, shard_name, write_images
 from tagger.ingest.source import ImageSource
-from tagger.io.lock import lake_lock
 from tagger.io.parquet import RowGroupWriter, open_parquet_file
 from tagger.io.storage import open_storage
 from tagger.lake import image_shard_path, staging_path
@@ -240,35 +233,15 @@ def ingest_in_parts(
 ) -> IngestResult:
     """ingest_catalog with the images fetched, decoded and written to shards by `fan_out`
     in parts of at most `part_rows` rows; the same result, tables and shards."""
-    t0 = time.perf_counter()
-    config = config or IngestConfig()
-    taxonomy = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
-    run_id = run_id or f"ingest-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    storage = open_storage(lake)
-    result = IngestResult(run_id=run_id, catalog=str(catalog), lake=storage.uri)
-    now = datetime.now(timezone.utc)
 
-    chunks = read_catalog_chunks(str(catalog), config.chunk_size)
-    first = next(chunks)
-    check_columns(first, taxonomy, str(catalog))
-    staged: list[str] = []  # every staging file a part may have written, until deleted
-    with lake_lock(storage, "catalog", owner=run_id), _open_previous(storage, config.rebuild) as previous:
-        run = _Run(storage, taxonomy, config, ImageSource(str(catalog), config.image_roots),
-                   Rejects(run_id, str(catalog), now), result, now, previous)
+    def ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
+        staged: list[str] = []  # every staging file a part may have written, until deleted
         try:
-            _ingest_parts(run, itertools.chain([first], chunks), fan_out or InProcess(), part_rows, staged)
-        except BaseException:  # as one process: leave no shard that no table names
-            _remove_new_shards(run)
-            raise
-        finally:
+            _ingest_parts(run, chunks, fan_out or InProcess(), part_rows, staged)
+        finally:  # committed or failed, no staged image outlives the run
             _remove_staged(run, staged)
-        result.seconds = round(time.perf_counter() - t0, 3)
-    log.info(
-        "ingest %s in parts: %d rows -> %d products (%d new, %d changed, %d removed), %d rejected, "
-        "%d images stored in %.1fs", run_id, result.rows, result.products, result.new,
-        result.changed, result.removed, result.rejected, result.images_stored, result.seconds,
-    )
-    return result
+
+    return run_ingest(catalog, taxonomy, lake, config, ingest_rows, run_id=run_id, how=" in parts")
 
 
 def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, part_rows: int,
