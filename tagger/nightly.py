@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 
 import numpy as np
@@ -99,9 +99,7 @@ class NightlyResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"ingest": self.ingest.to_dict(), "tag": self.tag.to_dict(),
-                "held_images": self.held_images, "held_over_limit": self.held_over_limit,
-                "seconds": self.seconds, "notes": list(self.notes)}
+        return asdict(self)  # the two results are dataclasses too: their to_dict is asdict
 
 
 def run_nightly(

@@ -30,7 +30,6 @@ import logging
 import os
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ import numpy as np
 from catalog_schemas.card import CardError, ModelCard
 from tagger.config import TagConfig
 from tagger.data.images import fit_square, load_rgb
-from tagger.io.storage import Storage, open_storage, read_table
+from tagger.data.shards import ShardCache
+from tagger.io.storage import Storage
 from tagger.labels import softmax_slices, vector_from_values
-from tagger.lake import IMAGES_PREFIX
 from tagger.model.runtime import INPUT, OUTPUT, ExportError, card_session, onnx_session, resolve_runtime
 from tagger.model.versions import load_model, read_card
 from tagger.quality.calibration import apply_temperature, temperature_vector
@@ -194,7 +193,7 @@ class ImageScorer:
         """(start, uint8 [B, S, S, 3], how many came from `images`) per batch, in order. Shard
         bytes are read here, in order; decoding runs on `workers` threads (PIL and OpenCV
         release the GIL), the next batch's while the caller scores this one."""
-        shard_bytes = _ShardBytes(lake)
+        shard_bytes = ShardCache(lake, max_shards=_SHARDS_HELD)
         images = images or {}
         size, n, bs = self.size, len(hashes), self.config.batch_size
 
@@ -232,33 +231,6 @@ class ImageScorer:
         out -= self._mean
         out *= self._scale
         return out
-
-
-class _ShardBytes:
-    """Stored image bytes by (shard, hash), holding the last few shards read."""
-
-    def __init__(self, lake: str):
-        self.lake, self._storage = lake, None
-        self._shards: OrderedDict[str, dict[str, bytes]] = OrderedDict()
-
-    def get(self, shard: str, image_hash: str) -> bytes:
-        images = self._shards.get(shard)
-        if images is None:
-            if self._storage is None:
-                self._storage = open_storage(self.lake)
-            table = read_table(self._storage, f"{IMAGES_PREFIX}/{shard}")
-            images = self._shards[shard] = dict(zip(table["image_hash"].to_pylist(),
-                                                    table["data"].to_pylist()))
-            while len(self._shards) > _SHARDS_HELD:
-                self._shards.popitem(last=False)
-        else:
-            self._shards.move_to_end(shard)
-        return images[image_hash]
-
-
-def order_by_shard(shards: Sequence[str]) -> np.ndarray:
-    """Indices that visit products shard by shard (sequential reads for inference)."""
-    return np.argsort(np.asarray(shards, dtype=object), kind="stable")
 
 
 def score_images(model: nn.Module, card: ModelCard, lake: str, shards: Sequence[str],

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog_schemas.taxonomy import Taxonomy
-from tagger.data.dataset import ShardCache
+from tagger.data.shards import ShardCache
 from tagger.io.storage import Storage, open_file, open_storage
 from tagger.lake import read_lake_taxonomy, read_latest, read_products
 from tagger.review.client import LabelStudio

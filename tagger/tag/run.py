@@ -46,7 +46,8 @@ from tagger.io.lock import locked
 from tagger.io.storage import RowGroupWriter, Storage, open_storage
 from tagger.lake import HISTORY_PREFIX, LATEST_PATH, STATE_PATH, TAXONOMY_PATH, read_lake_taxonomy
 from tagger.model.production import resolve_version
-from tagger.model.scoring import ImageScorer, order_by_shard
+from tagger.data.shards import order_by_shard
+from tagger.model.scoring import ImageScorer
 from tagger.model.versions import read_card
 from tagger.tag.changes import compute_tag_changes_of_files
 from tagger.tag.drift import compute_taxonomy_drift

@@ -96,6 +96,10 @@ def test_shard_cache_evicts_oldest_shards(lake):
     for p in products:
         assert cache.get(p["image_shard"], p["image_hash"])[:2] == b"\xff\xd8"  # JPEG
     assert len(cache._shards) == 1
+    by_count = ShardCache(str(lake), max_shards=2)  # the scorer's bound: shards, not bytes
+    for p in products:
+        by_count.get(p["image_shard"], p["image_hash"])
+    assert list(by_count._shards) == shards[-2:] and by_count.reads == 3
 
 
 def test_order_by_shard_groups_reads():

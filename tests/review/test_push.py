@@ -6,7 +6,7 @@ import base64
 
 import httpx
 
-from tagger.data.dataset import ShardCache
+from tagger.data.shards import ShardCache
 from tagger.io.storage import open_storage
 from tagger.lake import read_products
 from tagger.review.push import image_url
