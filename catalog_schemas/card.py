@@ -9,7 +9,8 @@ saying which.
 `format` is the card format, not the model version. Cards written before the field
 existed are format 1; every field added since has a default that reads those cards as
 they were meant (format 2 added `head`, sigmoid for older cards; format 3 added `tta`,
-none for older cards). A change that
+none for older cards; format 4 added `inputs` and `text`, an image-only model for older
+cards). A change that
 old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
 misreading it.
 """
@@ -34,9 +35,10 @@ from catalog_schemas.taxonomy import Taxonomy
 
 # 2: `head` (a softmax head's scores are softmaxes; an older reader would take them for
 # sigmoids). 3: `tta` (flip's thresholds and temperatures were tuned on flip-averaged
-# logits; an older reader would score one pass and misapply them). A card without
-# `format` is format 1.
-CARD_FORMAT = 3
+# logits; an older reader would score one pass and misapply them). 4: `inputs` / `text` (a
+# model that reads the product's text; an older reader would feed it images only). A card
+# without `format` is format 1.
+CARD_FORMAT = 4
 
 
 class CardError(ValueError):
@@ -53,6 +55,23 @@ class DataConfig(_Part):
     image_size: int = Field(ge=8, description="Square input size in px.")
     mean: tuple[float, float, float] = Field(description="Per-channel mean of the normalisation (RGB, 0-1).")
     std: tuple[float, float, float] = Field(description="Per-channel std of the normalisation (RGB, 0-1).")
+
+
+class TextConfig(_Part):
+    """How a product's text becomes model input (tagger.model.text): hashed word, word-pair
+    and character n-gram features, looked up in one embedding table and averaged. Hashing
+    needs no vocabulary file and no download, and a word never seen in training still
+    shares its character n-grams with words that were."""
+
+    buckets: int = Field(2**16, ge=16, le=2**24, description="Hash buckets of the embedding "
+                         "table. 65,536: a catalog's words, pairs and n-grams collide rarely, and "
+                         "the table (x dim floats) stays small next to the image backbone.")
+    dim: int = Field(64, ge=4, le=1024, description="Width of a feature's embedding and of the text vector.")
+    max_tokens: int = Field(96, ge=1, le=4096, description="Features per product kept (words "
+                            "first, then word pairs, then character n-grams): a title has "
+                            "5-15 words, so 96 keeps all of a title's features.")
+    char_ngrams: tuple[int, ...] = Field((3,), description="Lengths of the character n-grams "
+                                         "taken within each word (with its boundaries).")
 
 
 class EmaChoice(_Part):
@@ -129,6 +148,10 @@ class ModelCard(BaseModel):
         "none", description="Test-time augmentation every scorer applies (TrainConfig.tta): flip "
         "averages the logits of each image and its mirror. Written only when not none; cards "
         "before format 3: none.")
+    inputs: Literal["image", "text", "image+text"] = Field(
+        "image", description="What the model reads (TrainConfig.inputs): the photo, the "
+        "product's text, or both fused. Written only when not image; cards before format 4: image.")
+    text: TextConfig | None = Field(None, description="How the text becomes input; None for an image-only model.")
     image_size: int = Field(ge=8, description="Input size the model was trained at.")
     data_config: DataConfig
     taxonomy: Taxonomy = Field(description="The taxonomy trained on: one output per (attribute, value).")
@@ -169,6 +192,10 @@ class ModelCard(BaseModel):
             data.pop("best_epoch", None)
         if data.get("tta") == "none":
             data.pop("tta", None)
+        if data.get("inputs") == "image":
+            data.pop("inputs", None)
+        if data.get("text") is None:
+            data.pop("text", None)
         return data
 
     @field_serializer("taxonomy")
@@ -186,6 +213,19 @@ class ModelCard(BaseModel):
         if self.tta != "none" and self.format < 3:
             raise ValueError(f"tta {self.tta!r} needs card format 3 or later, the card says {self.format}")
         return self
+
+    @model_validator(mode="after")
+    def _text_needs_format_4(self) -> ModelCard:
+        if self.inputs != "image" and self.format < 4:
+            raise ValueError(f"inputs {self.inputs!r} needs card format 4 or later, the card says {self.format}")
+        if (self.inputs != "image") != (self.text is not None):
+            raise ValueError(f"inputs {self.inputs!r} and text {self.text!r} disagree: a model that "
+                             "reads text needs its text config, an image-only one has none")
+        return self
+
+    @property
+    def reads_text(self) -> bool:
+        return self.inputs != "image"
 
     @model_validator(mode="after")
     def _thresholds_cover_outputs(self) -> ModelCard:

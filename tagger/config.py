@@ -209,6 +209,19 @@ class TrainConfig(_Config):
         "in, the loss blended by the box's area. With mixup too, each batch takes one of the "
         "two at random. 0: off.",
     )
+    inputs: Literal["auto", "image", "text", "image+text"] = Field(
+        "auto",
+        description="What the model reads. auto: the photo and the product's text (fused, "
+        "tagger/model/text.py) where the lake's products have text (the taxonomy's catalog "
+        "`text` mapping), the photo alone where none has. text: the text branch alone, a "
+        "baseline to measure the fusion against.",
+    )
+    text_dropout: float = Field(
+        0.3, ge=0, lt=1,
+        description="Share of training products whose whole text is hidden from a fused "
+        "model, so that products with an empty or missing title are tagged from the image "
+        "alone. 0.3: the text still carries most of the training signal.",
+    )
     tta: Literal["none", "flip"] = Field(
         "flip",
         description="Test-time augmentation: flip scores each image and its mirror and "
@@ -316,6 +329,14 @@ class TrainConfig(_Config):
     @classmethod
     def _zero_is_no_ema(cls, v):
         return None if v == 0 else v
+
+    @model_validator(mode="after")
+    def _mixing_keeps_text_with_its_image(self) -> TrainConfig:
+        if self.inputs in ("text", "image+text") and (self.mixup or self.cutmix):
+            raise ValueError("mixup / cutmix blend two products' images, but a model that reads "
+                             "text would see one product's text with both: set them to 0 or "
+                             "inputs 'image'")
+        return self
 
     @model_validator(mode="after")
     def _room_to_train(self) -> TrainConfig:

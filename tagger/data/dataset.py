@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from catalog_schemas.card import TextConfig
 from tagger.data.images import load_rgb
+from tagger.data.text import encode_text
 from tagger.data.shards import ShardCache, order_by_shard
 
 __all__ = ["ProductImages", "ShardCache", "order_by_shard"]  # the shard cache lives in tagger.data.shards
@@ -22,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class ProductImages(Dataset):
-    """(image tensor, targets, mask) per product; (image, index) when there are no labels."""
+    """(image tensor, targets, mask) per product; (image, index) when there are no labels.
+    With a `text_config` the image is (image, tokens): the product's text encoded too
+    (tagger.data.text), what a model that reads text takes beside the image."""
 
     def __init__(
         self,
@@ -32,9 +36,16 @@ class ProductImages(Dataset):
         transform,
         targets: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        *,
+        texts: Sequence[str | None] | None = None,
+        text_config: TextConfig | None = None,
     ):
         self.shards, self.hashes = list(shards), list(hashes)
         self.transform, self.targets, self.mask = transform, targets, mask
+        self.texts = list(texts) if texts is not None else [None] * len(self.hashes)
+        if len(self.texts) != len(self.hashes):
+            raise ValueError(f"{len(self.texts)} texts for {len(self.hashes)} images")
+        self.text_config = text_config
         self.cache = ShardCache(lake)
 
     def __len__(self) -> int:
@@ -45,6 +56,8 @@ class ProductImages(Dataset):
         x = self.transform(image=image)["image"]
         if isinstance(x, np.ndarray):  # create_transforms: uint8 HWC, normalised per batch
             x = torch.from_numpy(np.ascontiguousarray(x))
+        if self.text_config is not None:
+            x = (x, torch.from_numpy(encode_text(self.texts[i], self.text_config)))
         if self.targets is None:
             return x, i
         return x, torch.from_numpy(self.targets[i]), torch.from_numpy(self.mask[i])

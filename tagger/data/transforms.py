@@ -95,6 +95,17 @@ class BatchNormalize:
         return self._constants[device]
 
 
+def model_inputs(x, normalize: BatchNormalize | None, device: torch.device, *,
+                 channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    """A loader batch's input as the model's arguments on `device`: (images,), or (images,
+    tokens) where the dataset gives text too (ProductImages with a text config)."""
+    if isinstance(x, (list, tuple)):
+        images, *rest = x
+        return (model_input(images, normalize, device, channels_last=channels_last),
+                *(t.to(device, non_blocking=True) for t in rest))
+    return (model_input(x, normalize, device, channels_last=channels_last),)
+
+
 def model_input(x: torch.Tensor, normalize: BatchNormalize | None, device: torch.device, *,
                 channels_last: bool = False) -> torch.Tensor:
     """A loader batch as float model input on `device` (see BatchNormalize); float batches

@@ -8,9 +8,10 @@ import logging
 import torch
 from torch import nn
 
-from catalog_schemas.card import DataConfig
+from catalog_schemas.card import DataConfig, TextConfig
 from tagger.backbones import get_backbone
 from tagger.model.device import unwrap
+from tagger.model.text import ImageTextModel
 from tagger.model.weights import WeightsError, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -22,12 +23,27 @@ def create_model(
     *,
     pretrained: bool = False,
     weights: str | None = None,
+    inputs: str = "image",
+    text: TextConfig | None = None,
+    text_dropout: float = 0.0,
 ) -> nn.Module:
     """timm backbone + a fresh linear head with `num_outputs` logits.
 
     `weights` (a local or S3 file) starts the backbone from those weights; its classifier is
     replaced. `pretrained` downloads the backbone's default pretrained weights from the hub.
+    `inputs` 'image+text' or 'text' (with `text`): an ImageTextModel (tagger.model.text),
+    the backbone's pooled features fused with the text branch, or the text branch alone.
     """
+    if inputs != "image":
+        if text is None:
+            raise ValueError(f"inputs {inputs!r} needs a TextConfig")
+        image = None if inputs == "text" else _backbone(backbone, 0, pretrained, weights)
+        return ImageTextModel(image, text, num_outputs, text_dropout=text_dropout)
+    return _backbone(backbone, num_outputs, pretrained, weights)
+
+
+def _backbone(backbone: str, num_outputs: int, pretrained: bool, weights: str | None) -> nn.Module:
+    """The timm model with `num_outputs` logits (0: pooled features, no classifier)."""
     import timm
 
     spec = get_backbone(backbone)
@@ -61,7 +77,10 @@ def data_config(model: nn.Module, image_size: int) -> DataConfig:
     """Input normalisation derived from the model (timm's pretrained config), not hard-coded."""
     import timm.data
 
-    cfg = timm.data.resolve_data_config({}, model=unwrap(model))
+    m = unwrap(model)
+    if isinstance(m, ImageTextModel):
+        m = m.image  # a text-only model gets timm's defaults: its images are never looked at
+    cfg = timm.data.resolve_data_config({}, model=m) if m is not None else timm.data.resolve_data_config({})
     return DataConfig(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
@@ -78,9 +97,12 @@ class FlipTTA(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # two passes rather than one of a doubled batch: the same peak memory as no TTA
-        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        # two passes rather than one of a doubled batch: the same peak memory as no TTA; the
+        # text (of a model that reads it) is the same for both. A named argument, not *args:
+        # torch.export needs one input per name
+        text = () if tokens is None else (tokens,)
+        return (self.model(x, *text) + self.model(torch.flip(x, dims=[3]), *text)) / 2
 
 
 # name -> wrapper (None: the plain model); TrainConfig.tta and ModelCard.tta take these names

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tagger.data.transforms import BatchNormalize, model_input
+from tagger.data.transforms import BatchNormalize, model_inputs
 from tagger.model.device import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ def predict_scores(
     out: np.ndarray | None = None
     t0, done = time.perf_counter(), 0
     for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
-        x = model_input(batch[0], normalize, device, channels_last=channels_last)
+        x = model_inputs(batch[0], normalize, device, channels_last=channels_last)
         with autocast(device, amp, precision):
-            raw = model(x).float()
+            raw = model(*x).float()
         scores = (raw if logits else torch.sigmoid(raw)).cpu().numpy()
         if out is None:
             out = np.empty((n, scores.shape[1]), dtype=np.float32)

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnx")
 EXPORT_FORMAT = 1  # bump when the export changes (opset, names, axes): old files are not reused
 INPUT, OUTPUT = "images", "logits"
+TOKENS = "tokens"  # int64 [N, max_tokens] of a model that reads text (tagger.data.text)
 KEEP_EXPORTS = 8
 REQUIRED = ("onnxruntime", "onnxscript", "onnx")  # runtime; torch's exporter needs the other two
 _EXPORT_LOCK = threading.Lock()
@@ -149,12 +150,37 @@ def _exported(model: nn.Module) -> nn.Module:
 
 
 def _architecture(m: nn.Module) -> str:
-    """The class of the model, and of the model inside a TTA wrapper: `FlipTTA(EfficientNet)`.
-    A plain model's is its class alone, so its exports keep their keys."""
+    """The class of the model, and of the model inside a TTA wrapper: `FlipTTA(EfficientNet)`;
+    a model that reads text adds its text config. A plain model's is its class alone, so its
+    exports keep their keys."""
     from tagger.model.factory import FlipTTA
+    from tagger.model.text import ImageTextModel
 
     name = f"{type(m).__module__}.{type(m).__qualname__}"
+    if isinstance(m, ImageTextModel):
+        name += f"[{m.text_config.model_dump_json()}]"
     return f"{name}({_architecture(m.model)})" if isinstance(m, FlipTTA) else name
+
+
+def _text_config(m: nn.Module):
+    """The TextConfig of a model that reads text (inside a TTA wrapper too), else None."""
+    from tagger.model.factory import FlipTTA
+    from tagger.model.text import ImageTextModel
+
+    m = m.model if isinstance(m, FlipTTA) else m
+    return m.text_config if isinstance(m, ImageTextModel) else None
+
+
+def session_feed(session, images: np.ndarray, tokens: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The inputs of one run of `session`, by the names the export declares: a text-only
+    model's export has no image input (the exporter drops an unused one)."""
+    names = {i.name for i in session.get_inputs()}
+    if TOKENS in names and tokens is None:
+        raise ValueError("this model reads the product's text, but no tokens were given")
+    feed = {INPUT: images} if INPUT in names else {}
+    if TOKENS in names:
+        feed[TOKENS] = np.ascontiguousarray(tokens, dtype=np.int64)
+    return feed
 
 
 def export_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
@@ -209,13 +235,18 @@ def _export(model, input_shape, directory: Path, key: str, path: Path) -> Path:
 
     t0 = time.perf_counter()
     tmp = directory / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+    args, names = (torch.zeros(2, *input_shape),), [INPUT]
+    text = _text_config(_exported(model))
+    if text is not None:  # ids 1..: an all-padding example could be folded away
+        args, names = args + (torch.ones(2, text.max_tokens, dtype=torch.int64),), names + [TOKENS]
+    batch = torch.export.Dim("batch")
     try:
         with torch.inference_mode(False), warnings.catch_warnings(), _quiet_exporter():
             warnings.simplefilter("ignore")  # the exporter's tracing chatter
             torch.onnx.export(
-                _plain_copy(model), (torch.zeros(2, *input_shape),), str(tmp),
-                input_names=[INPUT], output_names=[OUTPUT], dynamo=True, verbose=False,
-                external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                _plain_copy(model), args, str(tmp),
+                input_names=names, output_names=[OUTPUT], dynamo=True, verbose=False,
+                external_data=False, dynamic_shapes=tuple({0: batch} for _ in args),
             )
         os.replace(tmp, path)
     except Exception as e:
@@ -286,10 +317,11 @@ def card_key(card: ModelCard, input_shape: tuple[int, ...]) -> str | None:
         versions = [dist_version("torch"), dist_version("timm")]
     except PackageNotFoundError:
         return None
+    reads = [] if not card.reads_text else [card.inputs, card.text.model_dump(mode="json")]
     return hashlib.sha256(json.dumps([
         EXPORT_FORMAT, card.weights_sha256, card.backbone, card.timm_name, card.tta,
         card.taxonomy.num_outputs,
-        list(input_shape), *versions,
+        list(input_shape), *versions, *reads,
     ]).encode()).hexdigest()
 
 
@@ -358,7 +390,7 @@ def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc:
     Export or session problems raise before the first batch is scored."""
     import torch
 
-    from tagger.data.transforms import model_input
+    from tagger.data.transforms import model_inputs
 
     n = len(loader.dataset)
     out: np.ndarray | None = None
@@ -367,10 +399,12 @@ def predict_scores_onnx(model: nn.Module, loader, *, logits: bool = False, desc:
     cpu = torch.device("cpu")
     for batch in tqdm(loader, desc=desc, unit="batch", disable=None, leave=False):
         x = batch[0]
-        x = model_input(x if isinstance(x, torch.Tensor) else torch.as_tensor(x), normalize, cpu)
+        x, *text = model_inputs(x if isinstance(x, (torch.Tensor, list, tuple)) else torch.as_tensor(x),
+                                normalize, cpu)
         if session is None:
             session = onnx_session(model, tuple(x.shape[1:]), threads=threads, directory=directory)
-        raw = session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
+        raw = session.run([OUTPUT], session_feed(session, np.ascontiguousarray(x.numpy(), dtype=np.float32),
+                                                 text[0].numpy() if text else None))[0]
         scores = raw if logits else torch.sigmoid(torch.from_numpy(raw)).numpy()  # as predict_scores
         if out is None:
             out = np.empty((n, scores.shape[1]), dtype=np.float32)

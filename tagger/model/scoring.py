@@ -43,7 +43,8 @@ from tagger.data.images import fit_square, load_rgb
 from tagger.data.shards import ShardCache
 from tagger.io.storage import Storage
 from tagger.labels import softmax_slices, vector_from_values
-from tagger.model.runtime import INPUT, OUTPUT, ExportError, card_session, onnx_session, resolve_runtime
+from tagger.data.text import encode_texts
+from tagger.model.runtime import OUTPUT, ExportError, card_session, onnx_session, resolve_runtime, session_feed
 from tagger.model.versions import load_model, read_card
 from tagger.quality.calibration import apply_temperature, temperature_vector
 
@@ -139,24 +140,36 @@ class ImageScorer:
         return self._model
 
     def score(self, lake: str, shards: Sequence[str], hashes: Sequence[str], *, desc: str,
-              images: Mapping[str, np.ndarray] | None = None) -> Scores:
-        """Scores of the images `hashes` (in the lake's image shards `shards`), in that order;
-        an image in `images` (model input by hash, ONNX path) is not read from its shard."""
+              images: Mapping[str, np.ndarray] | None = None,
+              texts: Sequence[str | None] | None = None) -> Scores:
+        """Scores of the products whose images are `hashes` (in the lake's image shards
+        `shards`) and whose texts are `texts` (None: products without text), in that order;
+        an image in `images` (model input by hash, ONNX path) is not read from its shard.
+        `texts` is required for a model that reads text: a model scored without the text it
+        was trained with would publish its image-only guesses silently."""
+        if self.card.reads_text:
+            if texts is None:
+                raise ValueError(f"Model {self.card.version} reads the products' text "
+                                 f"(inputs {self.card.inputs}): score(..., texts=...)")
+            if len(texts) != len(hashes):
+                raise ValueError(f"{len(texts)} texts for {len(hashes)} images")
+        else:
+            texts = None
         logits = None
         if self.runtime == "onnx":
             try:
-                logits = self._onnx_logits(lake, shards, hashes, desc, images)
+                logits = self._onnx_logits(lake, shards, hashes, desc, images, texts)
             except ExportError as e:
                 if self.config.runtime == "onnx":
                     raise
                 log.warning("%s; scoring with torch instead", e)
                 self.runtime = "torch"
         if logits is None:
-            logits = self._torch_logits(lake, shards, hashes, desc)
+            logits = self._torch_logits(lake, shards, hashes, desc, texts)
         return Scores(logits, apply_temperature(logits, self.arrays.temperature,
                                                 self.arrays.softmax_slices))
 
-    def _torch_logits(self, lake, shards, hashes, desc) -> np.ndarray:
+    def _torch_logits(self, lake, shards, hashes, desc, texts) -> np.ndarray:
         from tagger.data.dataset import ProductImages
         from tagger.data.loader import create_loader
         from tagger.data.transforms import BatchNormalize, create_transforms
@@ -168,12 +181,13 @@ class ImageScorer:
                            BatchNormalize.from_config(self.card.data_config, reuse=True),
                            resolve_device(self.config.device))
         transform, normalize, device = self._torch
-        loader = create_loader(ProductImages(lake, shards, hashes, transform), self.config.batch_size,
+        ds = ProductImages(lake, shards, hashes, transform, texts=texts, text_config=self.card.text)
+        loader = create_loader(ds, self.config.batch_size,
                                self.config.workers, device=device)
         return predict_scores(self.model, loader, device, precision=self.config.precision, desc=desc,
                               logits=True, normalize=normalize)
 
-    def _onnx_logits(self, lake, shards, hashes, desc, images) -> np.ndarray:
+    def _onnx_logits(self, lake, shards, hashes, desc, images, texts) -> np.ndarray:
         shape = (3, self.size, self.size)
         if self._load_model is None:  # a model in hand (maybe not the card's weights): its own export
             session = onnx_session(self._model, shape)
@@ -182,7 +196,9 @@ class ImageScorer:
         out = np.zeros((len(hashes), self.card.taxonomy.num_outputs), np.float32)
         t0, held = time.perf_counter(), 0
         for start, batch, from_memory in self._batches(lake, shards, hashes, images):
-            out[start:start + len(batch)] = session.run([OUTPUT], {INPUT: self._normalise(batch)})[0]
+            tokens = None if texts is None else encode_texts(texts[start:start + len(batch)], self.card.text)
+            feed = session_feed(session, self._normalise(batch), tokens)
+            out[start:start + len(batch)] = session.run([OUTPUT], feed)[0]
             held += from_memory
         seconds = time.perf_counter() - t0
         log.info("%s: %d images (%d from memory) in %.1fs (%.0f img/s, onnxruntime fp32)", desc,
@@ -234,6 +250,7 @@ class ImageScorer:
 
 
 def score_images(model: nn.Module, card: ModelCard, lake: str, shards: Sequence[str],
-                 hashes: Sequence[str], config: TagConfig, *, desc: str) -> Scores:
-    """Scores of one set of images (ImageScorer for a single call)."""
-    return ImageScorer(model, card, config).score(lake, shards, hashes, desc=desc)
+                 hashes: Sequence[str], config: TagConfig, *, desc: str,
+                 texts: Sequence[str | None] | None = None) -> Scores:
+    """Scores of one set of products (ImageScorer for a single call)."""
+    return ImageScorer(model, card, config).score(lake, shards, hashes, desc=desc, texts=texts)

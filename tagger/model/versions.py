@@ -85,7 +85,8 @@ def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module,
     from tagger.model.weights import load_weights
 
     card = read_card(storage, version)
-    model = create_model(card.backbone, card.taxonomy.num_outputs, pretrained=False)
+    model = create_model(card.backbone, card.taxonomy.num_outputs, pretrained=False,
+                         inputs=card.inputs, text=card.text)
     with storage.local_copy(model_path(card.version, WEIGHTS)) as local:
         digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
         if card.weights_sha256 not in (None, digest):

@@ -84,7 +84,9 @@ def find_label_issues(lake: str, *, model_version: str | None = None, config: Ta
     run_id = run_id or f"issues-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     scorer = ImageScorer(model, card, config or TagConfig())
     scores = scorer.score(lake, [data.shards[i] for i in rows], [data.hashes[i] for i in rows],
-                          desc="label issues").scores
+                          desc="label issues",
+                          texts=[data.texts[i] for i in rows] if data.texts is not None else
+                          [None] * len(rows)).scores
     issues = compute_label_issues(card.taxonomy, data.targets[rows], data.mask[rows], scores,
                                   scorer.arrays.thresholds)
     now = datetime.now(timezone.utc)

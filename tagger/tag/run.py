@@ -112,7 +112,8 @@ def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfi
         chunk = _with_corrections(todo.slice(start, config.chunk_size).to_pylist(), corrections)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
-                              desc=f"tag {start + len(chunk)}/{todo.num_rows}", images=images)
+                              desc=f"tag {start + len(chunk)}/{todo.num_rows}", images=images,
+                              texts=[p.get("text") for p in chunk])
         arrays = scorer.arrays
         yield compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
                                arrays.auto_thresholds, argmax_slices=arrays.softmax_slices)

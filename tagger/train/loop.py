@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tagger.config import TrainConfig
-from tagger.data.transforms import BatchNormalize, model_input
+from tagger.data.transforms import BatchNormalize, model_inputs
 from tagger.model.device import autocast, unwrap
 from tagger.labels import single_slices
 from tagger.train.losses import compute_class_weights, masked_multitask_loss
@@ -137,11 +137,11 @@ def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfi
     mixing = mix_generator(config, epoch)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=None, leave=False)
     for step, (x, y, m) in enumerate(bar):
-        x = model_input(x, fit.normalize, device, channels_last=config.channels_last)
+        x, *text = model_inputs(x, fit.normalize, device, channels_last=config.channels_last)
         y, m = y.to(device, non_blocking=True), m.to(device, non_blocking=True)
         x, mix = mix_batch(x, config, mixing)
         with autocast(device, config.amp):
-            logits = model(x).float()
+            logits = model(x, *text).float()
 
         def loss_fn(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return masked_multitask_loss(logits, targets, mask, fit.heads, fit.pos_weight,

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from catalog_schemas.card import DataConfig
+from catalog_schemas.card import DataConfig, TextConfig
 from tagger.config import FROM_BACKBONE, TrainConfig
 from tagger.data.dataset import ProductImages
 from tagger.data.loader import create_loader, loader_workers
@@ -43,7 +43,7 @@ from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_t
 from tagger.train.loop import Fit, TrainLabels, create_fit, train_one_epoch
 from tagger.train.losses import compute_pos_weight
 from tagger.train.register import RunFacts, evaluate_and_register
-from tagger.train.split import create_datasets, load_training_data, split_products
+from tagger.train.split import TrainingData, create_datasets, load_training_data, split_products
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,25 @@ def _close_distributed(procs: Processes) -> None:
         dist.destroy_process_group()
 
 
-def _create_model(config: TrainConfig, num_outputs: int, procs: Processes) -> tuple[nn.Module, DataConfig]:
+def resolve_inputs(config: TrainConfig, data: TrainingData) -> TrainConfig:
+    """`config` with inputs auto decided by the data (image+text where products have text),
+    and a clear error where text is asked for but no product has any."""
+    inputs = config.inputs
+    if inputs == "auto":
+        inputs = "image+text" if data.has_text else "image"
+    elif inputs != "image" and not data.has_text:
+        raise ValueError(f"inputs {inputs!r} reads the products' text, but no product of the lake "
+                         "has any: map text columns in the taxonomy's catalog section "
+                         "(text: [title]) and ingest again, or use inputs 'image'.")
+    return TrainConfig.model_validate({**config.model_dump(), "inputs": inputs})
+
+
+def _create_model(config: TrainConfig, num_outputs: int, procs: Processes,
+                  text: TextConfig | None = None) -> tuple[nn.Module, DataConfig]:
     """The network on its device, and the input normalisation derived from it."""
     model = create_model(config.backbone, num_outputs, pretrained=config.pretrained,
-                         weights=config.weights)
+                         weights=config.weights, inputs=config.inputs, text=text,
+                         text_dropout=config.text_dropout)
     dcfg = data_config(model, config.image_size)
     model.to(procs.device)
     if config.channels_last:
@@ -171,16 +186,18 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
     torch.manual_seed(config.seed)
 
     data = load_training_data(storage)
+    config = resolve_inputs(config, data)
+    text = TextConfig() if config.inputs != "image" else None
     split = split_products(data.targets, config.val_fraction, config.test_fraction, config.seed)
     train_idx = split.train
     pos_weight = compute_pos_weight(data.targets[train_idx], data.mask[train_idx],
                                     mode=config.pos_weight, max_weight=config.pos_weight_max)
-    log.info("training on %d products, validating on %d, testing on %d; %d outputs; device %s x%d",
-             len(train_idx), len(split.validation), len(split.test), data.taxonomy.num_outputs,
-             procs.device, procs.world_size)
+    log.info("training on %d products, validating on %d, testing on %d; %d outputs; inputs %s; "
+             "device %s x%d", len(train_idx), len(split.validation), len(split.test),
+             data.taxonomy.num_outputs, config.inputs, procs.device, procs.world_size)
 
-    model, dcfg = _create_model(config, data.taxonomy.num_outputs, procs)
-    train_ds, val_ds, test_ds = create_datasets(lake, data, split, config.image_size)
+    model, dcfg = _create_model(config, data.taxonomy.num_outputs, procs, text)
+    train_ds, val_ds, test_ds = create_datasets(lake, data, split, config.image_size, text)
     sampler, train_loader = _create_train_loader(train_ds, config, procs)
     fit = create_fit(model, config, len(train_loader), torch.from_numpy(pos_weight).to(procs.device),
                      BatchNormalize.from_config(dcfg), procs.device,

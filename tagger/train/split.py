@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from catalog_schemas.card import TextConfig
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.corrections import load_corrections
 from tagger.data.dataset import ProductImages
@@ -36,7 +37,12 @@ class TrainingData:
     hashes: list[str]
     targets: np.ndarray
     mask: np.ndarray
-    snapshot: str  # hash of what was trained on: ids, images and labels
+    snapshot: str  # hash of what was trained on: ids, images, texts and labels
+    texts: list[str | None] | None = None  # the products' text; None: no product has any
+
+    @property
+    def has_text(self) -> bool:
+        return self.texts is not None
 
 
 def load_training_data(storage: Storage) -> TrainingData:
@@ -51,10 +57,13 @@ def load_training_data(storage: Storage) -> TrainingData:
     products = [p for p, k in zip(products, keep) if k]
     digest = hashlib.sha256()
     for p, lab in zip(products, (lab for lab, k in zip(labels, keep) if k)):
-        digest.update(f"{p['product_id']}|{p['image_hash']}|{sorted(lab.items())}\n".encode())
+        text = f"|{p['text']}" if p.get("text") else ""  # lakes without text hash as before
+        digest.update(f"{p['product_id']}|{p['image_hash']}|{sorted(lab.items())}{text}\n".encode())
+    texts = [p.get("text") for p in products]
     return TrainingData(
         taxonomy, [p["product_id"] for p in products], [p["image_shard"] for p in products],
         [p["image_hash"] for p in products], targets[keep], mask[keep], digest.hexdigest()[:16],
+        texts if any(texts) else None,
     )
 
 
@@ -99,14 +108,15 @@ def _stratified(rows: np.ndarray, targets: np.ndarray, fraction: float, seed: in
     return np.sort(rows[kept]), np.sort(rows[held])
 
 
-def create_datasets(lake: str, data: TrainingData, split: Split, image_size: int
-                    ) -> tuple[ProductImages, ProductImages, ProductImages]:
+def create_datasets(lake: str, data: TrainingData, split: Split, image_size: int,
+                    text: TextConfig | None = None) -> tuple[ProductImages, ProductImages, ProductImages]:
     """(training, validation, test) datasets of the split: augmented for training, plain for
-    the other two."""
+    the other two; with `text`, each product's text encoded beside its image."""
 
     def subset(idx: np.ndarray, train: bool) -> ProductImages:
         tf = create_transforms(image_size, train=train)
+        texts = None if text is None or data.texts is None else [data.texts[i] for i in idx]
         return ProductImages(lake, [data.shards[i] for i in idx], [data.hashes[i] for i in idx], tf,
-                             data.targets[idx], data.mask[idx])
+                             data.targets[idx], data.mask[idx], texts=texts, text_config=text)
 
     return subset(split.train, True), subset(split.validation, False), subset(split.test, False)

@@ -1,0 +1,89 @@
+"""The text branch: hashed features, the fused model, and its ONNX export."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from catalog_schemas.card import TextConfig
+from tagger.data.text import encode_text, encode_texts, text_features
+from tagger.model.factory import FlipTTA, create_model
+from tagger.model.text import ImageTextModel, reads_text
+
+SMALL = TextConfig(buckets=1024, dim=8, max_tokens=24)
+
+
+def test_features_are_words_then_pairs_then_character_ngrams():
+    feats = text_features("Navy  T-Shirt", SMALL)
+    assert feats[:4] == ["w:navy", "w:t", "w:shirt", "p:navy t"]
+    assert feats[5] == "c:<na" and "c:rt>" in feats
+    assert text_features(None, SMALL) == text_features("", SMALL) == []
+
+
+def test_ids_are_stable_hashes_padded_and_cut_at_max_tokens():
+    ids = encode_text("Navy shirt", SMALL)
+    assert ids.dtype == np.int64 and ids.shape == (24,)
+    assert ids[0] == zlib.crc32(b"w:navy") % 1024 + 1  # the same in every process and machine
+    n = len(text_features("Navy shirt", SMALL))
+    assert (ids[:n] > 0).all() and (ids[n:] == 0).all()
+    long = encode_text(" ".join(f"word{i}" for i in range(40)), SMALL)
+    assert (long > 0).all()  # cut at max_tokens: the first 24 features, all words
+    assert long[0] == zlib.crc32(b"w:word0") % 1024 + 1
+    assert (encode_texts([None, "Navy shirt"], SMALL) == np.stack([np.zeros(24, np.int64), ids])).all()
+
+
+def test_the_fused_model_reads_both_and_a_missing_text_is_the_zero_vector():
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 5, inputs="image+text", text=SMALL, text_dropout=0.5).eval()
+    assert isinstance(model, ImageTextModel) and reads_text(model) and reads_text(FlipTTA(model))
+    images = torch.rand(3, 3, 32, 32)
+    tokens = torch.from_numpy(encode_texts(["red shirt", "blue shirt", None], SMALL))
+    out = model(images, tokens)
+    assert out.shape == (3, 5)
+    assert not torch.allclose(out[0], model(images, tokens.flip(0))[2])  # the text changes the logits
+    assert torch.equal(model.text(tokens[2:]), torch.zeros(1, 8))  # no text: zeros
+    # eval mode: no text dropout, so scoring is deterministic
+    assert torch.equal(out, model(images, tokens))
+
+
+def test_text_dropout_hides_whole_texts_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL, text_dropout=0.5)
+    model.image.eval()  # BatchNorm in eval: differences come from the text alone
+    images = torch.rand(64, 3, 32, 32).expand(64, 3, 32, 32).clone()
+    images[:] = images[0]
+    tokens = torch.from_numpy(encode_texts(["striped shirt"] * 64, SMALL))
+    no_text = model(images, torch.zeros_like(tokens))
+    out = model(images, tokens)
+    hidden = torch.isclose(out, no_text, atol=1e-6).all(1)
+    assert 16 < int(hidden.sum()) < 48  # about half the products lost their text
+
+
+def test_a_text_only_model_ignores_its_images():
+    model = create_model("test_efficientnet", 3, inputs="text", text=SMALL).eval()
+    assert model.image is None
+    tokens = torch.from_numpy(encode_texts(["a", "b"], SMALL))
+    assert torch.equal(model(torch.rand(2, 3, 32, 32), tokens), model(torch.zeros(2, 3, 32, 32), tokens))
+    with pytest.raises(ValueError, match="TextConfig"):
+        create_model("test_efficientnet", 3, inputs="text")
+
+
+@pytest.mark.parametrize("inputs", ["image+text", "text"])
+def test_onnx_export_of_a_model_that_reads_text_scores_as_torch(tmp_path, inputs):
+    pytest.importorskip("onnxruntime")
+    from tagger.model.runtime import onnx_session, session_feed
+
+    torch.manual_seed(0)
+    model = FlipTTA(create_model("test_efficientnet", 6, inputs=inputs, text=SMALL)).eval()
+    images = torch.rand(5, 3, 32, 32)
+    tokens = encode_texts(["red shirt", None, "blue striped dress", "logo", "tee"], SMALL)
+    with torch.no_grad():
+        want = model(images, torch.from_numpy(tokens)).numpy()
+    session = onnx_session(model, (3, 32, 32), directory=tmp_path)
+    got = session.run(["logits"], session_feed(session, images.numpy(), tokens))[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    with pytest.raises(ValueError, match="no tokens"):
+        session_feed(session, images.numpy(), None)
