@@ -32,8 +32,12 @@ PRODUCTS = _schema(
     ("labels", pa.map_(pa.string(), pa.list_(pa.string())), False,
      "Curated labels: attribute -> values. A missing attribute means unknown (masked)."),
     ("first_seen", UTC_TS, False, "When the product first appeared in an ingest."),
-    ("updated_at", UTC_TS, False, "When the row (image or labels) last changed."),
+    ("updated_at", UTC_TS, False, "When the row (category, image, labels or text) last changed."),
     ("ingest_run_id", pa.string(), False, "Ingest run that last changed the row."),
+    ("text", pa.string(), True,
+     "The product's text from the taxonomy's catalog.text columns (title, description), "
+     "cleaned: NFC, no control characters, single spaces, at most 2000 characters. Null when "
+     "it has none or nothing is mapped; tables written before this column read as null."),
 )
 
 IMAGES = _schema(

@@ -19,6 +19,7 @@ A taxonomy is one YAML file::
       id: id
       category: category
       image: "images/{id}.jpg"  # a column name, or a template over columns
+      text: ["{brand} {title}", description]  # optional: the product's text (or one column)
       multi_separator: "|"      # text cells of multi attributes: "logo|pocket"
       multi_none: "-"           # known to have none (an empty cell is unknown)
 
@@ -28,6 +29,7 @@ Every (attribute, value) pair is one output of the model, in the order of this f
 from __future__ import annotations
 
 import re
+import string
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -124,6 +126,38 @@ class CatalogMapping(BaseModel):
         description="Text cell meaning 'known to have none of the values' for a multi "
         "attribute (an empty cell means unknown).",
     )
+    text: tuple[str, ...] = Field(
+        default=(),
+        description="The product's text (title, description): columns or templates such as "
+        "'{brand} {title}' filled from the row, one string or a list; the non-empty parts "
+        "joined with ' ', cleaned (tagger.ingest.text). Empty: products have no text.",
+    )
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _one_or_more(cls, v):
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("text")
+    @classmethod
+    def _check_text(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            if not entry.strip():
+                raise ValueError("text entries must be column names or templates, got an empty one")
+            try:
+                list(string.Formatter().parse(entry))
+            except ValueError as e:
+                raise ValueError(f"text template {entry!r} is not valid ({e}); write columns as "
+                                 "{column} and a literal brace as {{ or }}") from None
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_no_text(self, handler):
+        # Taxonomies written before `text` existed serialise exactly as they were.
+        data = handler(self)
+        if not self.text and isinstance(data, dict):
+            data.pop("text", None)
+        return data
 
 
 class Taxonomy(BaseModel):

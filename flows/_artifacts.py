@@ -96,7 +96,9 @@ def render_ingest_summary(result: dict) -> str:
         f"{result['rows']} rows of `{result['catalog']}` -> **{result['products']} products** "
         f"({result['new']} new, {result['changed']} changed, {result['removed']} removed); "
         f"{result['images_stored']} images stored"
-        + (" (products table unchanged)" if not result["products_written"] else "") + ".", "",
+        + (" (products table unchanged)" if not result["products_written"] else "") + "."
+        + (f" {result['texts_truncated']} product texts were over the length limit and cut at a word."
+           if result.get("texts_truncated") else ""), "",
         f"## Rejected rows: {result['rejected']}", "",
     ]
     if result["reject_reasons"]:

@@ -99,6 +99,11 @@ def history_path(run_date: str, run_id: str) -> str:
     return f"{HISTORY_PREFIX}/run_date={run_date}/{run_id}.parquet"
 
 
+# Products columns that tables written by older versions lack, and what they read as: a
+# table is not rewritten to add them (a re-ingest that changes nothing writes nothing).
+PRODUCTS_DEFAULTS = {"text": None}
+
+
 def read_products(storage: Storage) -> pa.Table:
     """The products table, or a FileNotFoundError that says how to ingest."""
     if not storage.exists(PRODUCTS_PATH):
@@ -106,7 +111,7 @@ def read_products(storage: Storage) -> pa.Table:
             f"No products in {storage.url(PRODUCTS_PATH)}. Ingest a catalog first: "
             f"tagger ingest CATALOG --taxonomy FILE --lake {storage.uri}"
         )
-    return read_table(storage, PRODUCTS_PATH, PRODUCTS)
+    return read_table(storage, PRODUCTS_PATH, PRODUCTS, defaults=PRODUCTS_DEFAULTS)
 
 
 def read_lake_taxonomy(storage: Storage) -> Taxonomy:

@@ -5,6 +5,10 @@ colour and a pattern, with optional sleeves and features (logo, pocket, zip), pl
 random position, scale and small rotation on a neutral background with mild noise. The
 labels match ``catalog_schemas/taxonomies/demo.yaml``, and a small CNN trained from scratch
 on 64-96 px versions learns them in minutes on a CPU.
+
+Each product also has a shop-like ``title`` ("Koto navy striped long-sleeve tee with logo")
+made from its true attributes with a shop's noise: synonyms, a word left out, now and then
+a wrong colour or no title at all (TITLE_NOISE).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ logger = logging.getLogger(__name__)
 Pt = tuple[float, float]
 Polygon = list[Pt]
 
-COLUMNS = ["id", "category", "image", "article_type", "colour", "pattern", "sleeve_length", "features"]
+COLUMNS = ["id", "category", "image", "article_type", "colour", "pattern", "sleeve_length", "features", "title"]
 # Taxonomy values (demo.yaml); the tests check these lists against the YAML.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35), "green": (40, 150, 60), "blue": (40, 75, 205),
@@ -40,6 +44,27 @@ UNKNOWN_RATE = {"colour": 0.10, "pattern": 0.20, "sleeve_length": 0.15, "feature
 # Magenta: a hue none of the garment colours has, so the logo stands out on every one.
 LOGO_RGB = (235, 40, 210)
 FEATURE_RATE = 0.35  # each feature independently, so every subset (incl. none) occurs
+
+# Title words per attribute value: the first is the plain word, the others synonyms a shop
+# uses instead ("" : no word, as shops rarely write "solid").
+TITLE_WORDS: dict[str, dict[str, list[str]]] = {
+    "colour": {"red": ["red", "crimson", "scarlet"], "green": ["green", "olive", "forest green"],
+               "blue": ["blue", "navy", "cobalt"], "yellow": ["yellow", "mustard", "lemon"],
+               "black": ["black", "jet black", "charcoal"], "white": ["white", "ivory", "off-white"],
+               "purple": ["purple", "violet"]},
+    "pattern": {"solid": ["", "plain", "solid"], "striped": ["striped", "stripe", "pinstripe"],
+                "dotted": ["dotted", "polka dot", "spotted"], "checked": ["checked", "plaid", "gingham"]},
+    "sleeve_length": {"short": ["short-sleeve", "short sleeved"], "long": ["long-sleeve", "long sleeved"],
+                      "sleeveless": ["sleeveless"]},
+    "article_type": {"tshirt": ["t-shirt", "tee", "top"], "dress": ["dress", "frock"],
+                     "trousers": ["trousers", "pants", "chinos"], "skirt": ["skirt"],
+                     "bag": ["bag", "tote", "handbag"]},
+    "features": {"logo": ["logo", "logo print"], "pocket": ["pocket", "patch pocket"], "zip": ["zip", "zipper"]},
+}
+BRANDS = ["Koto", "Nordwind", "Bellamy", "Urban Fox", "Maison Lumi", "Alder & Co", "Brisk", "Seaside"]
+SYNONYM_RATE = 0.4  # a word other than the plain one
+# Titles as shops write them: one attribute word left out, a wrong colour, no title at all.
+TITLE_NOISE = {"missing_word": 0.15, "wrong_colour": 0.05, "empty": 0.05}
 
 
 @dataclass(frozen=True)
@@ -247,7 +272,37 @@ def _sample_product(rng: np.random.Generator) -> Product:
     )
 
 
-def _row(pid: str, p: Product, hide: dict[str, bool]) -> dict:
+def _word(attribute: str, value: str, rng: np.random.Generator) -> str:
+    words = TITLE_WORDS[attribute][value]
+    if len(words) == 1 or rng.random() >= SYNONYM_RATE:
+        return words[0]
+    return str(rng.choice(words[1:]))
+
+
+def _title(p: Product, rng: np.random.Generator) -> str:
+    """A shop's title of `p`: brand, colour, pattern, sleeves, article, "with" its features;
+    drawn from `rng` alone (not the images' generator), with TITLE_NOISE's noise."""
+    if rng.random() < TITLE_NOISE["empty"]:
+        return ""
+    colour = p.colour
+    if rng.random() < TITLE_NOISE["wrong_colour"]:
+        colour = str(rng.choice([c for c in COLOURS if c != p.colour]))
+    words = {"colour": [_word("colour", colour, rng)], "pattern": [_word("pattern", p.pattern, rng)],
+             "sleeve_length": [_word("sleeve_length", p.sleeve_length, rng)] if p.sleeve_length else [],
+             "features": [_word("features", f, rng) for f in p.features]}
+    present = [(a, i) for a, ws in words.items() for i, w in enumerate(ws) if w]
+    if present and rng.random() < TITLE_NOISE["missing_word"]:
+        a, i = present[rng.integers(len(present))]
+        words[a][i] = ""
+    features = [w for w in words["features"] if w]
+    parts = [str(rng.choice(BRANDS)), *words["colour"], *words["pattern"], *words["sleeve_length"],
+             _word("article_type", p.article_type, rng)]
+    if features:
+        parts += ["with", " and ".join(features)]
+    return " ".join(w for w in parts if w)
+
+
+def _row(pid: str, p: Product, hide: dict[str, bool], title: str) -> dict:
     """Catalog row: None where the label is unknown (or, for sleeves, not applicable)."""
     return {
         "id": pid, "category": ARTICLES[p.article_type].category, "image": f"images/{pid}.jpg",
@@ -256,6 +311,7 @@ def _row(pid: str, p: Product, hide: dict[str, bool]) -> dict:
         "pattern": None if hide.get("pattern") else p.pattern,
         "sleeve_length": None if hide.get("sleeve_length") else p.sleeve_length,
         "features": None if hide.get("features") else list(p.features),
+        "title": title,
     }
 
 
@@ -289,7 +345,9 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
 
     Deterministic for a seed. With ``bad_rows``, three broken rows follow the good ones:
     BAD-MISSING (no image file), BAD-HTML (an HTML error page saved as .jpg) and
-    BAD-LABEL (colour 'purple', not in the taxonomy, with a valid image).
+    BAD-LABEL (colour 'purple', not in the taxonomy, with a valid image). The titles come
+    from their own generator, seeded from `seed`: the images and labels of a seed are those
+    of a catalog without titles.
     """
     if fmt not in ("csv", "jsonl", "parquet"):
         raise ValueError(f"unknown catalog format {fmt!r}: use csv, jsonl or parquet")
@@ -297,6 +355,7 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    title_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
 
     def save(pid: str, p: Product) -> None:
         render_product(p, rng, image_size).save(images / f"{pid}.jpg", quality=90)
@@ -306,17 +365,19 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
         pid, p = f"P{i + 1:05d}", _sample_product(rng)
         draws = rng.random(len(UNKNOWN_RATE))
         hide = {a: bool(d < rate) for (a, rate), d in zip(UNKNOWN_RATE.items(), draws)}
-        rows.append(_row(pid, p, hide))
+        rows.append(_row(pid, p, hide, _title(p, title_rng)))
         save(pid, p)
     if bad_rows:
-        rows.append(_row("BAD-MISSING", _sample_product(rng), {}))
+        p = _sample_product(rng)
+        rows.append(_row("BAD-MISSING", p, {}, _title(p, title_rng)))
         (images / "BAD-MISSING.jpg").unlink(missing_ok=True)  # in case out_dir is reused
-        rows.append(_row("BAD-HTML", _sample_product(rng), {}))
+        p = _sample_product(rng)
+        rows.append(_row("BAD-HTML", p, {}, _title(p, title_rng)))
         (images / "BAD-HTML.jpg").write_bytes(
             b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
             b"<body><h1>502 Bad Gateway</h1><p>The CDN could not fetch this image.</p></body></html>\n")
         p = Product(**{**_sample_product(rng).__dict__, "colour": "purple"})
-        rows.append(_row("BAD-LABEL", p, {}))
+        rows.append(_row("BAD-LABEL", p, {}, _title(p, title_rng)))
         save("BAD-LABEL", p)
 
     path = out_dir / f"catalog.{fmt}"

@@ -10,6 +10,7 @@ import gzip
 import itertools
 import json
 import logging
+import re
 import string
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog_schemas.taxonomy import Taxonomy
+from catalog_schemas.taxonomy import CatalogMapping, Taxonomy
 from tagger.io.storage import open_file
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,27 @@ def _format(uri: str, name: str) -> tuple[str, str | None]:
     return suffix, "gzip" if name.lower().endswith(".gz") else None
 
 
+# Bytes that are not UTF-8 are read as lone surrogates (Python's surrogateescape), not as
+# an error of the whole export: in a text column they reject their row (tagger.ingest.rows)
+# and the other rows are ingested; anywhere else (_check_decoded) they are still the export's
+# error, as an id or a label with them cannot be right. Escaping rather than replacing with
+# U+FFFD keeps them apart from a real U+FFFD in a column that is not text.
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
 def _frames(local: Path, suffix: str, compression: str | None, rows: int) -> Iterator[pd.DataFrame]:
     """The export's rows, `rows` at a time, as read: CSV cells as text, JSON and Parquet
     values as Python objects (no per-chunk type inference, so the cells do not depend on
     where the chunks fall)."""
     if suffix in TEXT:
-        with pd.read_csv(local, dtype=str, keep_default_na=False, encoding="utf-8",
-                         sep="\t" if suffix == ".tsv" else ",", compression=compression,
-                         chunksize=rows) as reader:
+        # object, not str: pandas' Arrow-backed strings cannot hold the escaped bytes
+        with pd.read_csv(local, dtype=object, keep_default_na=False, encoding="utf-8",
+                         encoding_errors="surrogateescape", sep="\t" if suffix == ".tsv" else ",",
+                         compression=compression, chunksize=rows) as reader:
             yield from reader
     elif suffix in JSON_LINES:
-        with (gzip.open if compression else open)(local, "rt", encoding="utf-8") as f:
+        opener = gzip.open if compression else open
+        with opener(local, "rt", encoding="utf-8", errors="surrogateescape") as f:
             for lines in iter(lambda: list(itertools.islice(f, rows)), []):
                 records = [json.loads(line) for line in lines if line.strip()]
                 if any(not isinstance(r, dict) for r in records):
@@ -66,21 +77,48 @@ def _frames(local: Path, suffix: str, compression: str | None, rows: int) -> Ite
                 yield pd.DataFrame(batch.to_pylist(), columns=batch.schema.names, dtype=object)
 
 
-def read_catalog_chunks(uri: str, rows: int = 100_000) -> Iterator[pd.DataFrame]:
+def _escaped(value: object) -> bool:
+    if isinstance(value, str):
+        return not value.isascii() and _ESCAPED.search(value) is not None
+    return isinstance(value, (list, tuple)) and any(_escaped(v) for v in value)
+
+
+def _not_utf8(uri: str, where: str) -> CatalogError:
+    return CatalogError(f"Catalog {uri} is not UTF-8 ({where}). Re-export it as UTF-8, "
+                        "e.g. iconv -f latin1 -t utf-8.")
+
+
+def _check_decoded(df: pd.DataFrame, uri: str, text_columns: frozenset[str], offset: int) -> None:
+    """The CatalogError of the first column name, or cell outside `text_columns`, that had
+    bytes that are not UTF-8."""
+    if any(_escaped(c) for c in df.columns):
+        raise _not_utf8(uri, "in a column name")
+    for column in df.columns:
+        if column in text_columns:
+            continue
+        for i, value in enumerate(df[column].tolist()):
+            if _escaped(value):
+                raise _not_utf8(uri, f"row {offset + i}, column {column!r}")
+
+
+def read_catalog_chunks(uri: str, rows: int = 100_000,
+                        text_columns: frozenset[str] = frozenset()) -> Iterator[pd.DataFrame]:
     """The export as DataFrames of at most `rows` rows of Python objects (CSV cells stay
     text, '' = empty; None for a missing value), streamed from a local file (an S3 export
     is downloaded to one first): memory holds one chunk. A missing export or an unknown
     format is a CatalogError at once; one that cannot be parsed or has no rows, when the
-    chunk that shows it is read."""
+    chunk that shows it is read. So is one with bytes that are not UTF-8, except in
+    `text_columns` (text_only_columns), where they are kept as lone surrogates for the row
+    check to reject."""
     storage, name = open_file(uri)
     if not storage.exists(name):
         raise CatalogError(f"Catalog {uri} does not exist.")
     suffix, compression = _format(uri, name)
-    return _chunks(storage, name, uri, suffix, compression, rows)
+    return _chunks(storage, name, uri, suffix, compression, rows, frozenset(text_columns))
 
 
 def _chunks(storage, name: str, uri: str, suffix: str, compression: str | None,
-            rows: int) -> Iterator[pd.DataFrame]:
+            rows: int, text_columns: frozenset[str]) -> Iterator[pd.DataFrame]:
     with storage.local_copy(name) as local:
         frames, total = _frames(Path(local), suffix, compression, rows), 0
         while True:
@@ -89,12 +127,12 @@ def _chunks(storage, name: str, uri: str, suffix: str, compression: str | None,
             except StopIteration:
                 break
             except UnicodeDecodeError as e:
-                raise CatalogError(
-                    f"Catalog {uri} is not UTF-8 (byte {e.start}: {e.reason}). Re-export it as UTF-8, "
-                    "e.g. iconv -f latin1 -t utf-8."
-                ) from None
+                raise _not_utf8(uri, f"byte {e.start}: {e.reason}") from None
+            except UnicodeEncodeError:  # escaped bytes in a column name: pandas 3 cannot hold them
+                raise _not_utf8(uri, "in a column name") from None
             except (ValueError, pd.errors.ParserError, pa.ArrowException, OSError, EOFError) as e:
                 raise CatalogError(f"Catalog {uri} cannot be parsed as {suffix}: {e}") from None
+            _check_decoded(df, uri, text_columns, total)
             total += len(df)
             if len(df):
                 yield df.astype(object).where(df.notna(), None)
@@ -103,15 +141,33 @@ def _chunks(storage, name: str, uri: str, suffix: str, compression: str | None,
 
 
 def template_fields(template: str) -> list[str]:
-    """The column names a `{column}` image template reads."""
+    """The column names a `{column}` template (image, text) reads."""
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def _fields(part: str) -> list[str]:
+    """The columns one mapped value reads: a column name, or a template's fields."""
+    return template_fields(part) if "{" in part else [part]
+
+
+def text_columns(m: CatalogMapping) -> list[str]:
+    """The columns the mapping's `text` parts read, in order, each once."""
+    return list(dict.fromkeys(c for part in m.text for c in _fields(part)))
+
+
+def text_only_columns(taxonomy: Taxonomy) -> frozenset[str]:
+    """The columns only the text reads: bytes that are not UTF-8 there reject their row (the
+    text is damaged), not the whole export as they do in an id, image or label column."""
+    m = taxonomy.catalog
+    other = {m.id, m.category, *_fields(m.image), *(a.source_column for a in taxonomy.attributes)}
+    return frozenset(text_columns(m)) - other
 
 
 def check_columns(df: pd.DataFrame, taxonomy: Taxonomy, uri: str) -> None:
     """Every column the mapping and taxonomy need is present, or a CatalogError naming them."""
     m = taxonomy.catalog
-    needed = [m.id] + ([m.category] if m.category else [])
-    needed += template_fields(m.image) if "{" in m.image else [m.image]
+    needed = list(dict.fromkeys([m.id] + ([m.category] if m.category else [])
+                                + _fields(m.image) + text_columns(m)))
     labels = [a.source_column for a in taxonomy.attributes]
     missing = [c for c in needed if c not in df.columns]
     missing_labels = [c for c in labels if c not in df.columns]
@@ -121,7 +177,7 @@ def check_columns(df: pd.DataFrame, taxonomy: Taxonomy, uri: str) -> None:
         raise CatalogError(
             f"Catalog {uri} lacks {what} {', '.join(_hints(missing or missing_labels, cols))}. "
             f"It has: {', '.join(cols)}. Rename them or set the taxonomy's `catalog:` mapping "
-            "(id, category, image) and attributes' `column:`."
+            "(id, category, image, text) and attributes' `column:`."
         )
     if missing_labels:
         log.warning("catalog has no column for %s: those labels are unknown", missing_labels)

@@ -23,12 +23,20 @@ from tagger.ingest.rows import CatalogRow
 from tagger.ingest.shards import KnownImages
 from tagger.io.parquet import PARQUET_OPTIONS, ROW_GROUP_ROWS
 from tagger.io.storage import Storage
-from tagger.lake import IMAGES_PREFIX, PRODUCTS_PATH, RELEASED_PATH, TAXONOMY_PATH, read_released
+from tagger.lake import (
+    IMAGES_PREFIX,
+    PRODUCTS_DEFAULTS,
+    PRODUCTS_PATH,
+    RELEASED_PATH,
+    TAXONOMY_PATH,
+    read_released,
+)
 
 log = logging.getLogger(__name__)
 
-# What tags depend on: a product whose image only moved (same content) is not a change.
-_CONTENT = ("category", "image_hash", "labels")
+# What tags depend on: a product whose image only moved (same content) is not a change. A
+# new text is one: the model is to read it, and incremental tagging keys on updated_at.
+_CONTENT = ("category", "image_hash", "labels", "text")
 
 
 # The image_shard of a row whose new image waits in the ShardWriter for its shard to fill
@@ -54,7 +62,7 @@ def _record(row: CatalogRow) -> dict:
         product_id=row.product_id, category=row.category, image_uri=row.image_uri,
         image_version=row.image_version, image_hash=row.image_hash,
         image_shard=row.image_shard or PENDING_SHARD,
-        labels=sorted(row.labels.items()),
+        labels=sorted(row.labels.items()), text=row.text,
     )
 
 
@@ -93,13 +101,18 @@ class PreviousProducts:
         self.num_rows = pq.ParquetFile(path).metadata.num_rows if path is not None else 0
 
     def batches(self, columns: list[str] | None = None, rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
-        """The table (or these columns), `rows` rows at a time, cast to PRODUCTS."""
+        """The table (or these columns), `rows` rows at a time, cast to PRODUCTS; a column an
+        older table lacks (PRODUCTS_DEFAULTS) reads as its default."""
         if self.path is None:
             return
         schema = pa.schema([PRODUCTS.field(c) for c in columns]) if columns else PRODUCTS
         with pq.ParquetFile(self.path) as f:
-            for batch in f.iter_batches(batch_size=rows, columns=schema.names):
-                yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+            for batch in f.iter_batches(batch_size=rows, columns=schema.names):  # skips absent ones
+                t = pa.Table.from_batches([batch])
+                for name, value in PRODUCTS_DEFAULTS.items():
+                    if name in schema.names and name not in t.column_names:
+                        t = t.append_column(name, pa.array([value] * t.num_rows, schema.field(name).type))
+                yield t.select(schema.names).cast(schema)
 
     def rows_of(self, product_ids: Iterable[str]) -> pa.Table:
         """The previous rows of these products (one pass over the table)."""

@@ -1,6 +1,6 @@
-"""Catalog rows -> validated product rows: id, category, labels and image reference checked
-per row. A bad row is a reject with a reason, never an exception; the first of two rows
-with one product id wins."""
+"""Catalog rows -> validated product rows: id, category, labels, image reference and text
+checked per row. A bad row is a reject with a reason, never an exception; the first of two
+rows with one product id wins."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog_schemas.taxonomy import CatalogMapping, Taxonomy
+from tagger.ingest.export import text_columns
 from tagger.ingest.rejects import Problem, Rejects
 from tagger.ingest.source import ImageSource
+from tagger.ingest.text import clean_text, compose_text, undecodable
 from tagger.labels import LabelError, parse_labels
 
 
@@ -27,6 +29,7 @@ class CatalogRow:
     category: str | None
     labels: dict[str, list[str]]
     image_uri: str
+    text: str | None = None  # cleaned (tagger.ingest.text); None: the product has none
     image_version: str | None = None
     image_hash: str | None = None
     image_shard: str | None = None
@@ -49,13 +52,30 @@ def _image_ref(rec: dict, m: CatalogMapping) -> str:
     return str(ref)
 
 
+def _row_text(rec: dict, m: CatalogMapping, columns: list[str]) -> tuple[str | None, bool]:
+    """The row's cleaned text and whether it was cut (clean_text); a text cell damaged by a
+    decoding error rejects the row."""
+    for column in columns:
+        cell = rec.get(column)
+        if isinstance(cell, str) and undecodable(cell):
+            raise LabelError(
+                "text_encoding",
+                f"column {column!r} has text that was not valid UTF-8 (bytes that are not UTF-8, "
+                "or U+FFFD where a decoder replaced them): re-export the catalog as UTF-8",
+            )
+    return clean_text(compose_text(rec, m.text)) if m.text else (None, False)
+
+
 class RowValidator:
     """Validates an export read in chunks: row numbers count on across chunks, and the
-    first of two rows with one product id wins wherever they fall."""
+    first of two rows with one product id wins wherever they fall. `texts_truncated`
+    counts the valid rows whose text was cut to MAX_TEXT_CHARS."""
 
     def __init__(self, taxonomy: Taxonomy, source: ImageSource, rejects: Rejects):
         self.taxonomy, self.source, self.rejects = taxonomy, source, rejects
         self.offset = 0
+        self.texts_truncated = 0
+        self._text_columns = text_columns(taxonomy.catalog)
         # Every valid row of earlier chunks: its product id, row and a digest of its labels and
         # image (what a later row with that id is compared with). Arrow and numpy, about 30
         # bytes a product: a dict of Python objects would hold ten times that.
@@ -93,20 +113,22 @@ class RowValidator:
             try:
                 labels = parse_labels(rec, self.taxonomy, category)
                 uri = self.source.resolve(_image_ref(rec, m))
+                text, truncated = _row_text(rec, m, self._text_columns)
             except LabelError as e:
                 self.rejects.add(index, pid, Problem("validate", e.reason, e.detail))
                 continue
-            digest = hash((tuple((k, tuple(v)) for k, v in sorted(labels.items())), uri))
+            digest = hash((tuple((k, tuple(v)) for k, v in sorted(labels.items())), uri, text))
             seen = valid.get(pid) or earlier.get(pid)
             if seen is not None:
                 same = seen[1] == digest
                 reason = "duplicate_id" if same else "conflicting_duplicate"
                 self.rejects.add(index, pid, Problem(
                     "validate", reason,
-                    f"product id also on row {seen[0]}" + ("" if same else " with other labels or image")))
+                    f"product id also on row {seen[0]}" + ("" if same else " with other labels, image or text")))
                 continue
             valid[pid] = (index, digest)
-            yield CatalogRow(index, pid, category, labels, uri)
+            self.texts_truncated += truncated
+            yield CatalogRow(index, pid, category, labels, uri, text)
         self._remember(valid)
 
 

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import IngestConfig
-from tagger.ingest.export import CatalogError, check_columns, read_catalog_chunks
+from tagger.ingest.export import CatalogError, check_columns, read_catalog_chunks, text_only_columns
 from tagger.ingest.products import (
     PreviousProducts,
     ProductChanges,
@@ -52,10 +52,11 @@ from tagger.ingest.rejects import Rejects, write_rejects
 from tagger.ingest.rows import CatalogRow, RowValidator
 from tagger.ingest.shards import KnownImages, OnImage, ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
+from tagger.ingest.text import MAX_TEXT_CHARS
 from tagger.io.lock import lake_lock
 from tagger.io.parquet import RowGroupWriter, read_table
 from tagger.io.storage import Storage, open_storage
-from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, image_shard_path
+from tagger.lake import PRODUCTS_DEFAULTS, PRODUCTS_PATH, REJECTS_PATH, image_shard_path
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class IngestResult:
     unchanged: int = 0
     removed: int = 0
     rejected: int = 0
+    texts_truncated: int = 0  # valid rows whose text was cut to MAX_TEXT_CHARS
     images_fetched: int = 0
     images_stored: int = 0
     shards_written: list[str] = field(default_factory=list)
@@ -136,7 +138,7 @@ def run_ingest(catalog: str, taxonomy: Taxonomy | str, lake: str, config: Ingest
     result = IngestResult(run_id=run_id, catalog=str(catalog), lake=storage.uri)
     now = datetime.now(timezone.utc)
 
-    chunks = read_catalog_chunks(str(catalog), config.chunk_size)
+    chunks = read_catalog_chunks(str(catalog), config.chunk_size, text_only_columns(taxonomy))
     first = next(chunks)
     check_columns(first, taxonomy, str(catalog))
     chunks = itertools.chain([first], chunks)
@@ -156,6 +158,9 @@ def run_ingest(catalog: str, taxonomy: Taxonomy | str, lake: str, config: Ingest
         "%d images stored in %.1fs", run_id, how, result.rows, result.products, result.new,
         result.changed, result.removed, result.rejected, result.images_stored, result.seconds,
     )
+    if result.texts_truncated:
+        log.info("ingest %s: %d product texts were longer than %d characters and were cut at a word",
+                 run_id, result.texts_truncated, MAX_TEXT_CHARS)
     return result
 
 
@@ -174,7 +179,7 @@ def _open_previous(storage: Storage, rebuild: bool) -> Iterator[PreviousProducts
             next(first, None)  # the columns are there and can be read
             first.close()
         except (pa.ArrowException, KeyError, OSError):
-            read_table(storage, PRODUCTS_PATH, PRODUCTS)  # raises CorruptTable with the remedy
+            read_table(storage, PRODUCTS_PATH, PRODUCTS, PRODUCTS_DEFAULTS)  # raises CorruptTable with the remedy
             raise
         yield previous
 
@@ -191,6 +196,7 @@ def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
         for df in chunks:
             _ingest_chunk(run, df, validator, writer, runs, changes)
             del df  # not held while the next chunk is read
+        run.result.texts_truncated = validator.texts_truncated
         writer.flush(final=True)
         run.result.images_stored += writer.images_stored
         run.result.shards_written.extend(writer.shards)

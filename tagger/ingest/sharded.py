@@ -269,6 +269,7 @@ def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, pa
             table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
             runs.add(table)
             changes.add(chunk_changes)
+        run.result.texts_truncated = validator.texts_truncated
         _write_shards(planner, fan_out, final=True)
         run.result.images_stored += planner.images_stored
         run.result.shards_written.extend(planner.shards)

@@ -14,3 +14,11 @@ def test_ingest_summary_shows_counts_rejects_and_the_history_file():
     assert "## Rejected rows: 3" in md
     assert md.index("| unknown_label | 2 |") < md.index("| missing_file | 1 |")
     assert "`s3://l/catalog/rejects/run_date=2026-12-02/ingest-7.parquet`" in md
+
+
+def test_ingest_summary_counts_truncated_texts_only_when_there_are_some():
+    result = IngestResult(run_id="ingest-8", catalog="c.csv", lake="l", rows=3, products=3,
+                          products_written=True, texts_truncated=2)
+    assert "2 product texts were over the length limit and cut at a word." in render_ingest_summary(result.to_dict())
+    result.texts_truncated = 0
+    assert "length limit" not in render_ingest_summary(result.to_dict())
