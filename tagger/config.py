@@ -222,6 +222,16 @@ class TrainConfig(_Config):
         "model, so that products with an empty or missing title are tagged from the image "
         "alone. 0.3: the text still carries most of the training signal.",
     )
+    text_buckets: int = Field(
+        2**16, ge=16, le=2**24,
+        description="Hash buckets of the text branch's embedding table (catalog_schemas.card."
+        "TextConfig). 65,536: a catalog's words, word pairs and n-grams rarely collide.",
+    )
+    text_dim: int = Field(
+        64, ge=4, le=1024,
+        description="Width of the text branch's embeddings. 64: 4 M weights at 65,536 buckets, "
+        "about the image backbone's (Lite0) own.",
+    )
     text_lr_scale: float = Field(
         10.0, gt=0, le=1000,
         description="The text branch's learning rate as a multiple of lr: each hashed "

@@ -40,7 +40,7 @@ attributes:
 # The smallest honest training run: timm's test network, tiny images, 2 epochs, no workers.
 TINY_TRAIN = TrainConfig(
     backbone="test_efficientnet", image_size=48, epochs=2, batch_size=16, lr=3e-3,
-    pretrained=False, workers=0, log_every=5,
+    pretrained=False, workers=0, log_every=5, text_buckets=4096, text_dim=16,
 )
 
 

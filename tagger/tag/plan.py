@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 
 from catalog_schemas.tables import TAG_STATE
 from tagger.io.storage import Storage, open_storage, read_table, read_table_or_empty
-from tagger.lake import PRODUCTS_PATH, STATE_PATH, read_products
+from tagger.lake import PRODUCTS_DEFAULTS, PRODUCTS_PATH, STATE_PATH, read_products
 from tagger.model.production import resolve_version
 from tagger.model.versions import read_card
-from tagger.tag.rows import PRODUCT_COLUMNS, PRODUCT_SCHEMA
+from tagger.tag.rows import PRODUCT_SCHEMA
 from tagger.tag.streams import Unsorted, Upto, open_parquet, sorted_batches, sorted_unique
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def read_tag_products(storage: Storage) -> pa.Table:
     if not storage.exists(PRODUCTS_PATH):
         read_products(storage)  # raises the error that says how to ingest
     # Through the lake's reader: a damaged table names the file and the remedy.
-    return read_table(storage, PRODUCTS_PATH).select(PRODUCT_COLUMNS).cast(PRODUCT_SCHEMA)
+    return read_table(storage, PRODUCTS_PATH, PRODUCT_SCHEMA, defaults=PRODUCTS_DEFAULTS)
 
 
 def scan_products(storage: Storage, version: str, *, full: bool = False,

@@ -44,10 +44,16 @@ def sorted_batches(f: pq.ParquetFile | None, schema: pa.Schema) -> Iterator[pa.T
     """`schema`'s columns of f in batches of BATCH_ROWS rows; Unsorted when the rows are not
     in product id order."""
     last = None
+    # nullable columns a table written by an older version lacks (products' text) read as null
+    absent = [] if f is None else [schema.field(n) for n in schema.names
+                                   if n not in f.schema_arrow.names and schema.field(n).nullable]
     for batch in f.iter_batches(batch_size=BATCH_ROWS, columns=schema.names) if f is not None else ():
         if not batch.num_rows:
             continue
-        t = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+        t = pa.Table.from_batches([batch])
+        for field in absent:
+            t = t.append_column(field, pa.nulls(t.num_rows, field.type))
+        t = t.select(schema.names).cast(schema)
         ids = t["product_id"]
         if (last is not None and ids[0].as_py() < last) or (
                 len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py()):

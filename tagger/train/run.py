@@ -187,7 +187,7 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
 
     data = load_training_data(storage)
     config = resolve_inputs(config, data)
-    text = TextConfig() if config.inputs != "image" else None
+    text = TextConfig(buckets=config.text_buckets, dim=config.text_dim) if config.inputs != "image" else None
     split = split_products(data.targets, config.val_fraction, config.test_fraction, config.seed)
     train_idx = split.train
     pos_weight = compute_pos_weight(data.targets[train_idx], data.mask[train_idx],
