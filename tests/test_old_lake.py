@@ -1,17 +1,23 @@
 """A lake written by an earlier version of the package (tests/fixtures/lake_v0, made by the
 flat-module layout) opens and tags with today's code: its products, card and tag tables read,
-an incremental run finds nothing to do, and a full re-tag gives the tags it had."""
+an incremental run finds nothing to do, a full re-tag gives the tags it had, and its products
+table (from before the text column) reads as null text and re-ingests without changes."""
 
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
+from catalog_schemas.taxonomy import shipped_taxonomy
 from tagger.cli import main
+from tagger.demo.sample import generate_catalog
+from tagger.ingest.products import PreviousProducts
+from tagger.ingest.run import ingest_catalog
 from tagger.io.storage import open_storage
-from tagger.lake import read_latest, read_products
+from tagger.lake import PRODUCTS_PATH, TAXONOMY_PATH, read_latest, read_products
 from tagger.model.versions import list_versions, load_model
 from tagger.tag.run import tag_catalog
 from tests.conftest import FIXTURES
@@ -38,6 +44,31 @@ def test_an_old_lake_opens(old_lake):
 def test_an_old_lake_has_nothing_new_to_tag(old_lake):
     result = tag_catalog(str(old_lake))
     assert (result.products, result.tagged, result.skipped) == (40, 0, 40)
+
+
+def test_an_old_products_table_reads_as_null_text(old_lake):
+    path = old_lake / PRODUCTS_PATH
+    assert "text" not in pq.read_schema(path).names  # written before the column existed
+    assert read_products(open_storage(old_lake))["text"].null_count == 40
+    previous = PreviousProducts(path)
+    assert [t["text"].null_count for t in previous.batches()] == [40] and previous.same_as(path)
+
+
+def test_a_reingest_of_an_old_lake_changes_no_product_for_its_text(old_lake, tmp_path):
+    """Today's demo export (titles, which demo.yaml does not map) of the fixture's products:
+    a product is changed only where its image bytes differ from the fixture's (none where the
+    JPEG encoder is the fixture's), never for the text column the old table lacks."""
+    storage = open_storage(old_lake)
+    taxonomy = (old_lake / TAXONOMY_PATH).read_bytes()
+    before = {p["product_id"]: p for p in read_products(storage).to_pylist()}
+    export = generate_catalog(tmp_path / "export", n_products=40, seed=3, image_size=48)  # as make_lake_v0.py
+    result = ingest_catalog(str(export), str(shipped_taxonomy("demo")), str(old_lake), run_id="again")
+    after = {p["product_id"]: p for p in read_products(storage).to_pylist()}
+    other_image = {pid for pid in after if after[pid]["image_hash"] != before[pid]["image_hash"]}
+    assert (result.new, result.removed, result.changed) == (0, 0, len(other_image))
+    assert {pid for pid in after if after[pid]["ingest_run_id"] == "again"} == other_image
+    assert all(p["text"] is None for p in after.values())
+    assert (old_lake / TAXONOMY_PATH).read_bytes() == taxonomy  # a taxonomy without text dumps as it did
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 Pt = tuple[float, float]
 Polygon = list[Pt]
 
-COLUMNS = ["id", "category", "image", "article_type", "colour", "pattern", "sleeve_length", "features", "title"]
+COLUMNS = ["id", "category", "image", "article_type", "colour", "pattern", "sleeve_length", "features",
+           "title"]
 # Taxonomy values (demo.yaml); the tests check these lists against the YAML.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35), "green": (40, 150, 60), "blue": (40, 75, 205),
@@ -59,7 +60,8 @@ TITLE_WORDS: dict[str, dict[str, list[str]]] = {
     "article_type": {"tshirt": ["t-shirt", "tee", "top"], "dress": ["dress", "frock"],
                      "trousers": ["trousers", "pants", "chinos"], "skirt": ["skirt"],
                      "bag": ["bag", "tote", "handbag"]},
-    "features": {"logo": ["logo", "logo print"], "pocket": ["pocket", "patch pocket"], "zip": ["zip", "zipper"]},
+    "features": {"logo": ["logo", "logo print"], "pocket": ["pocket", "patch pocket"],
+                 "zip": ["zip", "zipper"]},
 }
 BRANDS = ["Koto", "Nordwind", "Bellamy", "Urban Fox", "Maison Lumi", "Alder & Co", "Brisk", "Seaside"]
 SYNONYM_RATE = 0.4  # a word other than the plain one

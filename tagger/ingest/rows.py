@@ -76,8 +76,8 @@ class RowValidator:
         self.offset = 0
         self.texts_truncated = 0
         self._text_columns = text_columns(taxonomy.catalog)
-        # Every valid row of earlier chunks: its product id, row and a digest of its labels and
-        # image (what a later row with that id is compared with). Arrow and numpy, about 30
+        # Every valid row of earlier chunks: its product id, row and a digest of its labels,
+        # image and text (what a later row with that id is compared with). Arrow and numpy, about 30
         # bytes a product: a dict of Python objects would hold ten times that.
         self._ids = pa.array([], pa.string())
         self._first = np.zeros(0, np.int64)
@@ -122,9 +122,8 @@ class RowValidator:
             if seen is not None:
                 same = seen[1] == digest
                 reason = "duplicate_id" if same else "conflicting_duplicate"
-                self.rejects.add(index, pid, Problem(
-                    "validate", reason,
-                    f"product id also on row {seen[0]}" + ("" if same else " with other labels, image or text")))
+                other = "" if same else " with other labels, image or text"
+                self.rejects.add(index, pid, Problem("validate", reason, f"product id also on row {seen[0]}{other}"))
                 continue
             valid[pid] = (index, digest)
             self.texts_truncated += truncated

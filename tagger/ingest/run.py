@@ -179,7 +179,8 @@ def _open_previous(storage: Storage, rebuild: bool) -> Iterator[PreviousProducts
             next(first, None)  # the columns are there and can be read
             first.close()
         except (pa.ArrowException, KeyError, OSError):
-            read_table(storage, PRODUCTS_PATH, PRODUCTS, PRODUCTS_DEFAULTS)  # raises CorruptTable with the remedy
+            # raises CorruptTable with the remedy
+            read_table(storage, PRODUCTS_PATH, PRODUCTS, PRODUCTS_DEFAULTS)
             raise
         yield previous
 

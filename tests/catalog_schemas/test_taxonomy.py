@@ -94,3 +94,39 @@ def test_applicable_mask_and_decode():
     decisions = np.zeros((2, 7), dtype=bool)
     decisions[0, [1, 3]] = True
     assert decode_decisions(TAX, decisions) == [[("colour", "blue", 1), ("features", "pocket", 3)], []]
+
+
+def _catalog(text) -> str:
+    return f"name: x\nattributes: [{{name: a, kind: single, values: [p]}}]\ncatalog:\n  text: {text}\n"
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("productDisplayName", ("productDisplayName",)),
+    ("[productDisplayName, description]", ("productDisplayName", "description")),
+    ('"{brand} {productDisplayName}"', ("{brand} {productDisplayName}",)),
+    ('["{brand} {title}", description]', ("{brand} {title}", "description")),
+    ("[]", ()),
+])
+def test_catalog_text_is_a_column_a_template_or_a_list(text, parts):
+    tax = load_taxonomy(_catalog(text))
+    assert tax.catalog.text == parts
+    assert load_taxonomy(tax.to_dict()) == tax  # round trip
+
+
+def test_a_taxonomy_without_text_serialises_as_before():
+    tax = load_taxonomy(shipped_taxonomy("demo"))
+    assert tax.catalog.text == ()
+    assert "text" not in tax.to_dict()["catalog"] and '"text"' not in tax.model_dump_json()
+    titled = load_taxonomy(_catalog("title"))
+    assert titled.to_dict()["catalog"]["text"] == ["title"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('""', "text entries must be column names or templates"),
+    ('[title, " "]', "text entries must be column names or templates"),
+    ('"{brand"', r"text template '\{brand' is not valid"),
+    ("{column: title}", "catalog.text"),
+])
+def test_bad_catalog_text_names_the_problem(text, message):
+    with pytest.raises(TaxonomyError, match=message):
+        load_taxonomy(_catalog(text))

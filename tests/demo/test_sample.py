@@ -11,7 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tagger.demo.sample import COLUMNS, Product, generate_catalog, render_product
+from tagger.demo import sample
+from tagger.demo.sample import BRANDS, COLUMNS, TITLE_WORDS, Product, generate_catalog, render_product
 from tests.conftest import ROOT
 
 TAXONOMY = ROOT / "catalog_schemas" / "taxonomies" / "demo.yaml"
@@ -207,3 +208,55 @@ def test_features_change_only_a_small_region() -> None:
         img = render_product(Product("tshirt", "green", "solid", "short", (feature,)), np.random.default_rng(9), 96)
         changed = (np.abs(np.asarray(img, int) - plain).sum(-1) > 60).mean()
         assert 0.003 < changed < 0.1, (feature, changed)
+
+
+OLD_COLUMNS = ["id", "category", "image", "article_type", "colour", "pattern", "sleeve_length", "features"]
+
+
+def _columns_digest(path: Path) -> str:
+    return hashlib.sha256(_read_csv(path)[OLD_COLUMNS].to_csv(index=False).encode()).hexdigest()
+
+
+def test_titles_leave_the_images_and_labels_of_a_seed_as_they_were(tmp_path: Path, monkeypatch) -> None:
+    with_titles = generate_catalog(tmp_path / "a", 40, seed=11, image_size=32)
+    # the labels this seed drew before catalogs had titles (images and labels share a generator)
+    assert _columns_digest(with_titles) == "edebe4dc5029f2bd8e465225dc82cc10b5f17d0b0cb84ac5cab32c9f26f3204d"
+    monkeypatch.setattr(sample, "_title", lambda p, rng: "")
+    without = generate_catalog(tmp_path / "b", 40, seed=11, image_size=32)
+    assert _columns_digest(without) == _columns_digest(with_titles)
+    assert _digest(with_titles.parent / "images") == _digest(without.parent / "images")
+    assert set(_read_csv(without)["title"]) == {""} and _read_csv(with_titles)["title"].str.len().mean() > 20
+
+
+def test_titles_are_deterministic_for_a_seed(tmp_path: Path) -> None:
+    titles = [list(_read_csv(generate_catalog(tmp_path / str(s), 12, seed=s, image_size=16))["title"])
+              for s in (3, 3, 4)]
+    assert titles[0] == titles[1] != titles[2]
+
+
+def _says(title: str, words: list[str]) -> bool:
+    return any(w and f" {w} " in f" {title} " for w in words)
+
+
+def test_titles_describe_the_product_with_a_shops_noise() -> None:
+    """Brand first, the article named; about 5% empty, 5% a wrong colour, 15% a word left out."""
+    rng, title_rng = np.random.default_rng(0), np.random.default_rng(1)
+    products = [sample._sample_product(rng) for _ in range(4000)]
+    titles = [sample._title(p, title_rng) for p in products]
+    assert 0.03 < np.mean([t == "" for t in titles]) < 0.07
+    said = [(p, t) for p, t in zip(products, titles) if t]
+    assert all(any(t.startswith(b + " ") for b in BRANDS) for _, t in said)
+    assert all(_says(t, TITLE_WORDS["article_type"][p.article_type]) for p, t in said)
+    colours = TITLE_WORDS["colour"]
+    wrong = np.mean([_says(t, sum((w for c, w in colours.items() if c != p.colour), [])) for p, t in said])
+    assert 0.03 < wrong < 0.08
+
+    def complete(p: Product, t: str) -> bool:
+        values = [("colour", p.colour), ("pattern", p.pattern), ("sleeve_length", p.sleeve_length),
+                  *(("features", f) for f in p.features)]
+        return all(_says(t, TITLE_WORDS[a][v]) for a, v in values if v and TITLE_WORDS[a][v][0])
+
+    left_out = np.mean([not complete(p, t) for p, t in said])
+    assert 0.13 < left_out < 0.25  # a word left out (not always one that names a value) or a wrong colour
+    synonyms = np.mean([not _says(t, [TITLE_WORDS["colour"][p.colour][0]]) for p, t in said])
+    assert 0.25 < synonyms < 0.5

@@ -193,3 +193,36 @@ def test_parts_on_s3_give_the_tables_of_one_process_and_leave_no_staged_image(s3
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(
         Bucket=s3_bucket.removeprefix("s3://"), Prefix="parts/").get("Contents", [])]
     assert keys and not [k for k in keys if STAGING_PREFIX in k]
+
+
+def test_parts_give_the_products_text_of_one_process(tmp_path):
+    """Text mapped: the same texts, cuts, text_encoding rejects and changes as one process."""
+    from tagger.ingest.products import PreviousProducts
+    from tagger.lake import PRODUCTS_PATH
+    from tests.ingest.test_text import TITLED
+
+    def both(run_id):
+        a = ingest_catalog(str(export), TITLED, str(one), _config(), run_id=run_id)
+        b = ingest_in_parts(str(export), TITLED, str(parts), _config(), run_id=run_id, **PARTS)
+        assert _counts(a) == _counts(b)
+        _same(one, parts)
+        return a
+
+    export, one, parts = _export(tmp_path, "csv"), tmp_path / "one", tmp_path / "parts"
+    df = _read(export)
+    df.loc[df.id == "P00004", "title"] = " ".join(["word"] * 600)
+    df.loc[df.id == "P00006", "title"] = "Odd title marker"
+    _write(df, export)
+    export.write_bytes(export.read_bytes().replace(b"Odd title marker", b"Odd title m\xe9rker"))
+    first = both("night1")
+    assert first.texts_truncated == 1 and first.reject_reasons["text_encoding"] == 1
+    texts = dict(zip(*(PreviousProducts(one / PRODUCTS_PATH).rows_of(df.id)[c].to_pylist()
+                       for c in ("product_id", "text"))))
+    assert "P00006" not in texts and len(texts["P00004"]) == 1999
+    assert sum(t is not None for t in texts.values()) > 15  # a few demo titles are empty
+
+    df.loc[df.id == "P00008", "title"] = "A new title"
+    df.loc[df.id == "P00006", "title"] = "Odd title, mended"
+    _write(df, export)
+    again = both("night2")
+    assert (again.new, again.changed) == (1, 1)
