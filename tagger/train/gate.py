@@ -33,7 +33,7 @@ from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig, TrainConfig
 from tagger.io.storage import Storage, open_storage, read_table
 from tagger.labels import encode_labels
-from tagger.lake import EVALUATIONS, PRODUCTS_PATH, model_path, read_products
+from tagger.lake import EVALUATIONS, PRODUCTS_DEFAULTS, PRODUCTS_PATH, model_path, read_products
 from tagger.model.production import (
     FIRST_MODEL,
     GATE,
@@ -147,7 +147,8 @@ def _newest_evaluation_set(storage: Storage) -> str | None:
     """The name of the evaluation set ingested last, or None."""
     suffix = "/" + PRODUCTS_PATH
     names = {p[len(EVALUATIONS) + 1:-len(suffix)] for p in storage.list(EVALUATIONS) if p.endswith(suffix)}
-    newest = {n: pc.max(read_table(storage, f"{EVALUATIONS}/{n}/{PRODUCTS_PATH}", PRODUCTS)["updated_at"]).as_py()
+    newest = {n: pc.max(read_table(storage, f"{EVALUATIONS}/{n}/{PRODUCTS_PATH}", PRODUCTS,
+                                   defaults=PRODUCTS_DEFAULTS)["updated_at"]).as_py()
               for n in names}
     newest = {n: t for n, t in newest.items() if t is not None}
     return max(newest, key=lambda n: (newest[n], n)) if newest else None

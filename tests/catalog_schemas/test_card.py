@@ -24,9 +24,10 @@ def _old() -> dict:
 
 def test_a_card_written_before_the_format_field_reads_as_format_1():
     card = parse_card(OLD_CARD.read_bytes())
-    assert card.format == 1 and CARD_FORMAT == 3
+    assert card.format == 1 and CARD_FORMAT == 4
     assert card.head == "sigmoid"  # cards before format 2 have sigmoid scores
     assert card.tta == "none"  # cards before format 3 score one pass per image
+    assert card.inputs == "image" and card.text is None  # cards before format 4 read images only
     assert card.ema is not None and card.ema.registered in ("raw", "ema")
     assert card.data_config.image_size == card.image_size == 32
     assert card.taxonomy.name == "demo"

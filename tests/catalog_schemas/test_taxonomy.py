@@ -114,7 +114,7 @@ def test_catalog_text_is_a_column_a_template_or_a_list(text, parts):
 
 
 def test_a_taxonomy_without_text_serialises_as_before():
-    tax = load_taxonomy(shipped_taxonomy("demo"))
+    tax = load_taxonomy("name: x\nattributes: [{name: a, kind: single, values: [p]}]\n")
     assert tax.catalog.text == ()
     assert "text" not in tax.to_dict()["catalog"] and '"text"' not in tax.model_dump_json()
     titled = load_taxonomy(_catalog("title"))

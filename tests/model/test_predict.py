@@ -30,7 +30,8 @@ def test_bf16_scores_match_fp32_and_decisions_agree(trained_lake):
     products = read_products(open_storage(lake)).to_pylist()
     d = card.data_config
     ds = ProductImages(str(lake), [p["image_shard"] for p in products], [p["image_hash"] for p in products],
-                       create_transforms(d.image_size, train=False))
+                       create_transforms(d.image_size, train=False), texts=[p["text"] for p in products],
+                       text_config=card.text)
     cpu = torch.device("cpu")
     norm = BatchNormalize.from_config(d, reuse=True)
     fp32 = predict_scores(model, create_loader(ds, 16, 0), cpu, precision="fp32", normalize=norm)

@@ -29,21 +29,23 @@ def test_tag_runs_and_evaluations_score_images_alike(trained_lake):
     shards, hashes = [p["image_shard"] for p in products], [p["image_hash"] for p in products]
 
     # By hand: the chain the pipeline stands for.
-    images = ProductImages(str(lake), shards, hashes, create_transforms(card.data_config.image_size, train=False))
+    texts = [p["text"] for p in products]
+    images = ProductImages(str(lake), shards, hashes, create_transforms(card.data_config.image_size, train=False),
+                           texts=texts, text_config=card.text)
     logits = predict_scores(model, create_loader(images, 16, 0), torch.device("cpu"), precision="fp32",
                             logits=True, normalize=BatchNormalize.from_config(card.data_config))
     arrays = card_arrays(card)
     assert np.any(arrays.temperature != 1.0)  # a calibrated card: the scores are not plain sigmoids
     expected = apply_temperature(logits, arrays.temperature, arrays.softmax_slices)
 
-    whole = score_images(model, card, str(lake), shards, hashes, CONFIG, desc="whole")
+    whole = score_images(model, card, str(lake), shards, hashes, CONFIG, desc="whole", texts=texts)
     np.testing.assert_array_equal(whole.logits, logits)
     np.testing.assert_array_equal(whole.scores, expected)
 
     # In chunks through one scorer (its normalisation buffer reused across chunks); the cut
     # is on a batch boundary, so every forward pass sees the same images.
     scorer = ImageScorer(model, card, CONFIG)
-    parts = [scorer.score(str(lake), shards[a:b], hashes[a:b], desc="chunk")
+    parts = [scorer.score(str(lake), shards[a:b], hashes[a:b], desc="chunk", texts=texts[a:b])
              for a, b in ((0, 32), (32, len(products)))]
     np.testing.assert_array_equal(np.concatenate([p.scores for p in parts]), expected)
 

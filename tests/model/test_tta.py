@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from catalog_schemas.card import parse_card
+from tagger.data.text import encode_texts
 from tagger.io.storage import open_storage
 from tagger.model import runtime
 from tagger.model.factory import FlipTTA, create_model, with_tta
@@ -143,7 +144,7 @@ def test_a_flip_run_tunes_on_flipped_scores_registers_plain_weights_and_loads_wr
 
     storage = open_storage(lake)
     card = read_card(storage, version)
-    assert card.tta == "flip" and card.format == 3 and card.config["tta"] == "flip"
+    assert card.tta == "flip" and card.format == 4 and card.config["tta"] == "flip"
     assert json.loads((lake / "models" / version / "card.json").read_text())["tta"] == "flip"
     weights = load_file(str(lake / "models" / version / "model.safetensors"))
     assert weights and not any(k.startswith("model.") for k in weights)  # the plain model's keys
@@ -151,7 +152,8 @@ def test_a_flip_run_tunes_on_flipped_scores_registers_plain_weights_and_loads_wr
     model, _ = load_model(storage, version)
     assert isinstance(model, FlipTTA) and not model.training
     x = _images(n=3, size=card.image_size)
+    tokens = torch.from_numpy(encode_texts(["red tee", None, "blue dress"], card.text))  # the demo's titles are read
     with torch.no_grad():
-        wrapped, plain = model(x), model.model(x)
+        wrapped, plain = model(x, tokens), model.model(x, tokens)
     assert wrapped.shape == (3, card.taxonomy.num_outputs)
     assert (wrapped - plain).abs().max() > 1e-6
