@@ -53,6 +53,13 @@ def compute_label_issues(taxonomy: Taxonomy, targets: np.ndarray, mask: np.ndarr
     return sorted(issues, key=lambda i: (i.score, i.row, i.attribute))
 
 
+# n_jobs=1 below: cleanlab's find_label_issues runs a multiprocessing Pool by default, which forks
+# this process. A fork of a process with running threads (torch's, Prefect's event loop, the
+# loaders') can leave a child holding a lock no thread will release: the pool then never
+# finishes and the run hangs. One process is fast enough here (one attribute's labels at a
+# time), so the pool is never used.
+
+
 def _single_issues(attr: Attribute, rows: np.ndarray, targets: np.ndarray, scores: np.ndarray,
                    thresholds: np.ndarray) -> list[LabelIssue]:
     from cleanlab.filter import find_label_issues
@@ -61,7 +68,7 @@ def _single_issues(attr: Attribute, rows: np.ndarray, targets: np.ndarray, score
     labels = targets.argmax(axis=1)
     probs = np.clip(scores.astype(np.float64), 1e-6, None)
     probs /= probs.sum(axis=1, keepdims=True)
-    flagged = find_label_issues(labels, probs)
+    flagged = find_label_issues(labels, probs, n_jobs=1)  # no process pool: see above
     quality = get_label_quality_scores(labels, probs)
     suggested = probs.argmax(axis=1)
     return [LabelIssue(int(rows[i]), attr.name, (attr.values[labels[i]],), (attr.values[suggested[i]],),
@@ -75,7 +82,7 @@ def _multi_issues(attr: Attribute, rows: np.ndarray, targets: np.ndarray, scores
 
     labels = [np.flatnonzero(t).tolist() for t in targets]
     probs = np.clip(scores.astype(np.float64), 1e-6, 1 - 1e-6)
-    flagged = find_label_issues(labels, probs)
+    flagged = find_label_issues(labels, probs, n_jobs=1)  # no process pool: see above
     quality = get_label_quality_scores(labels, probs)
 
     def names(idx) -> tuple[str, ...]:

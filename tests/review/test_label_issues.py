@@ -34,6 +34,25 @@ def test_a_single_label_the_scores_contradict_is_flagged_with_the_suggestion():
     assert 0 <= issues[0].score < 0.1  # its label quality: the score of the given value
 
 
+def test_no_process_pool_is_forked(monkeypatch):
+    """cleanlab's default forks a multiprocessing pool, which hangs for good in a process with
+    running threads (a training run's, Prefect's): label issues must never start one."""
+    import multiprocessing.pool
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a multiprocessing pool was started")
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "__init__", refuse)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 3000).tolist()  # large enough for cleanlab's pool
+    targets = np.eye(5, dtype=np.float32)[[t if t < 3 else 0 for t in truth]]
+    targets[:, 3:] = rng.integers(0, 2, (3000, 2))
+    scores = np.concatenate([_confident(truth, 3), rng.random((3000, 2)).astype(np.float32)], axis=1)
+    issues = compute_label_issues(SMALL_TAXONOMY, targets, np.ones_like(targets, dtype=bool), scores,
+                                  np.full(5, 0.5))
+    assert {i.attribute for i in issues} == {"features"}  # the random scores contradict some
+
+
 def test_unknown_labels_are_not_judged_and_multi_attributes_are_multi_label():
     # colour unknown for every row (masked): skipped; features: row 3 claims a zip it lacks.
     has = [[0], [1], [0, 1], [], [0]] * 4  # 20 products
