@@ -58,20 +58,21 @@ def make_catalog(out_dir: Path, n: int, *, pool: int, image_size: int, seed: int
     product carries the labels of its image (some hidden, as in the demo catalog)."""
     import numpy as np
 
-    from tagger.demo.sample import UNKNOWN_RATE, _row, _sample_product, render_product
+    from tagger.demo.sample import UNKNOWN_RATE, _row, _sample_product, _title, render_product
 
     rng = np.random.default_rng(seed)
+    titles = np.random.default_rng([seed, 1])  # the demo's titles, from their own generator
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     drawn = []
     for k in range(min(pool, n)):
         p = _sample_product(rng)
         render_product(p, rng, image_size).save(out_dir / "images" / f"pool-{k}.jpg", quality=90)
-        drawn.append(p)
+        drawn.append((p, _title(p, titles)))
     rows = []
     for i in range(n):
         k = int(rng.integers(len(drawn)))
         hide = {a: bool(d < r) for (a, r), d in zip(UNKNOWN_RATE.items(), rng.random(len(UNKNOWN_RATE)))}
-        rows.append({**_row(f"P{i + 1:07d}", drawn[k], hide), "image": f"images/pool-{k}.jpg"})
+        rows.append({**_row(f"P{i + 1:07d}", drawn[k][0], hide, drawn[k][1]), "image": f"images/pool-{k}.jpg"})
     return _write_rows(out_dir, rows)
 
 

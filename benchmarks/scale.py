@@ -65,25 +65,26 @@ def make_catalog(out: Path, n: int, *, side: int = 24, pool: int = 64, seed: int
 
     import numpy as np
 
-    from tagger.demo.sample import UNKNOWN_RATE, _row, _sample_product, _write, render_product
+    from tagger.demo.sample import UNKNOWN_RATE, _row, _sample_product, _title, _write, render_product
 
     rng = np.random.default_rng(seed)
+    titles = np.random.default_rng([seed, 1])  # the demo's titles, from their own generator
     (out / "images").mkdir(parents=True, exist_ok=True)
     drawn = []
     for _ in range(min(pool, n)):
         p = _sample_product(rng)
         buf = io.BytesIO()
         render_product(p, rng, side).save(buf, "JPEG", quality=90)
-        drawn.append((p, buf.getvalue()))
+        drawn.append((p, buf.getvalue(), _title(p, titles)))
     picks, hides = rng.integers(len(drawn), size=n), rng.random((n, len(UNKNOWN_RATE)))
 
     def rows():
         for i in range(n):
             pid = f"P{i + 1:07d}"
-            p, data = drawn[picks[i]]
+            p, data, title = drawn[picks[i]]
             (out / "images" / f"{pid}.jpg").write_bytes(data + pid.encode())
             hide = {a: bool(d < r) for (a, r), d in zip(UNKNOWN_RATE.items(), hides[i])}
-            yield _row(pid, p, hide)
+            yield _row(pid, p, hide, title)
 
     _write(rows(), out / "catalog.csv", "csv")
     return out / "catalog.csv"

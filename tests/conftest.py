@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_CATALOG = ROOT.parent / "shared/datasets/fashion-product-images-small"
 DEMO_TAXONOMY = str(shipped_taxonomy("demo"))
+# The demo taxonomy without its title mapping: an export and a model of photos only.
+_demo = load_taxonomy(DEMO_TAXONOMY)
+DEMO_NO_TEXT = _demo.model_copy(update={"catalog": _demo.catalog.model_copy(update={"text": ()})})
 # One single and one multi attribute: the smallest taxonomy with both kinds, for exact cases.
 SMALL_TAXONOMY = load_taxonomy("""
 name: t

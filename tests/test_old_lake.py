@@ -11,7 +11,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_schemas.taxonomy import shipped_taxonomy
 from tagger.cli import main
 from tagger.demo.sample import generate_catalog
 from tagger.ingest.products import PreviousProducts
@@ -20,7 +19,7 @@ from tagger.io.storage import open_storage
 from tagger.lake import PRODUCTS_PATH, TAXONOMY_PATH, read_latest, read_products
 from tagger.model.versions import list_versions, load_model
 from tagger.tag.run import tag_catalog
-from tests.conftest import FIXTURES
+from tests.conftest import DEMO_NO_TEXT, FIXTURES
 
 OLD_LAKE = FIXTURES / "lake_v0"
 
@@ -55,14 +54,15 @@ def test_an_old_products_table_reads_as_null_text(old_lake):
 
 
 def test_a_reingest_of_an_old_lake_changes_no_product_for_its_text(old_lake, tmp_path):
-    """Today's demo export (titles, which demo.yaml does not map) of the fixture's products:
-    a product is changed only where its image bytes differ from the fixture's (none where the
-    JPEG encoder is the fixture's), never for the text column the old table lacks."""
+    """Today's demo export (with titles) of the fixture's products, ingested with the demo
+    taxonomy without its title mapping: a product is changed only where its image bytes differ
+    from the fixture's (none where the JPEG encoder is the fixture's), never for the text
+    column the old table lacks."""
     storage = open_storage(old_lake)
     taxonomy = (old_lake / TAXONOMY_PATH).read_bytes()
     before = {p["product_id"]: p for p in read_products(storage).to_pylist()}
     export = generate_catalog(tmp_path / "export", n_products=40, seed=3, image_size=48)  # as make_lake_v0.py
-    result = ingest_catalog(str(export), str(shipped_taxonomy("demo")), str(old_lake), run_id="again")
+    result = ingest_catalog(str(export), DEMO_NO_TEXT, str(old_lake), run_id="again")
     after = {p["product_id"]: p for p in read_products(storage).to_pylist()}
     other_image = {pid for pid in after if after[pid]["image_hash"] != before[pid]["image_hash"]}
     assert (result.new, result.removed, result.changed) == (0, 0, len(other_image))

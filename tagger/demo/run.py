@@ -44,7 +44,8 @@ def summarise(lake: str, version: str) -> str:
     products = card.data.test if split == "test" else card.data.validation
     lines = [
         "",
-        f"model      {storage.url(f'models/{version}')}  ({card.backbone}, {card.image_size} px)",
+        f"model      {storage.url(f'models/{version}')}  ({card.backbone}, {card.image_size} px, "
+        f"reads {'the photo and the title' if card.inputs == 'image+text' else card.inputs})",
         f"tags       {storage.url('tags/latest/')}  (history: {storage.url('tags/history/')})",
         f"rejects    {storage.url('catalog/rejects/')}",
         "",

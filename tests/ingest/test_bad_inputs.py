@@ -27,7 +27,7 @@ from tagger.ingest.run import CatalogError, ingest_catalog
 from tagger.lake import REJECTS_PATH, read_products
 from tagger.demo.sample import generate_catalog
 from tagger.io.storage import open_storage, read_table, read_tables
-from tests.conftest import DEMO_TAXONOMY
+from tests.conftest import DEMO_NO_TEXT, DEMO_TAXONOMY
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 GOOD = 6
@@ -281,7 +281,7 @@ def test_catalog_level_problems_on_s3_write_nothing(s3_bucket, name, content, me
     bucket = s3_bucket.removeprefix("s3://")
     s3.put_object(Bucket=bucket, Key=f"exports/{name}", Body=content)
     with pytest.raises(CatalogError, match=message):
-        ingest_catalog(f"{s3_bucket}/exports/{name}", DEMO_TAXONOMY, f"{s3_bucket}/lake")
+        ingest_catalog(f"{s3_bucket}/exports/{name}", DEMO_NO_TEXT, f"{s3_bucket}/lake")
     assert open_storage(f"{s3_bucket}/lake").list() == []
 
 

@@ -21,7 +21,7 @@ from tagger.ingest.run import ingest_catalog
 from tagger.ingest.text import MAX_TEXT_CHARS, clean_text, compose_text, undecodable
 from tagger.io.storage import open_storage, read_table
 from tagger.lake import PRODUCTS_PATH, REJECTS_PATH, read_products
-from tests.conftest import DEMO_TAXONOMY
+from tests.conftest import DEMO_NO_TEXT, DEMO_TAXONOMY
 
 
 def _with_text(text, base=DEMO_TAXONOMY):
@@ -195,7 +195,7 @@ def test_a_changed_title_changes_exactly_that_product(tmp_path):
     assert after["P1"]["first_seen"] == before["P1"]["first_seen"]
     assert after["P0"] == before["P0"] and after["P2"] == before["P2"]
     # a taxonomy without text: every text goes, and every product changed
-    dropped = ingest_catalog(str(export), DEMO_TAXONOMY, str(lake), run_id="night4")
+    dropped = ingest_catalog(str(export), DEMO_NO_TEXT, str(lake), run_id="night4")
     assert dropped.changed == 3 and set(_texts(lake).values()) == {None}
 
 
@@ -204,7 +204,7 @@ def test_a_products_table_without_the_text_column_reads_as_null_and_changes_noth
     taxonomy without text finds no product changed and does not rewrite it."""
     export = _export(tmp_path / "export", [b"Blue tee", b"Red dress"])
     lake = tmp_path / "lake"
-    ingest_catalog(str(export), DEMO_TAXONOMY, str(lake), run_id="old")
+    ingest_catalog(str(export), DEMO_NO_TEXT, str(lake), run_id="old")
     path = lake / PRODUCTS_PATH
     old = pq.read_table(path)
     pq.write_table(old.drop_columns(["text"]), path)  # as the versions before it wrote it
@@ -215,7 +215,7 @@ def test_a_products_table_without_the_text_column_reads_as_null_and_changes_noth
     assert PreviousProducts(path).same_as(_rewritten(old, tmp_path / "new.parquet"))
     assert [t.column_names for t in PreviousProducts(path).batches(["product_id", "text"])] == [["product_id", "text"]]
 
-    again = ingest_catalog(str(export), DEMO_TAXONOMY, str(lake), run_id="new")
+    again = ingest_catalog(str(export), DEMO_NO_TEXT, str(lake), run_id="new")
     assert (again.changed, again.unchanged, again.products_written) == (0, 2, False)
     assert path.read_bytes() == before
     # with text mapped, the products that have some change

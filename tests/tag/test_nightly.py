@@ -114,8 +114,9 @@ def test_nightly_tags_equal_ingest_then_tag(two_lakes):
     ingest_catalog(str(catalog), DEMO_TAXONOMY, str(Path(plain_lake).parent / "lake-c"),
                    on_image=lambda h, px: (seen.append(h), held.add(h, px)))
     assert set(hashes) <= set(seen)
-    from_memory = scorer.score(plain_lake, shards, hashes, desc="held", images=held).scores
-    from_shards = scorer.score(plain_lake, shards, hashes, desc="stored").scores
+    texts = [p["text"] for p in products]
+    from_memory = scorer.score(plain_lake, shards, hashes, desc="held", images=held, texts=texts).scores
+    from_shards = scorer.score(plain_lake, shards, hashes, desc="stored", texts=texts).scores
     diff = np.abs(from_memory - from_shards)
     assert 0 < diff.max() <= NIGHTLY_SCORE_TOL  # not the same pixels (JPEG loss), close scores
 

@@ -67,7 +67,8 @@ if version:
     print(version)
 """
 CONFIG = TrainConfig(backbone="test_efficientnet", image_size=48, epochs=2, lr=3e-3,
-                     pretrained=False, workers=0, device="cpu")
+                     pretrained=False, workers=0, device="cpu", text_buckets=4096, text_dim=16,
+                     text_dropout=0.0)  # dropout draws per rank: 2x8 and 1x16 would hide other texts
 
 
 def _train(script, lake, batch_size, processes, **options) -> str:
@@ -93,7 +94,8 @@ def _initial_weights(version_card) -> np.ndarray:
 
     torch.manual_seed(CONFIG.seed)
     outputs = version_card.taxonomy.num_outputs
-    model = create_model(CONFIG.backbone, outputs, pretrained=False)
+    model = create_model(CONFIG.backbone, outputs, pretrained=False, inputs=version_card.inputs,
+                         text=version_card.text)  # the demo's titles: the fused model
     return np.concatenate([v.detach().float().numpy().ravel() for k, v in sorted(model.state_dict().items())
                            if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))])
 

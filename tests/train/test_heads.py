@@ -54,7 +54,8 @@ def test_softmax_model_registers_tags_scores_alike_in_both_runtimes_and_evaluate
     shards, hashes = [p["image_shard"] for p in products], [p["image_hash"] for p in products]
     scored = {rt: score_images(model, card, str(lake), shards, hashes,
                                TagConfig(runtime=rt, precision="fp32", workers=0, device="cpu",
-                                         batch_size=16), desc=rt).scores
+                                         batch_size=16), desc=rt,
+                               texts=[p["text"] for p in products]).scores
               for rt in ("torch", "onnx")}
     np.testing.assert_allclose(scored["onnx"], scored["torch"], atol=2e-4)
     for sl in singles.values():

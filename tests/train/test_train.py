@@ -8,6 +8,7 @@ from tagger.io.storage import open_storage
 from tagger.train.loop import create_scheduler
 from tagger.train.run import train_model
 from tagger.train.split import split_products, split_train_val
+from tagger.data.text import encode_texts
 from tests.conftest import TINY_TRAIN
 
 
@@ -100,7 +101,9 @@ def test_trained_model_is_registered_with_a_complete_card(trained_lake):
     assert metrics_json["micro_f1"] == card.test_metrics["micro_f1"]
     assert metrics_json["validation"]["micro_f1"] == card.metrics["micro_f1"]
     model, _ = load_model(storage, version)
-    assert model(torch.randn(1, 3, 48, 48)).shape == (1, taxonomy.num_outputs)
+    assert card.inputs == "image+text"  # the demo's titles are read
+    tokens = torch.from_numpy(encode_texts(["red striped tee"], card.text))
+    assert model(torch.randn(1, 3, 48, 48), tokens).shape == (1, taxonomy.num_outputs)
 
 
 @pytest.mark.slow
