@@ -291,6 +291,8 @@ def main() -> None:
     p.add_argument("--test-share", type=float, default=0.15)
     p.add_argument("--ours-only", action="store_true", help="train ours only (no comparison)")
     p.add_argument("--ablations", action="store_true", help="also the image-only loss ablations")
+    p.add_argument("--only", default=None, help="semicolon-separated names of the models to train "
+                   "(default: all); TF-IDF is left out unless named")
     p.add_argument("--screen", default=None, help="semicolon-separated SCREEN names (or 'all') "
                    "to compare on validation")
     p.add_argument("--screen-products", type=int, default=6000)
@@ -321,6 +323,12 @@ def main() -> None:
     results = {}
     recipes = {k: v for k, v in {**RECIPES, **(ABLATIONS if a.ablations else {})}.items()
                if k == "image + text" or not a.ours_only}
+    only = None if a.only is None else [n.strip() for n in a.only.split(";")]
+    if only is not None:
+        unknown = [n for n in only if n not in {**RECIPES, **ABLATIONS, TFIDF: None}]
+        if unknown:
+            sys.exit(f"unknown model(s) {unknown}; known: {[*RECIPES, *ABLATIONS, TFIDF]}")
+        recipes = {k: v for k, v in {**RECIPES, **ABLATIONS}.items() if k in only}
     eval_lake = None
     for name, options in recipes.items():
         version, seconds = _train(lake, base, options)
@@ -335,7 +343,10 @@ def main() -> None:
                              report=result["report"], **summarise(metrics))
         eval_lake = eval_lake or open_storage(lake).url(f"evaluations/{label}")
         print(json.dumps({name: results[name], **times}), flush=True)
-    if not a.ours_only:
+    if not a.ours_only and (only is None or TFIDF in only):
+        if eval_lake is None:  # the test export, ingested as evaluate_model ingests it
+            eval_lake = open_storage(lake).url("evaluations/benchmark-tfidf")
+            ingest_catalog(str(test_csv), TAXONOMY, eval_lake)
         t = time.perf_counter()
         results[TFIDF] = tfidf_baseline(lake, eval_lake, TrainConfig().seed)
         times[f"{TFIDF} s"] = round(time.perf_counter() - t)

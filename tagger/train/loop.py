@@ -116,13 +116,16 @@ def create_fit(model: nn.Module, config: TrainConfig, steps_per_epoch: int, pos_
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """One group at the configured lr; a text branch's embeddings in a second group at
-    text_lr_scale times it (each feature's row is updated only in the batches that hold it)."""
+    text_lr_scale times it (each feature's row is updated only in the batches that hold it)
+    and without weight decay (AdamW's decay shrinks every row at every step, also the rows
+    of the rare features no batch holds)."""
     text = getattr(unwrap(model), "text", None)
     if not isinstance(text, nn.Module):
         return [{"params": list(model.parameters())}]
     ids = {id(p) for p in text.parameters()}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest}, {"params": list(text.parameters()), "lr": config.lr * config.text_lr_scale}]
+    return [{"params": rest}, {"params": list(text.parameters()), "lr": config.lr * config.text_lr_scale,
+                               "weight_decay": 0.0}]
 
 
 def _with_loss_arrays(fit: Fit, config: TrainConfig, labels: TrainLabels) -> Fit:

@@ -87,3 +87,18 @@ def test_onnx_export_of_a_model_that_reads_text_scores_as_torch(tmp_path, inputs
     np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(ValueError, match="no tokens"):
         session_feed(session, images.numpy(), None)
+
+
+def test_the_text_branch_trains_at_its_own_lr_without_weight_decay():
+    from tagger.config import TrainConfig
+    from tagger.train.loop import _param_groups
+
+    config = TrainConfig(backbone="test_efficientnet", lr=1e-3, text_lr_scale=50, weight_decay=0.05)
+    model = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL)
+    rest, text = _param_groups(model, config)
+    assert text["lr"] == 5e-2 and text["weight_decay"] == 0.0
+    assert [id(p) for p in text["params"]] == [id(p) for p in model.text.parameters()]
+    assert len(rest["params"]) + len(text["params"]) == len(list(model.parameters()))
+    assert "lr" not in rest and "weight_decay" not in rest  # the optimizer's own: lr, weight_decay
+    plain = create_model("test_efficientnet", 4)
+    assert len(_param_groups(plain, config)) == 1
