@@ -162,15 +162,6 @@ def _architecture(m: nn.Module) -> str:
     return f"{name}({_architecture(m.model)})" if isinstance(m, FlipTTA) else name
 
 
-def _text_config(m: nn.Module):
-    """The TextConfig of a model that reads text (inside a TTA wrapper too), else None."""
-    from tagger.model.factory import FlipTTA
-    from tagger.model.text import ImageTextModel
-
-    m = m.model if isinstance(m, FlipTTA) else m
-    return m.text_config if isinstance(m, ImageTextModel) else None
-
-
 def session_feed(session, images: np.ndarray, tokens: np.ndarray | None) -> dict[str, np.ndarray]:
     """The inputs of one run of `session`, by the names the export declares: a text-only
     model's export has no image input (the exporter drops an unused one)."""
@@ -236,7 +227,9 @@ def _export(model, input_shape, directory: Path, key: str, path: Path) -> Path:
     t0 = time.perf_counter()
     tmp = directory / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
     args, names = (torch.zeros(2, *input_shape),), [INPUT]
-    text = _text_config(_exported(model))
+    from tagger.model.text import text_config_of
+
+    text = text_config_of(_exported(model))
     if text is not None:  # ids 1..: an all-padding example could be folded away
         args, names = args + (torch.ones(2, text.max_tokens, dtype=torch.int64),), names + [TOKENS]
     batch = torch.export.Dim("batch")

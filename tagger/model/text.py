@@ -67,10 +67,16 @@ class ImageTextModel(nn.Module):
         return self.head(torch.cat([f, t.to(f.dtype)], dim=1))
 
 
-def reads_text(model: nn.Module) -> bool:
-    """Whether `model` (or the model inside a TTA / DDP / compile wrapper) takes tokens."""
+def text_config_of(model: nn.Module) -> TextConfig | None:
+    """The TextConfig of `model` (or of the model inside a TTA / DDP / compile wrapper) if
+    it reads text, else None."""
     from tagger.model.device import unwrap
 
     m = unwrap(model)
-    m = getattr(m, "model", m)  # FlipTTA
-    return isinstance(unwrap(m), ImageTextModel)
+    m = unwrap(getattr(m, "model", m))  # FlipTTA holds the model as `model`
+    return m.text_config if isinstance(m, ImageTextModel) else None
+
+
+def reads_text(model: nn.Module) -> bool:
+    """Whether `model` (or the model inside a wrapper) takes tokens."""
+    return text_config_of(model) is not None
