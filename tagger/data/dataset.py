@@ -42,8 +42,8 @@ class ProductImages(Dataset):
     ):
         self.shards, self.hashes = list(shards), list(hashes)
         self.transform, self.targets, self.mask = transform, targets, mask
-        self.texts = list(texts) if texts is not None else [None] * len(self.hashes)
-        if len(self.texts) != len(self.hashes):
+        self.texts = list(texts) if texts is not None else None
+        if self.texts is not None and len(self.texts) != len(self.hashes):
             raise ValueError(f"{len(self.texts)} texts for {len(self.hashes)} images")
         self.text_config = text_config
         self.cache = ShardCache(lake)
@@ -57,7 +57,8 @@ class ProductImages(Dataset):
         if isinstance(x, np.ndarray):  # create_transforms: uint8 HWC, normalised per batch
             x = torch.from_numpy(np.ascontiguousarray(x))
         if self.text_config is not None:
-            x = (x, torch.from_numpy(encode_text(self.texts[i], self.text_config)))
+            text = self.texts[i] if self.texts is not None else None
+            x = (x, torch.from_numpy(encode_text(text, self.text_config)))
         if self.targets is None:
             return x, i
         return x, torch.from_numpy(self.targets[i]), torch.from_numpy(self.mask[i])

@@ -75,8 +75,3 @@ def text_config_of(model: nn.Module) -> TextConfig | None:
     m = unwrap(model)
     m = unwrap(getattr(m, "model", m))  # FlipTTA holds the model as `model`
     return m.text_config if isinstance(m, ImageTextModel) else None
-
-
-def reads_text(model: nn.Module) -> bool:
-    """Whether `model` (or the model inside a wrapper) takes tokens."""
-    return text_config_of(model) is not None
