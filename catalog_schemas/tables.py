@@ -10,6 +10,15 @@ import pyarrow as pa
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 
+# One more image of a product (back, detail, ...): the same four facts as the products
+# table's own image_* columns, which hold the product's first good image.
+IMAGE_REF = pa.struct([
+    pa.field("image_uri", pa.string(), nullable=False),
+    pa.field("image_version", pa.string()),
+    pa.field("image_hash", pa.string(), nullable=False),
+    pa.field("image_shard", pa.string(), nullable=False),
+])
+
 
 def _schema(name: str, description: str, *columns: tuple[str, pa.DataType, bool, str]) -> pa.Schema:
     fields = [
@@ -38,6 +47,10 @@ PRODUCTS = _schema(
      "The product's text from the taxonomy's catalog.text columns (title, description), "
      "cleaned: NFC, no control characters, single spaces, at most 2000 characters. Null when "
      "it has none or nothing is mapped; tables written before this column read as null."),
+    ("more_images", pa.list_(IMAGE_REF), True,
+     "The product's other good images (image_uri, image_version, image_hash, image_shard "
+     "each), in the order the catalog mapping lists them, after the one in image_*. Null "
+     "when it has one image; tables written before this column read as null."),
 )
 
 IMAGES = _schema(
@@ -60,6 +73,10 @@ REJECTS = _schema(
     ("stage", pa.string(), False, "validate | fetch | decode."),
     ("reason", pa.string(), False, "Short machine-readable reason, e.g. missing_file."),
     ("detail", pa.string(), False, "Human-readable detail: what was wrong and how to fix it."),
+    ("product_kept", pa.bool_(), True,
+     "True when only this image was left out: the product has other good images and was "
+     "ingested with them. False (or null in tables written before this column): the row "
+     "was not ingested."),
 )
 
 _TAG_COLUMNS = (

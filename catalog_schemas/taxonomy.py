@@ -113,10 +113,17 @@ class CatalogMapping(BaseModel):
     category: str | None = Field(
         default="category", description="Column with the product category (None: no categories)."
     )
-    image: str = Field(
+    image: str | tuple[str, ...] = Field(
         default="image",
         description="Column with the image URI, or a template such as 'images/{id}.jpg' "
-        "filled from the row; relative URIs are resolved against the export's folder.",
+        "filled from the row; relative URIs are resolved against the export's folder. A list "
+        "of them for several images per product (front, back, detail), in order; a column "
+        "may also hold a list (JSON Lines, Parquet) or several URIs split by image_separator.",
+    )
+    image_separator: str | None = Field(
+        default=None,
+        description="Separator of several image URIs in one text cell (CSV), e.g. '|'. "
+        "None: a text cell is one URI.",
     )
     multi_separator: str = Field(
         default="|", description="Separator of values of a multi attribute in a text cell."
@@ -138,6 +145,30 @@ class CatalogMapping(BaseModel):
     def _one_or_more(cls, v):
         return (v,) if isinstance(v, str) else v
 
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image_list(cls, v):
+        # One image stays a string, so taxonomies serialise as they did before lists existed.
+        if isinstance(v, (list, tuple)):
+            v = tuple(v)
+            return v[0] if len(v) == 1 else v
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for entry in (v,) if isinstance(v, str) else v:
+            if not entry.strip():
+                raise ValueError("image entries must be column names or templates, got an empty one")
+        if not isinstance(v, str) and not v:
+            raise ValueError("image needs at least one column or template")
+        return v
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """The image columns or templates, in order (one for a single image)."""
+        return (self.image,) if isinstance(self.image, str) else self.image
+
     @field_validator("text")
     @classmethod
     def _check_text(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -157,6 +188,8 @@ class CatalogMapping(BaseModel):
         data = handler(self)
         if not self.text and isinstance(data, dict):
             data.pop("text", None)
+        if self.image_separator is None and isinstance(data, dict):
+            data.pop("image_separator", None)
         return data
 
 

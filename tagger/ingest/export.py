@@ -150,6 +150,11 @@ def _fields(part: str) -> list[str]:
     return template_fields(part) if "{" in part else [part]
 
 
+def image_columns(m: CatalogMapping) -> list[str]:
+    """The columns the mapping's `image` parts read, in order, each once."""
+    return list(dict.fromkeys(c for part in m.images for c in _fields(part)))
+
+
 def text_columns(m: CatalogMapping) -> list[str]:
     """The columns the mapping's `text` parts read, in order, each once."""
     return list(dict.fromkeys(c for part in m.text for c in _fields(part)))
@@ -159,7 +164,7 @@ def text_only_columns(taxonomy: Taxonomy) -> frozenset[str]:
     """The columns only the text reads: bytes that are not UTF-8 there reject their row (the
     text is damaged), not the whole export as they do in an id, image or label column."""
     m = taxonomy.catalog
-    other = {m.id, m.category, *_fields(m.image), *(a.source_column for a in taxonomy.attributes)}
+    other = {m.id, m.category, *image_columns(m), *(a.source_column for a in taxonomy.attributes)}
     return frozenset(text_columns(m)) - other
 
 
@@ -167,7 +172,7 @@ def check_columns(df: pd.DataFrame, taxonomy: Taxonomy, uri: str) -> None:
     """Every column the mapping and taxonomy need is present, or a CatalogError naming them."""
     m = taxonomy.catalog
     needed = list(dict.fromkeys([m.id] + ([m.category] if m.category else [])
-                                + _fields(m.image) + text_columns(m)))
+                                + image_columns(m) + text_columns(m)))
     labels = [a.source_column for a in taxonomy.attributes]
     missing = [c for c in needed if c not in df.columns]
     missing_labels = [c for c in labels if c not in df.columns]

@@ -13,7 +13,7 @@ import pyarrow as pa
 from catalog_schemas.tables import REJECTS
 from tagger.io.parquet import read_table_or_empty, write_table
 from tagger.io.storage import Storage, open_storage
-from tagger.lake import REJECTS_PATH, rejects_history_path
+from tagger.lake import REJECTS_DEFAULTS, REJECTS_PATH, rejects_history_path
 
 
 class Problem(NamedTuple):
@@ -37,7 +37,8 @@ class Rejects:
     def add(self, row_number: int, product_id: str | None, problem: Problem) -> None:
         self.row_numbers.add(row_number)
         self.rows.append(dict(run_id=self.run_id, rejected_at=self.at, source=self.source,
-                              row_number=row_number, product_id=product_id, **problem._asdict()))
+                              row_number=row_number, product_id=product_id, **problem._asdict(),
+                              product_kept=False))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,7 +72,7 @@ def write_rejects(storage: Storage, rejects: Rejects, *, rebuild: bool = False) 
 
 
 def _write_latest(storage: Storage, table: pa.Table, rebuild: bool) -> None:
-    old = REJECTS.empty_table() if rebuild else read_table_or_empty(storage, REJECTS_PATH, REJECTS)
+    old = REJECTS.empty_table() if rebuild else read_table_or_empty(storage, REJECTS_PATH, REJECTS, defaults=REJECTS_DEFAULTS)
     stable = [c for c in REJECTS.names if c not in ("run_id", "rejected_at")]
     if not rebuild and old.num_rows == table.num_rows and old.select(stable).equals(table.select(stable)):
         return
@@ -83,7 +84,7 @@ def read_reject_counts(lake: str) -> dict:
     {"total": n, "run_id": ..., "by_reason": [{"stage", "reason", "rows"}], "url": ...};
     every run's own rejects are under catalog/rejects/run_date=YYYY-MM-DD/."""
     storage = open_storage(lake)
-    table = read_table_or_empty(storage, REJECTS_PATH, REJECTS)
+    table = read_table_or_empty(storage, REJECTS_PATH, REJECTS, defaults=REJECTS_DEFAULTS)
     counts: dict[tuple[str, str], int] = {}
     for stage, reason in zip(table["stage"].to_pylist(), table["reason"].to_pylist()):
         counts[(stage, reason)] = counts.get((stage, reason), 0) + 1
