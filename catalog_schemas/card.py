@@ -10,7 +10,7 @@ saying which.
 existed are format 1; every field added since has a default that reads those cards as
 they were meant (format 2 added `head`, sigmoid for older cards; format 3 added `tta`,
 none for older cards; format 4 added `inputs` and `text`, an image-only model for older
-cards). A change that
+cards; format 5 added `image_pooling`, the first image alone for older cards). A change that
 old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
 misreading it.
 """
@@ -36,9 +36,10 @@ from catalog_schemas.taxonomy import Taxonomy
 # 2: `head` (a softmax head's scores are softmaxes; an older reader would take them for
 # sigmoids). 3: `tta` (flip's thresholds and temperatures were tuned on flip-averaged
 # logits; an older reader would score one pass and misapply them). 4: `inputs` / `text` (a
-# model that reads the product's text; an older reader would feed it images only). A card
-# without `format` is format 1.
-CARD_FORMAT = 4
+# model that reads the product's text; an older reader would feed it images only). 5:
+# `image_pooling` (thresholds tuned on the pooled logits of a product's several images; an
+# older reader would score its first image alone). A card without `format` is format 1.
+CARD_FORMAT = 5
 
 
 class CardError(ValueError):
@@ -152,6 +153,10 @@ class ModelCard(BaseModel):
         "image", description="What the model reads (TrainConfig.inputs): the photo, the "
         "product's text, or both fused. Written only when not image; cards before format 4: image.")
     text: TextConfig | None = Field(None, description="How the text becomes input; None for an image-only model.")
+    image_pooling: Literal["first", "mean", "max"] = Field(
+        "first", description="How the logits of a product's several images become its scores "
+        "(TrainConfig.image_pooling, chosen on validation): their mean or maximum. Cards "
+        "before format 5: first, the first image alone, as they were tuned.")
     image_size: int = Field(ge=8, description="Input size the model was trained at.")
     data_config: DataConfig
     taxonomy: Taxonomy = Field(description="The taxonomy trained on: one output per (attribute, value).")
@@ -196,6 +201,8 @@ class ModelCard(BaseModel):
             data.pop("inputs", None)
         if data.get("text") is None:
             data.pop("text", None)
+        if data.get("image_pooling") == "first":
+            data.pop("image_pooling", None)
         return data
 
     @field_serializer("taxonomy")
@@ -221,6 +228,13 @@ class ModelCard(BaseModel):
         if (self.inputs != "image") != (self.text is not None):
             raise ValueError(f"inputs {self.inputs!r} and text {self.text!r} disagree: a model that "
                              "reads text needs its text config, an image-only one has none")
+        return self
+
+    @model_validator(mode="after")
+    def _pooling_needs_format_5(self) -> ModelCard:
+        if self.image_pooling != "first" and self.format < 5:
+            raise ValueError(f"image_pooling {self.image_pooling!r} needs card format 5 or later, "
+                             f"the card says {self.format}")
         return self
 
     @property

@@ -248,6 +248,13 @@ class TrainConfig(_Config):
         "real catalog's validation split +1.0 point of accuracy and +1.9 of macro-F1 "
         "(benchmarks/README.md), for twice the scoring time; none halves the time of a tag run.",
     )
+    image_pooling: Literal["auto", "mean", "max"] = Field(
+        "auto",
+        description="How a product with several images is scored: the mean or the maximum "
+        "of its images' logits. auto: whichever gives the higher validation mAP (recorded on "
+        "the card; mean where no product has several). Training sees one of a product's "
+        "images per visit, drawn at random.",
+    )
     ema_decay: float | None = Field(
         0.9998, ge=0.9, lt=1,
         description="Keep an exponential moving average of the weights (ramped up from 0 "

@@ -304,10 +304,11 @@ def _title(p: Product, rng: np.random.Generator) -> str:
     return " ".join(w for w in parts if w)
 
 
-def _row(pid: str, p: Product, hide: dict[str, bool], title: str) -> dict:
+def _row(pid: str, p: Product, hide: dict[str, bool], title: str, views: int = 1) -> dict:
     """Catalog row: None where the label is unknown (or, for sleeves, not applicable)."""
     return {
         "id": pid, "category": ARTICLES[p.article_type].category, "image": f"images/{pid}.jpg",
+        **{f"image_{k}": f"images/{pid}-{k}.jpg" for k in range(2, views + 1)},
         "article_type": p.article_type,
         "colour": None if hide.get("colour") else p.colour,
         "pattern": None if hide.get("pattern") else p.pattern,
@@ -317,32 +318,49 @@ def _row(pid: str, p: Product, hide: dict[str, bool], title: str) -> dict:
     }
 
 
-def _write(rows: list[dict], path: Path, fmt: str) -> None:
+def _write(rows: list[dict], path: Path, fmt: str, columns: list[str]) -> None:
     if fmt == "csv":
         with path.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(COLUMNS)
+            w.writerow(columns)
             for r in rows:
                 feats = r["features"]
                 # '|' joins several values; '-' is "known: none", an empty cell is unknown.
                 r = {**r, "features": None if feats is None else ("|".join(feats) or "-")}
-                w.writerow(["" if r[c] is None else r[c] for c in COLUMNS])
+                w.writerow(["" if r[c] is None else r[c] for c in columns])
     elif fmt == "jsonl":
         with path.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps({c: r[c] for c in COLUMNS}) + "\n" for r in rows)
+            f.writelines(json.dumps({c: r[c] for c in columns}) + "\n" for r in rows)
     elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         schema = pa.schema([pa.field(c, pa.list_(pa.string()) if c == "features" else pa.string())
-                            for c in COLUMNS])
+                            for c in columns])
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     else:
         raise ValueError(f"unknown catalog format {fmt!r}: use csv, jsonl or parquet")
 
 
+def _partial(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The image with one half of the frame (left, right, top or bottom, picked at random)
+    covered by a flat grey card: a view that shows part of the product."""
+    out = np.asarray(image).copy()
+    h, w = out.shape[:2]
+    half = [(slice(None), slice(0, w // 2)), (slice(None), slice(w // 2, None)),
+            (slice(0, h // 2), slice(None)), (slice(h // 2, None), slice(None))][rng.integers(4)]
+    out[half] = int(rng.uniform(175, 210))
+    return Image.fromarray(out)
+
+
+def view_columns(views: int) -> list[str]:
+    """The image columns of a catalog with `views` images per product: image, image_2, ..."""
+    return ["image"] + [f"image_{k}" for k in range(2, views + 1)]
+
+
 def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 0, image_size: int = 128,
-                     bad_rows: bool = True, fmt: Literal["csv", "jsonl", "parquet"] = "csv") -> Path:
+                     bad_rows: bool = True, fmt: Literal["csv", "jsonl", "parquet"] = "csv",
+                     views: int = 1) -> Path:
     """Write out_dir/images/<id>.jpg and out_dir/catalog.<fmt>; return the catalog path.
 
     Deterministic for a seed. With ``bad_rows``, three broken rows follow the good ones:
@@ -350,6 +368,11 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
     BAD-LABEL (colour 'purple', not in the taxonomy, with a valid image). The titles come
     from their own generator, seeded from `seed`: the images and labels of a seed are those
     of a catalog without titles.
+
+    With ``views`` > 1 each product has that many photos (columns view_columns(views),
+    images/<id>.jpg, <id>-2.jpg, ...), each a fresh render of the product with half of the
+    frame covered (_partial), so that no single photo shows all of it; their draws come from
+    a generator of their own, like the titles.
     """
     if fmt not in ("csv", "jsonl", "parquet"):
         raise ValueError(f"unknown catalog format {fmt!r}: use csv, jsonl or parquet")
@@ -357,32 +380,40 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    title_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    title_seq, view_seq = np.random.SeedSequence(seed).spawn(2)
+    title_rng, view_rng = np.random.default_rng(title_seq), np.random.default_rng(view_seq)
+    columns = COLUMNS if views == 1 else COLUMNS[:3] + view_columns(views)[1:] + COLUMNS[3:]
 
     def save(pid: str, p: Product) -> None:
-        render_product(p, rng, image_size).save(images / f"{pid}.jpg", quality=90)
+        first = render_product(p, rng, image_size)
+        if views == 1:
+            first.save(images / f"{pid}.jpg", quality=90)
+            return
+        _partial(first, view_rng).save(images / f"{pid}.jpg", quality=90)
+        for k in range(2, views + 1):
+            _partial(render_product(p, view_rng, image_size), view_rng).save(images / f"{pid}-{k}.jpg", quality=90)
 
     rows = []
     for i in range(n_products):
         pid, p = f"P{i + 1:05d}", _sample_product(rng)
         draws = rng.random(len(UNKNOWN_RATE))
         hide = {a: bool(d < rate) for (a, rate), d in zip(UNKNOWN_RATE.items(), draws)}
-        rows.append(_row(pid, p, hide, _title(p, title_rng)))
+        rows.append(_row(pid, p, hide, _title(p, title_rng), views))
         save(pid, p)
     if bad_rows:
         p = _sample_product(rng)
-        rows.append(_row("BAD-MISSING", p, {}, _title(p, title_rng)))
+        rows.append(_row("BAD-MISSING", p, {}, _title(p, title_rng), views))
         (images / "BAD-MISSING.jpg").unlink(missing_ok=True)  # in case out_dir is reused
         p = _sample_product(rng)
-        rows.append(_row("BAD-HTML", p, {}, _title(p, title_rng)))
+        rows.append(_row("BAD-HTML", p, {}, _title(p, title_rng), views))
         (images / "BAD-HTML.jpg").write_bytes(
             b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
             b"<body><h1>502 Bad Gateway</h1><p>The CDN could not fetch this image.</p></body></html>\n")
         p = Product(**{**_sample_product(rng).__dict__, "colour": "purple"})
-        rows.append(_row("BAD-LABEL", p, {}, _title(p, title_rng)))
+        rows.append(_row("BAD-LABEL", p, {}, _title(p, title_rng), views))
         save("BAD-LABEL", p)
 
     path = out_dir / f"catalog.{fmt}"
-    _write(rows, path, fmt)
+    _write(rows, path, fmt, columns)
     logger.info("wrote %d products (%d bad) and their images to %s", len(rows), len(rows) - n_products, path)
     return path

@@ -53,7 +53,8 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
 
     scored = score_images(model, card, eval_lake, [p["image_shard"] for p in products],
                           [p["image_hash"] for p in products], config, desc="evaluate",
-                          texts=[p.get("text") for p in products])
+                          texts=[p.get("text") for p in products],
+                          more=[p.get("more_images") for p in products])
     arrays = card_arrays(card)
     decisions, metrics = compute_evaluation(tax, targets, mask, scored.scores, arrays.thresholds,
                                             arrays.auto_thresholds, card.min_precision,

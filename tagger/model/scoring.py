@@ -44,6 +44,7 @@ from tagger.data.shards import ShardCache
 from tagger.io.storage import Storage
 from tagger.labels import softmax_slices, vector_from_values
 from tagger.data.text import encode_texts
+from tagger.data.views import MoreImages, Views
 from tagger.model.runtime import OUTPUT, ExportError, card_session, onnx_session, resolve_runtime, session_feed
 from tagger.model.versions import load_model, read_card
 from tagger.quality.calibration import apply_temperature, temperature_vector
@@ -141,12 +142,15 @@ class ImageScorer:
 
     def score(self, lake: str, shards: Sequence[str], hashes: Sequence[str], *, desc: str,
               images: Mapping[str, np.ndarray] | None = None,
-              texts: Sequence[str | None] | None = None) -> Scores:
+              texts: Sequence[str | None] | None = None,
+              more: Sequence[MoreImages] | None = None) -> Scores:
         """Scores of the products whose images are `hashes` (in the lake's image shards
         `shards`) and whose texts are `texts` (None: products without text), in that order;
         an image in `images` (model input by hash, ONNX path) is not read from its shard.
         `texts` is required for a model that reads text: a model scored without the text it
-        was trained with would publish its image-only guesses silently."""
+        was trained with would publish its image-only guesses silently. `more`: the
+        products' other images (more_images cells), each scored and pooled with the first
+        as the card says (image_pooling; a card from before format 5 scores the first)."""
         if self.card.reads_text:
             if texts is None:
                 raise ValueError(f"Model {self.card.version} reads the products' text "
@@ -155,6 +159,10 @@ class ImageScorer:
                 raise ValueError(f"{len(texts)} texts for {len(hashes)} images")
         else:
             texts = None
+        pooling = self.card.image_pooling
+        views = Views.of(shards, hashes, None if pooling == "first" else more)
+        shards, hashes = views.shards, views.hashes
+        texts = None if texts is None else views.spread(texts)
         logits = None
         if self.runtime == "onnx":
             try:
@@ -166,6 +174,7 @@ class ImageScorer:
                 self.runtime = "torch"
         if logits is None:
             logits = self._torch_logits(lake, shards, hashes, desc, texts)
+        logits = views.pool(logits, pooling)
         return Scores(logits, apply_temperature(logits, self.arrays.temperature,
                                                 self.arrays.softmax_slices))
 
@@ -251,6 +260,7 @@ class ImageScorer:
 
 def score_images(model: nn.Module, card: ModelCard, lake: str, shards: Sequence[str],
                  hashes: Sequence[str], config: TagConfig, *, desc: str,
-                 texts: Sequence[str | None] | None = None) -> Scores:
+                 texts: Sequence[str | None] | None = None,
+                 more: Sequence[MoreImages] | None = None) -> Scores:
     """Scores of one set of products (ImageScorer for a single call)."""
-    return ImageScorer(model, card, config).score(lake, shards, hashes, desc=desc, texts=texts)
+    return ImageScorer(model, card, config).score(lake, shards, hashes, desc=desc, texts=texts, more=more)

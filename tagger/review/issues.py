@@ -86,7 +86,8 @@ def find_label_issues(lake: str, *, model_version: str | None = None, config: Ta
     scores = scorer.score(lake, [data.shards[i] for i in rows], [data.hashes[i] for i in rows],
                           desc="label issues",
                           texts=[data.texts[i] for i in rows] if data.texts is not None else
-                          [None] * len(rows)).scores
+                          [None] * len(rows),
+                          more=None if data.more is None else [data.more[i] for i in rows]).scores
     issues = compute_label_issues(card.taxonomy, data.targets[rows], data.mask[rows], scores,
                                   scorer.arrays.thresholds)
     now = datetime.now(timezone.utc)

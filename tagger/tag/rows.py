@@ -24,7 +24,8 @@ from tagger.quality.thresholds import compute_decisions, review_flags
 # The products columns a tag run uses. A run streams the products table (scan_products) and
 # keeps only the rows it tags as an Arrow table; only a scoring chunk becomes Python rows
 # (TagConfig.chunk_size).
-PRODUCT_COLUMNS = ["product_id", "category", "image_hash", "image_shard", "labels", "updated_at", "text"]
+PRODUCT_COLUMNS = ["product_id", "category", "image_hash", "image_shard", "labels", "updated_at", "text",
+                   "more_images"]
 PRODUCT_SCHEMA = pa.schema([PRODUCTS.field(c) for c in PRODUCT_COLUMNS])
 
 ROW_COLUMNS = TAG_HISTORY.names[:TAG_HISTORY.names.index("needs_review") + 1]  # from scoring

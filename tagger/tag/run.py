@@ -113,7 +113,7 @@ def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfi
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
                               desc=f"tag {start + len(chunk)}/{todo.num_rows}", images=images,
-                              texts=[p.get("text") for p in chunk])
+                              texts=[p.get("text") for p in chunk], more=[p.get("more_images") for p in chunk])
         arrays = scorer.arrays
         yield compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
                                arrays.auto_thresholds, argmax_slices=arrays.softmax_slices)

@@ -112,8 +112,9 @@ def score_epoch(fit: Fit, loader: DataLoader, config: TrainConfig, taxonomy: Tax
     model = unwrap(fit.model)
 
     def logits_of(net: nn.Module, desc: str) -> np.ndarray:
-        return predict_scores(net, loader, fit.device, channels_last=config.channels_last,
-                              amp=config.amp, desc=desc, logits=True, normalize=fit.normalize)
+        # per product: a product's several images pooled as the card's default does
+        return ds.pool(predict_scores(net, loader, fit.device, channels_last=config.channels_last,
+                                      amp=config.amp, desc=desc, logits=True, normalize=fit.normalize))
 
     raw = _figures(logits_of(model, "validate"), fit, config, taxonomy, targets, mask)
     if fit.ema is None:

@@ -136,7 +136,8 @@ def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: Tag
     targets, mask = _labels_for(card.taxonomy, es.products)
     scored = score_images(model, card, es.lake, [p["image_shard"] for p in es.products],
                           [p["image_hash"] for p in es.products], config, desc=f"gate {version}",
-                          texts=[p.get("text") for p in es.products])
+                          texts=[p.get("text") for p in es.products],
+                          more=[p.get("more_images") for p in es.products])
     arrays = card_arrays(card)
     _, metrics = compute_evaluation(card.taxonomy, targets, mask, scored.scores, arrays.thresholds,
                                     argmax_slices=arrays.softmax_slices)

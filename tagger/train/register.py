@@ -31,6 +31,7 @@ from tagger.config import TrainConfig
 from tagger.data.dataset import ProductImages
 from tagger.data.loader import create_loader
 from tagger.data.transforms import BatchNormalize
+from tagger.data.views import POOLINGS
 from tagger.io.storage import Storage
 from tagger.lake import model_path
 from tagger.backbones import get_backbone
@@ -48,6 +49,7 @@ from tagger.quality.evaluation import (
 from tagger.quality.plots import plot_training_curves
 from tagger.quality.report import card_summary, render_training_curves
 from tagger.train.curves import EventLog
+from tagger.train.epochs import mean_ap, ranked
 from tagger.quality.thresholds import precision_thresholds, tune_thresholds
 from tagger.train.split import TrainingData
 
@@ -91,6 +93,7 @@ class Validation:
     ema: dict  # the EMA choice for the card; empty without EMA
     decisions: np.ndarray
     metrics: dict
+    image_pooling: str = "mean"  # how a product's several images' logits were pooled
 
 
 def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.ndarray, np.ndarray | None]:
@@ -114,8 +117,10 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     thresholds and compute the metrics. The raw-vs-EMA choice was made per epoch
     (tagger.train.epochs) and comes in `run.ema_choice`."""
     config, taxonomy = run.config, run.data.taxonomy
-    logits = _split_logits(model, run.val_ds, run, "validate")
     targets, mask = run.data.targets[run.val_idx], run.data.mask[run.val_idx]
+    views = _split_logits(model, run.val_ds, run, "validate")
+    pooling = choose_pooling(config.image_pooling, run.val_ds, views, targets, mask, _heads(run))
+    logits = run.val_ds.pool(views, pooling)
     temperatures = (fit_temperatures(logits, targets, mask, taxonomy.slices, _heads(run))
                     if config.calibrate else {})
     scores = _calibrated(logits, temperatures, run)
@@ -123,7 +128,21 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     decisions, metrics = _evaluate_split(logits, scores, targets, mask, temperatures, thresholds, auto, run)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     return Validation(model, targets, mask, scores, temperatures, thresholds, auto,
-                      run.ema_choice or {}, decisions, metrics)
+                      run.ema_choice or {}, decisions, metrics, pooling)
+
+
+def choose_pooling(setting: str, ds: ProductImages, logits: np.ndarray, targets: np.ndarray,
+                   mask: np.ndarray, heads: tuple[slice, ...]) -> str:
+    """TrainConfig.image_pooling resolved: auto takes the pooling of a product's images'
+    logits with the higher validation mAP (mean on a tie, and where no product has
+    several images)."""
+    if setting != "auto":
+        return setting
+    if not ds.views.several:
+        return "mean"
+    found = {how: mean_ap(targets, mask, ranked(ds.pool(logits, how), heads)) for how in POOLINGS}
+    log.info("validation mAP by image pooling: %s", ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
+    return max(POOLINGS, key=lambda how: (found[how], how == "mean"))
 
 
 def score_test_split(val: Validation, run: RunFacts) -> Evaluated | None:
@@ -133,7 +152,7 @@ def score_test_split(val: Validation, run: RunFacts) -> Evaluated | None:
     if run.test_ds is None or not len(run.test_ds):
         return None
     taxonomy = run.data.taxonomy
-    logits = _split_logits(val.model, run.test_ds, run, "test")
+    logits = run.test_ds.pool(_split_logits(val.model, run.test_ds, run, "test"), val.image_pooling)
     targets, mask = run.data.targets[run.test_idx], run.data.mask[run.test_idx]
     scores = _calibrated(logits, val.temperatures, run)
     decisions, metrics = _evaluate_split(logits, scores, targets, mask, val.temperatures,
@@ -150,7 +169,8 @@ def _heads(run: RunFacts) -> tuple[slice, ...]:
 
 
 def _split_logits(model: nn.Module, ds: ProductImages, run: RunFacts, desc: str) -> np.ndarray:
-    """Logits of a split as the card's scorers compute them: with the configured TTA."""
+    """Logits of each image of a split (ProductImages views="all") as the card's scorers
+    compute them: with the configured TTA."""
     config = run.config
     loader = create_loader(ds, config.batch_size, config.workers, device=run.device)
     return predict_scores(with_tta(model, config.tta), loader, run.device,
@@ -188,6 +208,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
         tta=config.tta,
         inputs=config.inputs,
         text=run.val_ds.text_config,
+        image_pooling=val.image_pooling,
         image_size=config.image_size,
         data_config=run.data_config,
         taxonomy=taxonomy,

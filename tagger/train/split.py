@@ -39,6 +39,7 @@ class TrainingData:
     mask: np.ndarray
     snapshot: str  # hash of what was trained on: ids, images, texts and labels
     texts: list[str | None] | None = None  # the products' text; None: no product has any
+    more: list | None = None  # the products' more_images cells; None: no product has several
 
     @property
     def has_text(self) -> bool:
@@ -57,13 +58,16 @@ def load_training_data(storage: Storage) -> TrainingData:
     products = [p for p, k in zip(products, keep) if k]
     digest = hashlib.sha256()
     for p, lab in zip(products, (lab for lab, k in zip(labels, keep) if k)):
-        text = f"|{p['text']}" if p.get("text") else ""  # lakes without text hash as before
-        digest.update(f"{p['product_id']}|{p['image_hash']}|{sorted(lab.items())}{text}\n".encode())
+        # lakes without text or more images hash as before
+        text = f"|{p['text']}" if p.get("text") else ""
+        more = "".join(f"+{m['image_hash']}" for m in p.get("more_images") or ())
+        digest.update(f"{p['product_id']}|{p['image_hash']}{more}|{sorted(lab.items())}{text}\n".encode())
     texts = [p.get("text") for p in products]
+    more = [p.get("more_images") for p in products]
     return TrainingData(
         taxonomy, [p["product_id"] for p in products], [p["image_shard"] for p in products],
         [p["image_hash"] for p in products], targets[keep], mask[keep], digest.hexdigest()[:16],
-        texts if any(texts) else None,
+        texts if any(texts) else None, more if any(more) else None,
     )
 
 
@@ -111,12 +115,16 @@ def _stratified(rows: np.ndarray, targets: np.ndarray, fraction: float, seed: in
 def create_datasets(lake: str, data: TrainingData, split: Split, image_size: int,
                     text: TextConfig | None = None) -> tuple[ProductImages, ProductImages, ProductImages]:
     """(training, validation, test) datasets of the split: augmented for training, plain for
-    the other two; with `text`, each product's text encoded beside its image."""
+    the other two; with `text`, each product's text encoded beside its image. Training sees
+    one of a product's images per visit, drawn at random; the other two score all of them
+    (ProductImages `views`)."""
 
     def subset(idx: np.ndarray, train: bool) -> ProductImages:
         tf = create_transforms(image_size, train=train)
         texts = None if text is None or data.texts is None else [data.texts[i] for i in idx]
+        more = None if data.more is None else [data.more[i] for i in idx]
         return ProductImages(lake, [data.shards[i] for i in idx], [data.hashes[i] for i in idx], tf,
-                             data.targets[idx], data.mask[idx], texts=texts, text_config=text)
+                             data.targets[idx], data.mask[idx], texts=texts, text_config=text,
+                             more=more, views="sample" if train else "all")
 
     return subset(split.train, True), subset(split.validation, False), subset(split.test, False)

@@ -24,10 +24,11 @@ def _old() -> dict:
 
 def test_a_card_written_before_the_format_field_reads_as_format_1():
     card = parse_card(OLD_CARD.read_bytes())
-    assert card.format == 1 and CARD_FORMAT == 4
+    assert card.format == 1 and CARD_FORMAT == 5
     assert card.head == "sigmoid"  # cards before format 2 have sigmoid scores
     assert card.tta == "none"  # cards before format 3 score one pass per image
     assert card.inputs == "image" and card.text is None  # cards before format 4 read images only
+    assert card.image_pooling == "first"  # cards before format 5 were tuned on one image
     assert card.ema is not None and card.ema.registered in ("raw", "ema")
     assert card.data_config.image_size == card.image_size == 32
     assert card.taxonomy.name == "demo"
@@ -76,6 +77,9 @@ def test_format_3_cards_say_their_tta_and_older_formats_cannot_hold_flip():
         parse_card(json.dumps(data))
     data.update(format=3, tta="rotate")
     with pytest.raises(CardError, match="tta: Input should be 'none' or 'flip'"):
+        parse_card(json.dumps(data))
+    data.update(format=4, tta="none", image_pooling="mean")
+    with pytest.raises(CardError, match="image_pooling 'mean' needs card format 5 or later, the card says 4"):
         parse_card(json.dumps(data))
 
 
