@@ -240,7 +240,7 @@ def ingest_in_parts(
     part_rows: int = 2000,
 ) -> IngestResult:
     """ingest_catalog with the images fetched, decoded and written to shards by `fan_out`
-    in parts of at most `part_rows` rows; the same result, tables and shards."""
+    in parts of at most `part_rows` images; the same result, tables and shards."""
 
     def ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
         staged: list[str] = []  # every staging file a part may have written, until deleted
