@@ -3,7 +3,8 @@
 Incremental: an image whose source is unchanged (same URI and size+mtime / ETag) is not
 read again, an image whose bytes are already stored is not decoded again, and a table
 whose content did not change is not rewritten. Bad rows become reject rows with a stage
-and a reason; the run goes on. Problems with the catalog as a whole (unreadable, empty,
+and a reason, and so does a bad image of a product ingested with its other images
+(product_kept); the run goes on. Problems with the catalog as a whole (unreadable, empty,
 missing columns) are a CatalogError before anything is written.
 
 The export is streamed a chunk of rows at a time (IngestConfig.chunk_size): each chunk is
