@@ -16,8 +16,9 @@ The products table and rejects are built and committed once, by the committing p
 with run.py's own steps (imported, not copied): which of a product's images it keeps, the
 reject-fraction guard, a failed fetch keeping the product's previous row, nothing rewritten
 when nothing changed, a failed run's new shards removed. A worker decodes an image unless
-its bytes are one of the product's previous images; one whose bytes another product stored already is decoded in vain (and its decode
-error ignored, as one process never decodes it), which costs time, never a different table.
+its bytes are one of the product's previous images; one whose bytes another product stored
+already is decoded in vain (and its decode error ignored, as one process never decodes it),
+which costs time, never a different table.
 
 Three steps, each callable alone: fetch_part and write_planned_shard (in any process that
 can read the images and write the lake) and ingest_in_parts, which plans and commits and

@@ -41,8 +41,8 @@ def _taxonomy(image, separator=None, base=SMALL_TAXONOMY):
 
 
 def _images(folder: Path, *names: str) -> None:
-    """A small image of its own colour per name (distinct bytes); `*.txt`-like names that
-    end in .bad.jpg are not images."""
+    """A small image of its own colour per name (distinct bytes); a name ending in .bad.jpg
+    holds an HTML page instead."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for k, name in enumerate(names):
         if name.endswith(".bad.jpg"):
