@@ -101,6 +101,9 @@ def render_ingest_summary(result: dict) -> str:
            if result.get("texts_truncated") else ""), "",
         f"## Rejected rows: {result['rejected']}", "",
     ]
+    if result.get("images_rejected"):
+        lines += [f"{result['images_rejected']} images were left out of products ingested with "
+                  "their other images (`product_kept` in the rejects).", ""]
     if result["reject_reasons"]:
         lines += ["| reason | rows |", "|---|---|"]
         lines += [f"| {r} | {n} |" for r, n in sorted(result["reject_reasons"].items(), key=lambda kv: -kv[1])]

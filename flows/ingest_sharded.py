@@ -49,7 +49,7 @@ def ingest_sharded(
     catalog: str,
     taxonomy: str,
     lake: str = DEFAULT_LAKE,
-    part_rows: Annotated[int, Field(ge=1, le=1_000_000, description="Rows per fetching task "
+    part_rows: Annotated[int, Field(ge=1, le=1_000_000, description="Images per fetching task "
                                     "(a chunk's changed images are cut into parts of this many).")] = 2000,
     config: IngestConfig = IngestConfig(),
 ) -> dict:

@@ -32,6 +32,7 @@ import json
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pydantic import ValidationError
 
@@ -113,6 +114,14 @@ def read_products(storage: Storage) -> pa.Table:
             f"tagger ingest CATALOG --taxonomy FILE --lake {storage.uri}"
         )
     return read_table(storage, PRODUCTS_PATH, PRODUCTS, defaults=PRODUCTS_DEFAULTS)
+
+
+def named_shards(products: pa.Table) -> set[str]:
+    """The image shards a products table (or a batch of its rows) names: each product's
+    image_shard and those of its more_images. What vacuum keeps and ingest notes as in use."""
+    more = pc.list_flatten(products["more_images"])
+    return set(pc.unique(products["image_shard"]).to_pylist()) | set(
+        pc.unique(pc.struct_field(more, "image_shard")).to_pylist())
 
 
 def read_lake_taxonomy(storage: Storage) -> Taxonomy:

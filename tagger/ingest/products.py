@@ -6,6 +6,7 @@ merged into the file that is uploaded."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from catalog_schemas.tables import PRODUCTS
+from catalog_schemas.tables import IMAGE_REF, PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.ingest.rows import CatalogRow
 from tagger.ingest.shards import KnownImages
@@ -34,9 +35,10 @@ from tagger.lake import (
 
 log = logging.getLogger(__name__)
 
-# What tags depend on: a product whose image only moved (same content) is not a change. A
-# new text is one: the model is to read it, and incremental tagging keys on updated_at.
-_CONTENT = ("category", "image_hash", "labels", "text")
+# What tags depend on: a product whose image only moved (same content) is not a change, nor
+# is one whose other images only moved (more_images compares their hashes, in order). A new
+# text is one: the model is to read it, and incremental tagging keys on updated_at.
+_CONTENT = ("category", "image_hash", "labels", "text", "more_images")
 
 
 # The image_shard of a row whose new image waits in the ShardWriter for its shard to fill
@@ -57,17 +59,29 @@ class ProductChanges:
         self.unchanged += other.unchanged
 
 
+def _image(row: CatalogRow) -> dict:
+    return dict(image_uri=row.image_uri, image_version=row.image_version,
+                image_hash=row.image_hash, image_shard=row.image_shard or PENDING_SHARD)
+
+
 def _record(row: CatalogRow) -> dict:
     return dict(
-        product_id=row.product_id, category=row.category, image_uri=row.image_uri,
-        image_version=row.image_version, image_hash=row.image_hash,
-        image_shard=row.image_shard or PENDING_SHARD,
+        product_id=row.product_id, category=row.category, **_image(row),
         labels=sorted(row.labels.items()), text=row.text,
+        more_images=[_image(r) for r in row.more] or None,
     )
 
 
+def _content(rec: dict, key: str):
+    if key == "labels":
+        return sorted(rec[key])
+    if key == "more_images":
+        return [i["image_hash"] for i in rec[key] or ()]
+    return rec[key]
+
+
 def _same_content(prev: dict, rec: dict) -> bool:
-    return all((sorted(prev[k]) if k == "labels" else prev[k]) == rec[k] for k in _CONTENT)
+    return all(_content(prev, k) == _content(rec, k) for k in _CONTENT)
 
 
 def products_table(good: Iterable[CatalogRow], previous: dict[str, dict], run_id: str,
@@ -90,6 +104,14 @@ def products_table(good: Iterable[CatalogRow], previous: dict[str, dict], run_id
             rec.update(first_seen=prev["first_seen"], updated_at=now, ingest_run_id=run_id)
         records.append(rec)
     return pa.Table.from_pylist(records, schema=PRODUCTS), changes
+
+
+def previous_images(prev: dict | None) -> list[dict]:
+    """A previous products row's images (image_* and more_images, in order) as dicts of
+    image_uri, image_version, image_hash, image_shard; none for no row."""
+    if prev is None:
+        return []
+    return [{k: prev[k] for k in IMAGE_REF.names}, *(prev["more_images"] or ())]
 
 
 class PreviousProducts:
@@ -125,11 +147,13 @@ class PreviousProducts:
         return {p["product_id"]: p for p in self.rows_of(product_ids).to_pylist()}
 
     def known_images(self) -> KnownImages:
-        """Hash -> shard of the images the previous products show."""
-        parts = list(self.batches(["image_hash", "image_shard"]))
-        t = pa.concat_tables(parts) if parts else pa.table({"image_hash": pa.array([], pa.string()),
-                                                            "image_shard": pa.array([], pa.string())})
-        return KnownImages(t["image_hash"], t["image_shard"])
+        """Hash -> shard of the images the previous products show (image_* and more_images)."""
+        hashes, shards = [pa.array([], pa.string())], [pa.array([], pa.string())]
+        for t in self.batches(["image_hash", "image_shard", "more_images"]):
+            more = pc.list_flatten(t["more_images"])
+            hashes += [t["image_hash"], pc.struct_field(more, "image_hash")]
+            shards += [t["image_shard"], pc.struct_field(more, "image_shard")]
+        return KnownImages(_concat(hashes), _concat(shards))
 
     def same_as(self, path: Path) -> bool:
         """Whether the table at `path` has exactly the previous rows (no previous table: an
@@ -209,16 +233,39 @@ def merge_sorted(runs: list[Iterator[pa.Table]]) -> Iterator[pa.Table]:
         yield pa.concat_tables(parts).sort_by("product_id")
 
 
-def fill_pending_shards(table: pa.Table, known) -> pa.Table:
-    """`table` with the shard of every PENDING_SHARD row looked up by its hash in `known`."""
-    pending = pc.equal(table["image_shard"], PENDING_SHARD)
+def _concat(arrays: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    return pa.concat_arrays([c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])])
+
+
+def _filled(hashes, shards, known):
+    """`shards` with every PENDING_SHARD looked up by its hash in `known`; None if none is."""
+    pending = pc.equal(shards, PENDING_SHARD)
     if not pc.any(pending).as_py():
+        return None
+    wanted = pa.array(sorted(set(hashes.filter(pending).to_pylist())), pa.string())
+    names = pa.array([known[h] for h in wanted.to_pylist()], pa.string())
+    return pc.if_else(pending, pc.take(names, pc.index_in(hashes, value_set=wanted)), shards)
+
+
+def fill_pending_shards(table: pa.Table, known) -> pa.Table:
+    """`table` with every PENDING_SHARD (image_shard, and inside more_images) looked up by
+    its image's hash in `known`."""
+    shards = _filled(table["image_hash"], table["image_shard"], known)
+    if shards is not None:
+        table = table.set_column(table.schema.get_field_index("image_shard"), table.schema.field("image_shard"), shards)
+    more = _concat([table["more_images"]])
+    images = pc.list_flatten(more)  # every product's images, one list after another
+    shards = _filled(images.field("image_hash"), images.field("image_shard"), known)
+    if shards is None:
         return table
-    hashes = sorted(set(table.filter(pending)["image_hash"].to_pylist()))
-    names = pa.array([known[h] for h in hashes], pa.string())
-    looked_up = pc.take(names, pc.index_in(table["image_hash"], value_set=pa.array(hashes, pa.string())))
-    shards = pc.if_else(pending, looked_up, table["image_shard"])
-    return table.set_column(table.schema.get_field_index("image_shard"), table.schema.field("image_shard"), shards)
+    fields = [shards if f.name == "image_shard" else images.field(f.name) for f in IMAGE_REF]
+    lengths = pc.list_value_length(more).fill_null(0).to_pylist()
+    filled = pa.ListArray.from_arrays(
+        pa.array([0, *itertools.accumulate(lengths)], pa.int32()),
+        pa.StructArray.from_arrays(fields, fields=list(IMAGE_REF)),
+        type=PRODUCTS.field("more_images").type, mask=more.is_null(),
+    )
+    return table.set_column(table.schema.get_field_index("more_images"), table.schema.field("more_images"), filled)
 
 
 def write_products(storage: Storage, local: Path, rows: int, previous: PreviousProducts) -> bool:

@@ -23,10 +23,23 @@ class Problem(NamedTuple):
     reason: str
     detail: str
 
+    def left_out(self, kept: int) -> Problem:
+        """This image's problem, for a product that was ingested with its `kept` other images."""
+        return self._replace(detail=f"{self.detail}; the product was ingested with its {_images(kept)}")
+
+    def others_failed(self, failed: int) -> Problem:
+        """The first image's problem, for a product none of whose images can be ingested."""
+        return self._replace(detail=f"{self.detail}; its {_images(failed)} failed too") if failed else self
+
+
+def _images(n: int) -> str:
+    return f"{n} other image" + ("" if n == 1 else "s")
+
 
 @dataclass
 class Rejects:
-    """The reject rows of one run, in the order they were found."""
+    """The reject rows of one run, in the order they were found. `row_numbers`: the rows
+    that are not ingested (an image left out of a product that kept others is not one)."""
 
     run_id: str
     source: str
@@ -34,29 +47,37 @@ class Rejects:
     rows: list[dict] = field(default_factory=list)
     row_numbers: set[int] = field(default_factory=set)
 
-    def add(self, row_number: int, product_id: str | None, problem: Problem) -> None:
-        self.row_numbers.add(row_number)
+    def add(self, row_number: int, product_id: str | None, problem: Problem, *,
+            product_kept: bool = False) -> None:
+        if not product_kept:
+            self.row_numbers.add(row_number)
         self.rows.append(dict(run_id=self.run_id, rejected_at=self.at, source=self.source,
                               row_number=row_number, product_id=product_id, **problem._asdict(),
-                              product_kept=False))
+                              product_kept=product_kept))
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def images_left_out(self) -> int:
+        """Reject rows of images left out of products that were ingested with others."""
+        return sum(r["product_kept"] for r in self.rows)
+
     def in_row_order(self) -> list[dict]:
-        """The reject rows by row number (one reject per row): the same whichever chunk of
-        the export found them first, validation or fetching."""
+        """The reject rows by row number (a row's images in mapping order): the same
+        whichever chunk of the export found them first, validation or fetching."""
         return sorted(self.rows, key=lambda r: r["row_number"])
 
     def by_reason(self) -> dict[str, int]:
-        """Rows per reason code, in the order the reasons first come up by row number."""
+        """Reject rows per reason code (images left out included), in the order the reasons
+        first come up by row number."""
         counts: dict[str, int] = {}
         for r in self.in_row_order():
             counts[r["reason"]] = counts.get(r["reason"], 0) + 1
         return counts
 
     def product_ids(self, reason: str) -> set[str]:
-        return {r["product_id"] for r in self.rows if r["reason"] == reason}
+        """The products of the rows rejected (not ingested) for `reason`."""
+        return {r["product_id"] for r in self.rows if r["reason"] == reason and not r["product_kept"]}
 
 
 def write_rejects(storage: Storage, rejects: Rejects, *, rebuild: bool = False) -> str:

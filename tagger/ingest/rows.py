@@ -1,11 +1,11 @@
-"""Catalog rows -> validated product rows: id, category, labels, image reference and text
+"""Catalog rows -> validated product rows: id, category, labels, image references and text
 checked per row. A bad row is a reject with a reason, never an exception; the first of two
 rows with one product id wins."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,9 @@ from tagger.labels import LabelError, parse_labels
 
 @dataclass
 class CatalogRow:
-    """One valid row of the export and, as the run goes on, what is known of its image."""
+    """One valid row of the export and, as the run goes on, what is known of its images:
+    the first in image_* here, each other one in `more` as a row of that image alone (same
+    index and product id), so the code that fetches and stores an image handles every one."""
 
     index: int
     product_id: str
@@ -34,6 +36,17 @@ class CatalogRow:
     image_hash: str | None = None
     image_shard: str | None = None
     stored: tuple[bytes, int, int] | None = None  # normalised image waiting for a shard
+    problem: Problem | None = None  # why this image cannot be ingested; None: fine so far
+    more: list[CatalogRow] = field(default_factory=list)  # the other images, in mapping order
+
+    def images(self) -> list[CatalogRow]:
+        """This row's image and its other ones, in mapping order."""
+        return [self, *self.more]
+
+    def take_image(self, other: CatalogRow) -> None:
+        """Show `other`'s image (one of `more`) as this row's own."""
+        self.image_uri, self.image_version = other.image_uri, other.image_version
+        self.image_hash, self.image_shard, self.problem = other.image_hash, other.image_shard, other.problem
 
 
 def _text(value: object) -> str | None:
@@ -41,15 +54,44 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value).strip() or None
 
 
-def _image_ref(rec: dict, m: CatalogMapping) -> str:
-    """The row's image reference: a column, or a `{column}` template filled from the row."""
-    if "{" in m.image:
-        ref = m.image.format_map({k: "" if v is None else v for k, v in rec.items()})
-    else:
-        ref = rec.get(m.image)
-    if ref is None or not str(ref).strip():
-        raise LabelError("missing_image", f"column {m.image!r} is empty")
-    return str(ref)
+def _image_refs(rec: dict, m: CatalogMapping) -> list[str]:
+    """The row's image references in mapping order, stripped, empty ones left out: one per
+    `{column}` template; per column, its cell, each element of a list cell (JSON Lines,
+    Parquet; pandas hands those as lists or arrays), or each part of a text cell split by
+    `image_separator`. A LabelError when there is none."""
+    refs = []
+    for entry in m.images:
+        if "{" in entry:
+            cells = [entry.format_map({k: "" if v is None else v for k, v in rec.items()})]
+        else:
+            cell = rec.get(entry)
+            if isinstance(cell, (list, tuple, np.ndarray)):
+                cells = list(cell)
+            elif isinstance(cell, str) and m.image_separator:
+                cells = cell.split(m.image_separator)
+            else:
+                cells = [cell]
+        refs += [str(c).strip() for c in cells if c is not None and str(c).strip()]
+    if not refs:
+        where = f"column {m.image!r} is" if isinstance(m.image, str) else f"columns {list(m.images)} are"
+        raise LabelError("missing_image", f"{where} empty")
+    return refs
+
+
+def _row_images(refs: list[str], source: ImageSource) -> list[tuple[str, Problem | None]]:
+    """Each reference resolved, each URI once (the first): (URI, None), or (the reference,
+    its problem) when it cannot be resolved. A LabelError when none can be."""
+    images: dict[str, Problem | None] = {}
+    for ref in refs:
+        try:
+            images.setdefault(source.resolve(ref), None)
+        except LabelError as e:
+            images.setdefault(ref, Problem("validate", e.reason, e.detail))
+    found = list(images.items())
+    if all(problem is not None for _, problem in found):
+        first = found[0][1].others_failed(len(found) - 1)
+        raise LabelError(first.reason, first.detail)
+    return found
 
 
 def _row_text(rec: dict, m: CatalogMapping, columns: list[str]) -> tuple[str | None, bool]:
@@ -112,12 +154,13 @@ class RowValidator:
             category = _text(rec.get(m.category)) if m.category else None
             try:
                 labels = parse_labels(rec, self.taxonomy, category)
-                uri = self.source.resolve(_image_ref(rec, m))
+                images = _row_images(_image_refs(rec, m), self.source)
                 text, truncated = _row_text(rec, m, self._text_columns)
             except LabelError as e:
                 self.rejects.add(index, pid, Problem("validate", e.reason, e.detail))
                 continue
-            digest = hash((tuple((k, tuple(v)) for k, v in sorted(labels.items())), uri, text))
+            uris = tuple(uri for uri, _ in images)
+            digest = hash((tuple((k, tuple(v)) for k, v in sorted(labels.items())), uris, text))
             seen = valid.get(pid) or earlier.get(pid)
             if seen is not None:
                 same = seen[1] == digest
@@ -127,7 +170,9 @@ class RowValidator:
                 continue
             valid[pid] = (index, digest)
             self.texts_truncated += truncated
-            yield CatalogRow(index, pid, category, labels, uri, text)
+            (uri, problem), *more = images
+            yield CatalogRow(index, pid, category, labels, uri, text, problem=problem,
+                             more=[CatalogRow(index, pid, None, {}, u, problem=p) for u, p in more])
         self._remember(valid)
 
 

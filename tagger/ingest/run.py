@@ -3,7 +3,8 @@
 Incremental: an image whose source is unchanged (same URI and size+mtime / ETag) is not
 read again, an image whose bytes are already stored is not decoded again, and a table
 whose content did not change is not rewritten. Bad rows become reject rows with a stage
-and a reason; the run goes on. Problems with the catalog as a whole (unreadable, empty,
+and a reason, and so does a bad image of a product ingested with its other images
+(product_kept); the run goes on. Problems with the catalog as a whole (unreadable, empty,
 missing columns) are a CatalogError before anything is written.
 
 The export is streamed a chunk of rows at a time (IngestConfig.chunk_size): each chunk is
@@ -32,7 +33,6 @@ from datetime import datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
@@ -43,6 +43,7 @@ from tagger.ingest.products import (
     ProductChanges,
     ProductRuns,
     fill_pending_shards,
+    previous_images,
     products_table,
     write_products,
     write_released,
@@ -56,7 +57,7 @@ from tagger.ingest.text import MAX_TEXT_CHARS
 from tagger.io.lock import lake_lock
 from tagger.io.parquet import RowGroupWriter, read_table
 from tagger.io.storage import Storage, open_storage
-from tagger.lake import PRODUCTS_DEFAULTS, PRODUCTS_PATH, REJECTS_PATH, image_shard_path
+from tagger.lake import PRODUCTS_DEFAULTS, PRODUCTS_PATH, REJECTS_PATH, image_shard_path, named_shards
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,15 @@ class IngestResult:
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
-    rejected: int = 0
+    rejected: int = 0  # rows not ingested
+    images_rejected: int = 0  # images left out of products ingested with their other images
     texts_truncated: int = 0  # valid rows whose text was cut to MAX_TEXT_CHARS
     images_fetched: int = 0
     images_stored: int = 0
     shards_written: list[str] = field(default_factory=list)
     products_written: bool = False
     seconds: float = 0.0
-    reject_reasons: dict[str, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)  # reject rows (rows and images)
     rejects_history: str | None = None  # this run's rejects: catalog/rejects/run_date=.../<run_id>.parquet
 
     def to_dict(self) -> dict:
@@ -216,8 +218,8 @@ def _ingest_chunk(run: _Run, df: pd.DataFrame, validator: RowValidator, writer: 
     previous = run.previous.by_id(r.product_id for r in rows)
     to_fetch = _reuse_unchanged(run, rows, previous)
     run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
-                                                 run.rejects, final=False, on_image=run.on_image)
-    good = [r for r in rows if r.index not in run.rejects.row_numbers]
+                                                 final=False, on_image=run.on_image)
+    good = _keep_good_images(rows, run.rejects)
     table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
     runs.add(table)
     changes.add(chunk_changes)
@@ -246,25 +248,52 @@ def _remove_new_shards(run: _Run) -> None:
 
 
 def _reuse_unchanged(run: _Run, rows: list[CatalogRow], previous: dict[str, dict]) -> list[CatalogRow]:
-    """Cheap change check first: a row with the same image URI and source version as its
-    previous product reuses that hash and shard. Returns the rows whose image must be read."""
-    versions = read_versions(run.source, [r.image_uri for r in rows], run.config.workers)
+    """Cheap change check first: an image with the URI and source version of one of its
+    product's previous images reuses that one's hash and shard. Returns the images (rows and
+    the rows in their `more`) that must be read, in export order."""
+    images = [i for r in rows for i in r.images() if i.problem is None]
+    versions = read_versions(run.source, [i.image_uri for i in images], run.config.workers)
+    before = {pid: {(i["image_uri"], i["image_version"]): i for i in previous_images(prev)}
+              for pid, prev in previous.items()}
     to_fetch = []
-    for row, version in zip(rows, versions):
-        row.image_version = version
-        prev = previous.get(row.product_id)
-        if prev and version and prev["image_uri"] == row.image_uri and prev["image_version"] == version:
-            row.image_hash, row.image_shard = prev["image_hash"], prev["image_shard"]
+    for image, version in zip(images, versions):
+        image.image_version = version
+        same = before.get(image.product_id, {}).get((image.image_uri, version)) if version else None
+        if same:
+            image.image_hash, image.image_shard = same["image_hash"], same["image_shard"]
         else:
-            to_fetch.append(row)
+            to_fetch.append(image)
     return to_fetch
+
+
+def _keep_good_images(rows: list[CatalogRow], rejects: Rejects) -> list[CatalogRow]:
+    """The rows to ingest once their images were fetched (one process or in parts), each
+    showing its good images only: the first good one in mapping order as its own, the others
+    in `more`. A bad image of a product that has a good one is a reject row of its own, the
+    product kept; a product without any is one reject row with its first image's problem."""
+    kept = []
+    for row in rows:
+        images = row.images()
+        good = [i for i in images if i.problem is None]
+        if not good:
+            rejects.add(row.index, row.product_id, row.problem.others_failed(len(images) - 1))
+            continue
+        for image in images:
+            if image.problem is not None:
+                rejects.add(row.index, row.product_id, image.problem.left_out(len(good)), product_kept=True)
+        if good[0] is not row:
+            row.take_image(good[0])
+        row.more = good[1:]
+        kept.append(row)
+    return kept
 
 
 def _write_rejects(run: _Run) -> None:
     """Count and write the rejects; refuse to go on when too many rows were rejected (a
     broken export or image store must not wipe the products table)."""
     result, config = run.result, run.config
-    result.rejected = len(run.rejects)
+    result.rejected = len(run.rejects.row_numbers)
+    result.images_rejected = run.rejects.images_left_out()
     result.reject_reasons.update(run.rejects.by_reason())
     result.rejects_history = write_rejects(run.storage, run.rejects, rebuild=run.config.rebuild)
     if result.rejected > config.max_reject_fraction * result.rows:
@@ -291,7 +320,7 @@ def _update_products(run: _Run, runs: ProductRuns, changes: ProductChanges, know
     with RowGroupWriter(local, PRODUCTS) as out:
         for batch in runs.merged():
             batch = fill_pending_shards(batch, known)
-            referenced.update(pc.unique(batch["image_shard"]).to_pylist())
+            referenced.update(named_shards(batch))
             out.write(batch)
     result.products = out.rows
     result.products_written = write_products(run.storage, local, out.rows, previous)

@@ -2,10 +2,10 @@
 a Dask cluster): the tables and shards of one process (tagger.ingest.run), byte for byte.
 
 The committing process holds the lake's catalog lock for the whole run. It reads the export
-a chunk at a time, validates it and decides which rows' images must be read (the same
-version check as one process), and cuts those rows into parts. A worker fetches a part's
-images, hashes them, normalises the new ones and stages them in one file of the lake
-(`.staging/ingest/<run>/`); it returns each row's hash or problem. Back in export order,
+a chunk at a time, validates it and decides which images must be read (the same version
+check as one process), and cuts those into parts. A worker fetches a part's images, hashes
+them, normalises the new ones and stages them in one file of the lake
+(`.staging/ingest/<run>/`); it returns each image's hash or problem. Back in export order,
 the committing process decides which images are new and which shard each goes to exactly as
 one process does (the new distinct hashes in export order, `shard_size` at a time, a shard
 named by its hashes) and hands every full shard to a worker, which writes it from the staged
@@ -13,11 +13,12 @@ images. Why staged and not written by the fetching worker at once: which images 
 shard depends on every earlier row of the export, which no worker sees.
 
 The products table and rejects are built and committed once, by the committing process,
-with run.py's own steps (imported, not copied): the reject-fraction guard, a failed fetch
-keeping the product's previous row, nothing rewritten when nothing changed, a failed run's
-new shards removed. A worker decodes an image unless its bytes are the product's previous
-ones; one whose bytes another product stored already is decoded in vain (and its decode
-error ignored, as one process never decodes it), which costs time, never a different table.
+with run.py's own steps (imported, not copied): which of a product's images it keeps, the
+reject-fraction guard, a failed fetch keeping the product's previous row, nothing rewritten
+when nothing changed, a failed run's new shards removed. A worker decodes an image unless
+its bytes are one of the product's previous images; one whose bytes another product stored
+already is decoded in vain (and its decode error ignored, as one process never decodes it),
+which costs time, never a different table.
 
 Three steps, each callable alone: fetch_part and write_planned_shard (in any process that
 can read the images and write the lake) and ingest_in_parts, which plans and commits and
@@ -41,11 +42,19 @@ import pyarrow.compute as pc
 from catalog_schemas.tables import IMAGES
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import IngestConfig
-from tagger.ingest.products import ProductChanges, ProductRuns, products_table, write_released, write_taxonomy
+from tagger.ingest.products import (
+    ProductChanges,
+    ProductRuns,
+    previous_images,
+    products_table,
+    write_released,
+    write_taxonomy,
+)
 from tagger.ingest.rejects import Problem
 from tagger.ingest.rows import CatalogRow, RowValidator
 from tagger.ingest.run import (
     IngestResult,
+    _keep_good_images,
     _known_images,
     _reuse_unchanged,
     _Run,
@@ -68,21 +77,21 @@ STAGED_GROUP_ROWS = 256
 
 @dataclass(frozen=True)
 class FetchPart:
-    """Rows of one export chunk whose images a worker reads: (image URI, the product's
-    previous image hash or None) each, in export order."""
+    """Images of one export chunk that a worker reads: (image URI, the hashes of the
+    product's previous images) each, in export order."""
 
     lake: str
     catalog: str
     staging: str  # lake path of the file this part's new images are staged in
-    rows: list[tuple[str, str | None]]
+    rows: list[tuple[str, tuple[str, ...]]]
     config: IngestConfig
 
 
 @dataclass(frozen=True)
 class FetchedPart:
-    """Per row of a FetchPart, in its order: the image's hash (None when it could not be
-    read) and the problem that rejects it (None if none); `staging` is None when the part
-    staged no image."""
+    """Per image of a FetchPart, in its order: its hash (None when it could not be read) and
+    the problem that keeps it out (None if none); `staging` is None when the part staged no
+    image."""
 
     staging: str | None
     hashes: list[str | None]
@@ -118,8 +127,8 @@ class InProcess:
 
 
 def fetch_part(part: FetchPart) -> FetchedPart:
-    """Read, hash and (unless the bytes are the product's previous ones) normalise each
-    row's image, on `config.workers` threads, a shard's worth at a time; stage each new
+    """Read, hash and (unless the bytes are one of the product's previous images) normalise
+    each image, on `config.workers` threads, a shard's worth at a time; stage each new
     image once in `part.staging`. Re-running it replaces the same staging file."""
     config, storage = part.config, open_storage(part.lake)
     source = ImageSource(part.catalog, config.image_roots)
@@ -133,8 +142,8 @@ def fetch_part(part: FetchPart) -> FetchedPart:
             for start in range(0, len(part.rows), config.shard_size):
                 batch = part.rows[start:start + config.shard_size]
                 rows = [CatalogRow(start + i, "", None, {}, uri) for i, (uri, _) in enumerate(batch)]
-                # the previous hash as the only known image: fetch_image then skips decoding it
-                known = [{prev: ""} if prev else {} for _, prev in batch]
+                # the previous hashes as the only known images: fetch_image then skips decoding them
+                known = [dict.fromkeys(prev, "") for _, prev in batch]
                 found = list(pool.map(lambda rk: fetch_image(rk[0], source, rk[1], config), zip(rows, known)))
                 new = {}
                 for row, problem in zip(rows, found):
@@ -232,7 +241,7 @@ def ingest_in_parts(
     part_rows: int = 2000,
 ) -> IngestResult:
     """ingest_catalog with the images fetched, decoded and written to shards by `fan_out`
-    in parts of at most `part_rows` rows; the same result, tables and shards."""
+    in parts of at most `part_rows` images; the same result, tables and shards."""
 
     def ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
         staged: list[str] = []  # every staging file a part may have written, until deleted
@@ -261,11 +270,11 @@ def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, pa
             to_fetch = _reuse_unchanged(run, rows, previous)
             parts = _parts(run, to_fetch, previous, number, part_rows)
             staged.extend(p.staging for p in parts)
-            _take_fetched(run, planner, to_fetch, fan_out.fetch(parts) if parts else [])
+            _take_fetched(planner, to_fetch, fan_out.fetch(parts) if parts else [])
             run.result.images_fetched += len(to_fetch)
             _write_shards(planner, fan_out, final=False)
             _remove_staged(run, staged, keep=set(planner.pending.values()))
-            good = [r for r in rows if r.index not in run.rejects.row_numbers]
+            good = _keep_good_images(rows, run.rejects)
             table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
             runs.add(table)
             changes.add(chunk_changes)
@@ -281,21 +290,21 @@ def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, pa
 
 def _parts(run: _Run, rows: list[CatalogRow], previous: dict[str, dict], chunk: int,
            part_rows: int) -> list[FetchPart]:
-    """The rows to fetch, `part_rows` at a time, each with its product's previous hash."""
+    """The images to fetch, `part_rows` at a time, each with its product's previous hashes."""
     parts = []
     for k, start in enumerate(range(0, len(rows), part_rows)):
         batch = rows[start:start + part_rows]
-        refs = [(r.image_uri, (previous.get(r.product_id) or {}).get("image_hash")) for r in batch]
+        refs = [(r.image_uri, tuple(i["image_hash"] for i in previous_images(previous.get(r.product_id))))
+                for r in batch]
         parts.append(FetchPart(run.storage.uri, run.result.catalog,
                                staging_path(run.result.run_id, f"c{chunk:05d}-p{k:05d}"), refs, run.config))
     return parts
 
 
-def _take_fetched(run: _Run, planner: _ShardPlanner, rows: Sequence[CatalogRow],
-                  fetched: list[FetchedPart]) -> None:
+def _take_fetched(planner: _ShardPlanner, rows: Sequence[CatalogRow], fetched: list[FetchedPart]) -> None:
     """The workers' findings, in export order, decided as fetch_and_store decides them: an
     image stored already is reused (one process never decodes it: a decode problem found
-    for it does not count), a problem rejects the row, a new image waits for its shard."""
+    for it does not count), a problem is the image's, a new image waits for its shard."""
     found = ((h, problem, part.staging) for part in fetched
              for h, problem in zip(part.hashes, part.problems, strict=True))
     for row, (image_hash, problem, staging) in zip(rows, found, strict=True):
@@ -303,7 +312,7 @@ def _take_fetched(run: _Run, planner: _ShardPlanner, rows: Sequence[CatalogRow],
         if image_hash is not None and image_hash in planner.known:
             row.image_shard = planner.known[image_hash]
         elif problem is not None:
-            run.rejects.add(row.index, row.product_id, problem)
+            row.problem = problem
         else:
             assert staging is not None, row  # a new image without a problem was staged
             planner.add(row, staging)

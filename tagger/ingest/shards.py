@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from catalog_schemas.tables import IMAGES
 from tagger.config import IngestConfig
 from tagger.data.images import ImageError, normalise_image
-from tagger.ingest.rejects import Problem, Rejects
+from tagger.ingest.rejects import Problem
 from tagger.ingest.rows import CatalogRow
 from tagger.ingest.source import ImageSource, too_large_detail
 from tagger.io.parquet import open_parquet_file, write_table
@@ -103,7 +103,7 @@ class KnownImages:
 def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | KnownImages,
                 config: IngestConfig, on_image: OnImage | None = None) -> Problem | None:
     """Fill in the row's hash (and its normalised image if its content is new, handed to
-    `on_image` too); the problem that rejects the row, or None."""
+    `on_image` too); the problem that keeps the image out, or None."""
     try:
         data = source.read(row.image_uri)
     except FileNotFoundError:
@@ -219,12 +219,12 @@ class ShardWriter:
 
 
 def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: ShardWriter,
-                    config: IngestConfig, rejects: Rejects, *, final: bool = True,
+                    config: IngestConfig, *, final: bool = True,
                     on_image: OnImage | None = None) -> int:
     """Fetch every row's image on `config.workers` threads, a shard's worth at a time, and
-    write shards as they fill up; returns the number of images fetched. `final`: write the
-    last, partial shard too (not between the chunks of one export: its shards then come
-    out as they would from one chunk)."""
+    write shards as they fill up; an image that cannot be ingested gets its `problem`.
+    Returns the number of images fetched. `final`: write the last, partial shard too (not
+    between the chunks of one export: its shards then come out as they would from one chunk)."""
     fetched = 0
     bar = tqdm(total=len(rows), desc="ingest images", unit="img", disable=None)
     with ThreadPoolExecutor(config.workers) as pool:
@@ -233,9 +233,8 @@ def fetch_and_store(rows: Sequence[CatalogRow], source: ImageSource, writer: Sha
             problems = pool.map(lambda r: fetch_image(r, source, writer.known, config, on_image), chunk)
             for row, problem in zip(chunk, problems):
                 fetched += 1
-                if problem:
-                    rejects.add(row.index, row.product_id, problem)
-                elif row.stored is not None:
+                row.problem = problem
+                if problem is None and row.stored is not None:
                     writer.add(row)
             bar.update(len(chunk))
             writer.flush()

@@ -2,9 +2,10 @@
 
 What goes, under the lake's catalog, models and tags locks (so no writer runs meanwhile):
 
-- image shards the products table does not name, once they have been unnamed for the grace
-  period (catalog/images/.released.json says since when; ingest writes it), so a reader that
-  read the previous products table (a tag run, a training) keeps every shard it will open;
+- image shards the products table does not name (in image_shard or more_images), once they
+  have been unnamed for the grace period (catalog/images/.released.json says since when;
+  ingest writes it), so a reader that read the previous products table (a tag run, a
+  training) keeps every shard it will open;
 - checkpoints of finished runs: those whose key is a registered version's (the run was
   registered and killed before it removed its checkpoint);
 - evaluation ingests (evaluations/<name>/) whose model version is gone;
@@ -29,7 +30,7 @@ from tagger.config import TrainConfig
 from tagger.io.lock import lake_lock
 from tagger.io.storage import Storage, open_storage
 from tagger.lake import (CARD, CHECKPOINTS, EVALUATIONS, HISTORY_PREFIX, IMAGES_PREFIX, MODELS,
-                         PRODUCTS_PATH, read_products, read_released)
+                         PRODUCTS_PATH, named_shards, read_products, read_released)
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE = timedelta(days=1)  # longer than any tag run or training reads a table it opened
@@ -101,7 +102,7 @@ def _vacuum_shards(v: _Vacuum) -> None:
     shards = [p for p in v.storage.list(IMAGES_PREFIX) if p.endswith(".parquet")]
     if not shards or not v.storage.exists(PRODUCTS_PATH):
         return  # no products table (yet, or lost): nothing says which shards are needed
-    named = set(read_products(v.storage)["image_shard"].to_pylist())
+    named = named_shards(read_products(v.storage))
     released = read_released(v.storage)
     # A shard with no release time was let go before ingest noted them, or never named by a
     # committed table: it has been unnamed at least since the products table was written.

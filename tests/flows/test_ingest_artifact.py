@@ -22,3 +22,12 @@ def test_ingest_summary_counts_truncated_texts_only_when_there_are_some():
     assert "2 product texts were over the length limit and cut at a word." in render_ingest_summary(result.to_dict())
     result.texts_truncated = 0
     assert "length limit" not in render_ingest_summary(result.to_dict())
+
+
+def test_ingest_summary_counts_images_left_out_only_when_there_are_some():
+    result = IngestResult(run_id="ingest-9", catalog="c.csv", lake="l", rows=3, products=3,
+                          products_written=True, images_rejected=2, reject_reasons={"not_an_image": 2})
+    md = render_ingest_summary(result.to_dict())
+    assert "2 images were left out of products ingested with their other images" in md
+    result.images_rejected = 0
+    assert "left out" not in render_ingest_summary(result.to_dict())

@@ -103,3 +103,21 @@ def test_ingest_sharded_on_a_cluster_writes_the_tables_of_one_process(prefect_ap
     assert before == {p: p.stat().st_mtime_ns for p in (sharded / "catalog").rglob("*.parquet")
                       if "rejects" not in str(p)}
     assert _tables(one) == _tables(sharded)
+
+
+def test_ingest_sharded_on_a_cluster_gives_one_process_several_images(prefect_api, dask_address, tmp_path):
+    """Products with several images (others' images, bad extra images, a bad first image):
+    the same products (more_images), rejects (product_kept) and shards as one process."""
+    import yaml
+
+    from tests.ingest.test_multi_image import MULTI, _multi_export
+
+    export, taxonomy = _multi_export(tmp_path), tmp_path / "multi.yaml"
+    taxonomy.write_text(yaml.safe_dump(MULTI.to_dict()))
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    a = ingest_catalog(str(export), str(taxonomy), str(one), CONFIG, run_id="one").to_dict()
+    workers, b = _on_workers(dask_address, lambda: _sharded(dask_address)(
+        str(export), str(taxonomy), str(sharded), part_rows=3, config=CONFIG))
+    assert _counts(a) == _counts(b) and (b["products"], b["rejected"], b["images_rejected"]) == (24, 5, 3)
+    assert len(workers) == 2 and _tables(one) == _tables(sharded)
+    assert _tables(one)["products"]["more_images"].null_count < 24
