@@ -222,6 +222,12 @@ class TrainConfig(_Config):
         "model, so that products with an empty or missing title are tagged from the image "
         "alone. 0.3: the text still carries most of the training signal.",
     )
+    text_warmup_epochs: int = Field(
+        3, ge=0, le=100,
+        description="Epochs the text branch of a fused model is fitted alone before the "
+        "fused training (tagger/train/text_warmup.py): titles alone decode no image, so an "
+        "epoch takes seconds, and the fused model starts from the text model. 0: none.",
+    )
     text_buckets: int = Field(
         2**16, ge=16, le=2**24,
         description="Hash buckets of the text branch's embedding table (catalog_schemas.card."

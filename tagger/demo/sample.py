@@ -318,7 +318,7 @@ def _row(pid: str, p: Product, hide: dict[str, bool], title: str, views: int = 1
     }
 
 
-def _write(rows: list[dict], path: Path, fmt: str, columns: list[str]) -> None:
+def _write(rows: list[dict], path: Path, fmt: str, columns: list[str] = COLUMNS) -> None:
     if fmt == "csv":
         with path.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -342,14 +342,13 @@ def _write(rows: list[dict], path: Path, fmt: str, columns: list[str]) -> None:
         raise ValueError(f"unknown catalog format {fmt!r}: use csv, jsonl or parquet")
 
 
-def _partial(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """The image with one half of the frame (left, right, top or bottom, picked at random)
-    covered by a flat grey card: a view that shows part of the product."""
+def _partial(image: Image.Image, half: int, rng: np.random.Generator) -> Image.Image:
+    """The image with one half of the frame (0 left, 1 right, 2 top, 3 bottom) covered by a
+    flat grey card: a view that shows part of the product."""
     out = np.asarray(image).copy()
     h, w = out.shape[:2]
-    half = [(slice(None), slice(0, w // 2)), (slice(None), slice(w // 2, None)),
-            (slice(0, h // 2), slice(None)), (slice(h // 2, None), slice(None))][rng.integers(4)]
-    out[half] = int(rng.uniform(175, 210))
+    out[[(slice(None), slice(0, w // 2)), (slice(None), slice(w // 2, None)),
+         (slice(0, h // 2), slice(None)), (slice(h // 2, None), slice(None))][half]] = int(rng.uniform(175, 210))
     return Image.fromarray(out)
 
 
@@ -371,8 +370,8 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
 
     With ``views`` > 1 each product has that many photos (columns view_columns(views),
     images/<id>.jpg, <id>-2.jpg, ...), each a fresh render of the product with half of the
-    frame covered (_partial), so that no single photo shows all of it; their draws come from
-    a generator of their own, like the titles.
+    frame covered (_partial), the second the half the first shows, so that no single photo
+    shows all of it; their draws come from a generator of their own, like the titles.
     """
     if fmt not in ("csv", "jsonl", "parquet"):
         raise ValueError(f"unknown catalog format {fmt!r}: use csv, jsonl or parquet")
@@ -389,9 +388,13 @@ def generate_catalog(out_dir: str | Path, n_products: int = 400, *, seed: int = 
         if views == 1:
             first.save(images / f"{pid}.jpg", quality=90)
             return
-        _partial(first, view_rng).save(images / f"{pid}.jpg", quality=90)
+        # the views take turns: the second shows the half the first hides, and so on
+        half = int(view_rng.integers(4))
+        _partial(first, half, view_rng).save(images / f"{pid}.jpg", quality=90)
         for k in range(2, views + 1):
-            _partial(render_product(p, view_rng, image_size), view_rng).save(images / f"{pid}-{k}.jpg", quality=90)
+            half ^= 1
+            _partial(render_product(p, view_rng, image_size), half, view_rng).save(
+                images / f"{pid}-{k}.jpg", quality=90)
 
     rows = []
     for i in range(n_products):

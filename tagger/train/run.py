@@ -40,10 +40,11 @@ from tagger.train.curves import EventLog
 from tagger.train.gate import gate_candidate
 from tagger.train.epochs import EpochWatch, epochs_without_improvement
 from tagger.train.checkpoints import checkpoint_key, delete_checkpoint, resume_training, save_checkpoint
-from tagger.train.loop import Fit, TrainLabels, create_fit, train_one_epoch
+from tagger.train.loop import Fit, TrainLabels, create_ema, create_fit, train_one_epoch
 from tagger.train.losses import compute_pos_weight
 from tagger.train.register import RunFacts, evaluate_and_register
 from tagger.train.split import TrainingData, create_datasets, load_training_data, split_products
+from tagger.train.text_warmup import warm_up_text
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,10 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
                      labels=TrainLabels(data.taxonomy, data.targets[train_idx], data.mask[train_idx]))
     key = checkpoint_key(config, data.snapshot)
     start_epoch, history, best = resume_training(storage, key, fit) if config.resume else (0, [], None)
+    if start_epoch == 0 and config.inputs == "image+text" and config.text_warmup_epochs:
+        warm_up_text(model, [data.texts[i] for i in train_idx], data.targets[train_idx],
+                     data.mask[train_idx], fit, config, procs.world_size)
+        fit = replace(fit, ema=create_ema(model, config))  # the EMA starts from the warmed-up model
     fit = replace(fit, model=_wrap(model, config, procs))
     watch = None
     if procs.rank == 0:  # rank 0 alone validates; the others wait for it in _should_stop
