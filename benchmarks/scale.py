@@ -65,7 +65,7 @@ def make_catalog(out: Path, n: int, *, side: int = 24, pool: int = 64, seed: int
 
     import numpy as np
 
-    from tagger.demo.sample import UNKNOWN_RATE, _row, _sample_product, _title, _write, render_product
+    from tagger.demo.sample import COLUMNS, UNKNOWN_RATE, _row, _sample_product, _title, _write, render_product
 
     rng = np.random.default_rng(seed)
     titles = np.random.default_rng([seed, 1])  # the demo's titles, from their own generator
@@ -86,7 +86,7 @@ def make_catalog(out: Path, n: int, *, side: int = 24, pool: int = 64, seed: int
             hide = {a: bool(d < r) for (a, r), d in zip(UNKNOWN_RATE.items(), hides[i])}
             yield _row(pid, p, hide, title)
 
-    _write(rows(), out / "catalog.csv", "csv")
+    _write(rows(), out / "catalog.csv", "csv", COLUMNS)  # one image per product: the demo's columns
     return out / "catalog.csv"
 
 

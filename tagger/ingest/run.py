@@ -25,7 +25,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -247,23 +247,27 @@ def _remove_new_shards(run: _Run) -> None:
     log.info("removed the %d image shards of the failed run %s", len(run.new_shards), run.result.run_id)
 
 
-def _reuse_unchanged(run: _Run, rows: list[CatalogRow], previous: dict[str, dict]) -> list[CatalogRow]:
+def _reuse_unchanged(run: _Run, rows: list[CatalogRow], previous: Mapping[str, dict]) -> list[CatalogRow]:
     """Cheap change check first: an image with the URI and source version of one of its
     product's previous images reuses that one's hash and shard. Returns the images (rows and
     the rows in their `more`) that must be read, in export order."""
     images = [i for r in rows for i in r.images() if i.problem is None]
     versions = read_versions(run.source, [i.image_uri for i in images], run.config.workers)
-    before = {pid: {(i["image_uri"], i["image_version"]): i for i in previous_images(prev)}
-              for pid, prev in previous.items()}
     to_fetch = []
     for image, version in zip(images, versions):
         image.image_version = version
-        same = before.get(image.product_id, {}).get((image.image_uri, version)) if version else None
+        same = _previous_image(previous.get(image.product_id), image.image_uri, version) if version else None
         if same:
             image.image_hash, image.image_shard = same["image_hash"], same["image_shard"]
         else:
             to_fetch.append(image)
     return to_fetch
+
+
+def _previous_image(prev: dict | None, uri: str, version: str) -> dict | None:
+    """The previous row's image of this URI and source version (the last one), or None."""
+    return next((i for i in reversed(previous_images(prev))
+                 if i["image_uri"] == uri and i["image_version"] == version), None)
 
 
 def _keep_good_images(rows: list[CatalogRow], rejects: Rejects) -> list[CatalogRow]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +288,7 @@ def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, pa
     write_released(run.storage, run.referenced, run.now)
 
 
-def _parts(run: _Run, rows: list[CatalogRow], previous: dict[str, dict], chunk: int,
+def _parts(run: _Run, rows: list[CatalogRow], previous: Mapping[str, dict], chunk: int,
            part_rows: int) -> list[FetchPart]:
     """The images to fetch, `part_rows` at a time, each with its product's previous hashes."""
     parts = []

@@ -36,52 +36,61 @@ OnImage = Callable[[str, np.ndarray], None]
 
 
 class KnownImages:
-    """image hash -> shard of the images stored already: the previous products' in two sorted
-    Arrow arrays (a hash and a shard name per product, not a dict of Python strings), plus
-    the ones this run stores. What fetch_image and ShardWriter look up and add to.
+    """image hash -> shard of the images stored already: the previous products' as a sorted
+    numpy array of hashes (fixed-width bytes) and a shard code per hash (not a dict of Python
+    strings), plus the ones this run stores. What fetch_image and ShardWriter look up and add to.
 
     The images this run stores wait in a dict only until FOLD_EVERY of them are there, then
-    join the sorted arrays: a first ingest stores an image per product, and a dict of Python
-    strings held every one (~190 bytes a product, ~190 MB at a million)."""
+    are inserted into the sorted arrays: a first ingest stores an image per product, and a
+    dict of Python strings held every one (~190 bytes a product, ~190 MB at a million). A
+    fold copies the arrays once (np.insert, ~70 bytes a product): re-sorting them in Arrow
+    took several copies of hashes and shard names, ~200 MB at a million, in the middle of a
+    chunk."""
 
     FOLD_EVERY = 65_536
 
     def __init__(self, hashes: pa.ChunkedArray | pa.Array, shards: pa.ChunkedArray | pa.Array):
-        self._set(hashes, shards)
+        shards = pc.dictionary_encode(_combined(shards))
+        self._names: list[str] = shards.dictionary.to_pylist()  # a few thousand shard names
+        self._code_of = {name: i for i, name in enumerate(self._names)}
+        keys = _fixed_bytes(_combined(hashes))
+        # one entry per hash, its first row's shard (as a lookup in table order would find)
+        self._hashes, first = np.unique(keys, return_index=True)
+        self._codes = shards.indices.to_numpy(zero_copy_only=False).astype(np.int32)[first]
         self._added: dict[str, str] = {}
 
-    def _set(self, hashes: pa.ChunkedArray | pa.Array, shards: pa.ChunkedArray | pa.Array) -> None:
-        order = pc.sort_indices(hashes)
-        self._hashes = pc.take(hashes, order)
-        self._shards = pc.take(shards, order)
-        if isinstance(self._hashes, pa.ChunkedArray):
-            self._hashes, self._shards = self._hashes.combine_chunks(), self._shards.combine_chunks()
-        self._shards = self._shards.dictionary_encode()  # a few thousand names, a code per image
+    def _code(self, name: str) -> int:
+        code = self._code_of.get(name)
+        if code is None:
+            code = self._code_of[name] = len(self._names)
+            self._names.append(name)
+        return code
 
     def _fold(self) -> None:
         """The added images into the sorted arrays; an added hash replaces the same hash there
         (as a lookup sees it: the added one first)."""
-        added = pa.array(list(self._added), pa.string())
-        hashes, shards = self._hashes, self._shards.dictionary_decode()
-        again = pc.is_in(hashes, value_set=added)
-        if pc.any(again).as_py():
-            hashes, shards = hashes.filter(pc.invert(again)), shards.filter(pc.invert(again))
-        hashes = pa.concat_arrays([hashes, added])
-        shards = pa.concat_arrays([shards, pa.array(list(self._added.values()), pa.string())])
-        # the old arrays go before the new ones are sorted: a copy less at the peak
-        self._hashes = self._shards = added = again = None
+        keys = np.array([h.encode() for h in self._added])
+        codes = np.array([self._code(s) for s in self._added.values()], np.int32)
         self._added = {}
-        self._set(hashes, shards)
+        width = max(keys.dtype.itemsize, self._hashes.dtype.itemsize)
+        if self._hashes.dtype.itemsize < width:
+            self._hashes = self._hashes.astype(f"S{width}")
+        order = np.argsort(keys, kind="stable")
+        keys, codes = keys[order].astype(f"S{width}"), codes[order]
+        at = np.searchsorted(self._hashes, keys)
+        again = at < len(self._hashes)
+        again[again] = self._hashes[at[again]] == keys[again]
+        self._codes[at[again]] = codes[again]
+        new = ~again
+        self._hashes = np.insert(self._hashes, at[new], keys[new])
+        self._codes = np.insert(self._codes, at[new], codes[new])
 
     def _find(self, image_hash: str) -> int | None:
-        lo, hi = 0, len(self._hashes)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._hashes[mid].as_py() < image_hash:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo if lo < len(self._hashes) and self._hashes[lo].as_py() == image_hash else None
+        key = image_hash.encode()
+        if len(key) > self._hashes.dtype.itemsize:
+            return None
+        at = int(np.searchsorted(self._hashes, key))
+        return at if at < len(self._hashes) and self._hashes[at] == key else None
 
     def __contains__(self, image_hash: str) -> bool:
         return image_hash in self._added or self._find(image_hash) is not None
@@ -92,12 +101,28 @@ class KnownImages:
         at = self._find(image_hash)
         if at is None:
             raise KeyError(image_hash)
-        return self._shards[at].as_py()
+        return self._names[self._codes[at]]
 
     def update(self, new: dict[str, str]) -> None:
         self._added.update(new)
         if len(self._added) >= self.FOLD_EVERY:
             self._fold()
+
+
+def _combined(a: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def _fixed_bytes(a: pa.Array) -> np.ndarray:
+    """Strings as a numpy array of fixed-width bytes (UTF-8, padded). Image hashes are all
+    64 hex characters: then the Arrow buffer is read as it is, no Python string made."""
+    a = a.cast(pa.string())
+    if len(a) and not a.null_count:
+        offsets = np.frombuffer(a.buffers()[1], np.int32, count=len(a) + 1, offset=a.offset * 4)
+        lengths = np.diff(offsets)
+        if lengths.min() == lengths.max() > 0:
+            return np.frombuffer(a.buffers()[2], f"S{lengths[0]}", count=len(a), offset=int(offsets[0]))
+    return np.array([s.encode() for s in a.to_pylist()] or [b""], "S")[:len(a)]
 
 
 def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | KnownImages,

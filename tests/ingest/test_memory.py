@@ -1,4 +1,4 @@
-"""What ingest holds per product: the images this run stores join KnownImages' sorted Arrow
+"""What ingest holds per product: the images this run stores join KnownImages' sorted numpy
 arrays (no dict of every new hash), and the merge of the products runs reads RUN_ROWS rows
 of each run at a time. Neither changes a table."""
 
@@ -18,7 +18,7 @@ def test_known_images_fold_added_hashes_into_the_arrays(monkeypatch):
     known.update({"b": "s2"})
     assert known._added == {"b": "s2"}  # below FOLD_EVERY: waits in the dict
     known.update({"e": "s3", "a": "s4"})  # "a" stored again: the newest shard wins, as before
-    assert known._added == {} and known._hashes.to_pylist() == ["a", "b", "c", "e"]
+    assert known._added == {} and known._hashes.tolist() == [b"a", b"b", b"c", b"e"]
     assert {h: known[h] for h in "abce"} == {"a": "s4", "b": "s2", "c": "s1", "e": "s3"}
     assert "d" not in known and "e" in known
     with pytest.raises(KeyError):
