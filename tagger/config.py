@@ -226,7 +226,9 @@ class TrainConfig(_Config):
         3, ge=0, le=100,
         description="Epochs the text branch of a fused model is fitted alone before the "
         "fused training (tagger/train/text_warmup.py): titles alone decode no image, so an "
-        "epoch takes seconds, and the fused model starts from the text model. 0: none.",
+        "epoch takes seconds, and the fused model starts from the text model. 3: on the real "
+        "catalog macro-F1 0.805 -> 0.836 and mAP 0.887 -> 0.896 on unseen products "
+        "(benchmarks/README.md); more epochs fitted season worse. 0: none.",
     )
     text_buckets: int = Field(
         2**16, ge=16, le=2**24,
