@@ -174,3 +174,15 @@ def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
     summary = json.loads(out.stdout[out.stdout.index('{\n  "results"'):out.stdout.rindex("}") + 1])
     assert set(summary["results"]) == {"image + text", "image only", "text only", "TF-IDF + LR"}
     assert all(0 <= r["mean_accuracy"] <= 1 for r in summary["results"].values())
+
+
+def test_text_warmup_benchmark_reads_the_titles(trained_lake):
+    from benchmarks.text_warmup import screen
+
+    lake, _ = trained_lake  # the demo catalog, whose products have titles
+    found = screen(str(lake), 4, "test_efficientnet")
+    assert found["epochs"] == 4 and len(found["losses"]) == 4
+    assert found["losses"][-1] < found["losses"][0]
+    # the demo's titles name the article type (5 values): the text alone reads it, on a
+    # validation split of 9 products
+    assert found["top1"]["article_type"] > 0.5 and 0 < found["mAP"] <= 1

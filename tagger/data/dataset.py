@@ -53,8 +53,7 @@ class ProductImages(Dataset):
         self.views = Views.of(shards, hashes, more)
         self.sample = views == "sample" and self.views.several
         if self.sample:  # each product's first view and how many it has
-            self._starts = self.views.starts
-            self._counts = np.diff(np.append(self._starts, len(self.views.hashes)))
+            self._starts, self._counts = self.views.starts, self.views.counts
         # what an item is: a product (sampled views) or an image
         self.shards, self.hashes = (list(shards), list(hashes)) if self.sample else (self.views.shards, self.views.hashes)
         self.transform, self.targets, self.mask = transform, targets, mask

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# How a card pools its products' views: "first" scores the first image only (cards from
-# before several images, whose thresholds were tuned on one image).
+# The poolings training chooses between. A card may also say "first": its first image
+# alone (cards from before several images, whose thresholds were tuned on one image).
 POOLINGS = ("mean", "max")
 
 # A product's more_images cell (catalog_schemas.tables.IMAGE_REF rows) or None.
@@ -63,6 +63,11 @@ class Views:
         """Index of each product's first view."""
         return np.searchsorted(self.owners, np.arange(self.products))
 
+    @property
+    def counts(self) -> np.ndarray:
+        """How many views each product has."""
+        return np.bincount(self.owners, minlength=self.products)
+
     def spread(self, values: Sequence):
         """A per-product sequence (texts, targets) repeated for each of its views."""
         if not self.several:
@@ -84,6 +89,5 @@ class Views:
         if how == "max":
             return np.maximum.reduceat(logits, starts, axis=0)
         if how == "mean":
-            counts = np.diff(np.append(starts, len(logits))).astype(logits.dtype)
-            return np.add.reduceat(logits, starts, axis=0) / counts[:, None]
+            return np.add.reduceat(logits, starts, axis=0) / self.counts.astype(logits.dtype)[:, None]
         raise ValueError(f"unknown image pooling {how!r}: use one of {POOLINGS} or 'first'")

@@ -27,7 +27,6 @@ from tagger.model.predict import predict_scores
 from tagger.quality.calibration import apply_temperature
 from tagger.train.curves import EventLog
 from tagger.train.loop import Fit
-from tagger.train.losses import masked_multitask_loss
 
 if TYPE_CHECKING:
     from catalog_schemas.taxonomy import Taxonomy
@@ -94,10 +93,7 @@ def _figures(logits: np.ndarray, fit: Fit, config: TrainConfig, taxonomy: Taxono
     heads = fit.heads
     t = lambda a: torch.from_numpy(a).to(fit.device)  # noqa: E731
     with torch.no_grad():
-        loss = masked_multitask_loss(t(logits).float(), t(targets.astype(np.float32)), t(mask),
-                                     heads, fit.pos_weight, fit.class_weight,
-                                     label_smoothing=config.label_smoothing,
-                                     attribute_weights=fit.attribute_weights, kind=config.loss)
+        loss = fit.loss(t(logits).float(), t(targets.astype(np.float32)), t(mask), config)
     accuracy = attribute_accuracy(taxonomy, targets, mask, logits)
     return dict(val_loss=round(float(loss), 5), val_mAP=round(mean_ap(targets, mask, ranked(logits, heads)), 5),
                 val_accuracy=round(float(np.mean(list(accuracy.values()))), 5) if accuracy else None,

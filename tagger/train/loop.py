@@ -58,6 +58,14 @@ class Fit:
     class_weight: torch.Tensor | None = None  # per output, on the device; softmax heads only
     attribute_weights: torch.Tensor | None = None  # per output: its attribute's weight
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+             config: TrainConfig, denominators=None) -> torch.Tensor:
+        """masked_multitask_loss with this run's arrays and the config's loss settings."""
+        return masked_multitask_loss(logits, targets, mask, self.heads, self.pos_weight,
+                                     self.class_weight, label_smoothing=config.label_smoothing,
+                                     attribute_weights=self.attribute_weights, kind=config.loss,
+                                     denominators=denominators)
+
 
 @dataclass(frozen=True)
 class TrainLabels:
@@ -158,10 +166,7 @@ def train_one_epoch(fit: Fit, loader: DataLoader, epoch: int, config: TrainConfi
             logits = model(x, *text).float()
 
         def loss_fn(targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return masked_multitask_loss(logits, targets, mask, fit.heads, fit.pos_weight,
-                                         fit.class_weight, label_smoothing=config.label_smoothing,
-                                         attribute_weights=fit.attribute_weights, kind=config.loss,
-                                         denominators=_global_denominators())
+            return fit.loss(logits, targets, mask, config, _global_denominators())
 
         loss = mixed_loss(loss_fn, y, m, mix)
         fit.optimizer.zero_grad(set_to_none=True)

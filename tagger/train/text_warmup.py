@@ -25,8 +25,7 @@ from torch import nn
 from tagger.config import TrainConfig
 from tagger.data.text import encode_texts
 from tagger.model.text import ImageTextModel
-from tagger.train.loop import Fit
-from tagger.train.losses import masked_multitask_loss
+from tagger.train.loop import Fit, create_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,9 @@ def warm_up_text(model: ImageTextModel, texts: Sequence[str | None], targets: np
         [{"params": head.parameters()},
          {"params": model.text.parameters(), "lr": config.lr * config.text_lr_scale, "weight_decay": 0.0}],
         lr=config.lr, weight_decay=config.weight_decay)
-    steps = epochs * math.ceil(n / batch)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup
-        else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    # the run's schedule over the warm-up's epochs, a tenth of them warming up
+    schedule = create_scheduler(optimizer, math.ceil(n / batch),
+                                config.model_copy(update=dict(epochs=epochs, warmup_epochs=epochs / 10)))
     generator = torch.Generator().manual_seed(config.seed)
     losses, t0 = [], time.perf_counter()
     model.text.train()
@@ -60,10 +57,8 @@ def warm_up_text(model: ImageTextModel, texts: Sequence[str | None], targets: np
             rows = order[start:start + batch]
             tokens = torch.from_numpy(encode_texts([texts[i] for i in rows], model.text_config)).to(device)
             logits = head(model.text(tokens))
-            loss = masked_multitask_loss(
-                logits, torch.from_numpy(targets[rows]).to(device), torch.from_numpy(mask[rows]).to(device),
-                fit.heads, fit.pos_weight, fit.class_weight, label_smoothing=config.label_smoothing,
-                attribute_weights=fit.attribute_weights, kind=config.loss)
+            loss = fit.loss(logits, torch.from_numpy(targets[rows]).to(device),
+                            torch.from_numpy(mask[rows]).to(device), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

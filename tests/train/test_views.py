@@ -11,8 +11,10 @@ from tagger.config import TagConfig
 from tagger.demo.sample import generate_catalog
 from tagger.ingest.run import ingest_catalog
 from tagger.io.storage import open_storage
+from tagger.lake import read_latest
 from tagger.model.scoring import ImageScorer
 from tagger.model.versions import read_card
+from tagger.quality.calibration import apply_temperature
 from tagger.review.issues import held_out_rows
 from tagger.tag.run import tag_catalog
 from tagger.train.epochs import mean_ap, ranked
@@ -72,8 +74,6 @@ def test_a_tag_run_pools_every_image_of_a_product(two_view_lake, tmp_path):
     card = read_card(storage, version)
     data = load_training_data(storage)
     tag_catalog(str(lake), model_version=version, config=FP32)
-    from tagger.lake import read_latest
-
     latest = read_latest(storage).to_pylist()
     # a product with a label left unknown, which the model tags
     pid = next(r["product_id"] for r in latest if r["source"] == "model")
@@ -86,8 +86,6 @@ def test_a_tag_run_pools_every_image_of_a_product(two_view_lake, tmp_path):
     views = scorer.score(str(lake), [data.shards[i], more["image_shard"]], [data.hashes[i], more["image_hash"]],
                          desc="by hand").logits
     pooled = views.mean(axis=0) if card.image_pooling == "mean" else views.max(axis=0)
-    from tagger.quality.calibration import apply_temperature
-
     scores = apply_temperature(pooled[None], scorer.arrays.temperature, scorer.arrays.softmax_slices)[0]
     outputs = card.taxonomy.outputs
     for (attribute, value), score in model_rows.items():

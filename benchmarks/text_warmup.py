@@ -1,0 +1,77 @@
+"""The text warm-up alone: how well the text branch reads the titles after N epochs.
+
+Fits a fused model's text branch and its own head with `warm_up_text` (what a training run
+does first, tagger/train/text_warmup.py) on the training split of a lake that holds the
+real catalog (the quality benchmark's `--workdir` keeps it at WORKDIR/lake), for each
+epoch count given, and prints the validation split's mean and per-attribute top-1
+accuracy and mAP: how `TrainConfig.text_warmup_epochs` was chosen. No image is decoded.
+
+    .venv/bin/python -m benchmarks.text_warmup --lake /tmp/bq/lake --epochs 3,6,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from catalog_schemas.card import TextConfig  # noqa: E402
+from tagger.config import TrainConfig  # noqa: E402
+from tagger.data.text import encode_texts  # noqa: E402
+from tagger.io.storage import open_storage  # noqa: E402
+from tagger.model.text import ImageTextModel  # noqa: E402
+from tagger.train.epochs import attribute_accuracy, mean_ap, ranked  # noqa: E402
+from tagger.train.loop import TrainLabels, create_fit  # noqa: E402
+from tagger.train.losses import compute_pos_weight  # noqa: E402
+from tagger.train.run import resolve_config  # noqa: E402
+from tagger.train.split import load_training_data, split_products  # noqa: E402
+from tagger.train.text_warmup import warm_up_text  # noqa: E402
+
+
+def screen(lake: str, epochs: int, backbone: str) -> dict:
+    """Validation figures of the text branch after `epochs` warm-up epochs (the defaults otherwise)."""
+    torch.manual_seed(0)
+    data = load_training_data(open_storage(lake))
+    if data.texts is None:
+        raise SystemExit(f"The products of {lake} have no text: map the title and ingest again.")
+    config = resolve_config(TrainConfig(backbone=backbone, text_warmup_epochs=epochs))
+    split = split_products(data.targets, config.val_fraction, config.test_fraction, config.seed)
+    train, val = split.train, split.validation
+    text = TextConfig(buckets=config.text_buckets, dim=config.text_dim)
+    model = ImageTextModel(None, text, data.taxonomy.num_outputs)
+    pos_weight = compute_pos_weight(data.targets[train], data.mask[train], mode=config.pos_weight,
+                                    max_weight=config.pos_weight_max)
+    fit = create_fit(model, config, 1, torch.from_numpy(pos_weight), None, torch.device("cpu"),
+                     labels=TrainLabels(data.taxonomy, data.targets[train], data.mask[train]))
+    t0 = time.perf_counter()
+    losses = warm_up_text(model, [data.texts[i] for i in train], data.targets[train], data.mask[train], fit, config)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        logits = model(None, torch.from_numpy(encode_texts([data.texts[i] for i in val], text))).numpy()
+    accuracy = attribute_accuracy(data.taxonomy, data.targets[val], data.mask[val], logits)
+    return dict(epochs=epochs, seconds=round(seconds, 1), losses=losses,
+                mean_top1=round(float(np.mean(list(accuracy.values()))), 4),
+                mAP=round(mean_ap(data.targets[val], data.mask[val], ranked(logits, fit.heads)), 4),
+                top1=accuracy)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lake", required=True, help="a lake whose products have titles")
+    p.add_argument("--epochs", default="3,6,10", help="comma-separated epoch counts")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0", help="whose lr and batch defaults to use")
+    a = p.parse_args()
+    for epochs in (int(e) for e in a.epochs.split(",")):
+        print(json.dumps(screen(a.lake, epochs, a.backbone)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
