@@ -25,7 +25,7 @@ from torch import nn
 from tagger.config import TrainConfig
 from tagger.data.text import encode_texts
 from tagger.model.text import ImageTextModel
-from tagger.train.loop import Fit, create_scheduler
+from tagger.train.loop import Fit
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,13 @@ def warm_up_text(model: ImageTextModel, texts: Sequence[str | None], targets: np
         [{"params": head.parameters()},
          {"params": model.text.parameters(), "lr": config.lr * config.text_lr_scale, "weight_decay": 0.0}],
         lr=config.lr, weight_decay=config.weight_decay)
-    # the run's schedule over the warm-up's epochs, a tenth of them warming up
-    schedule = create_scheduler(optimizer, math.ceil(n / batch),
-                                config.model_copy(update=dict(epochs=epochs, warmup_epochs=epochs / 10)))
+    # warm-up over a tenth of the steps, then cosine to 1%: the schedule the default was
+    # measured with (create_scheduler's shape, but its warm-up is TrainConfig.warmup_epochs)
+    steps = epochs * math.ceil(n / batch)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup
+        else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
     generator = torch.Generator().manual_seed(config.seed)
     losses, t0 = [], time.perf_counter()
     model.text.train()
