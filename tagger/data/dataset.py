@@ -7,6 +7,7 @@ shards it reads in a bounded cache, so the images are decoded from memory, not r
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -62,6 +63,21 @@ class ProductImages(Dataset):
             raise ValueError(f"{len(self.texts)} texts for {self.views.products} products")
         self.text_config = text_config
         self.cache = ShardCache(lake)
+        self._seeded_in: int | None = None  # the process whose torch RNG seeded the transform
+
+    def _seed_transform(self) -> None:
+        """Seed an albumentations Compose from torch's RNG, once per process.
+
+        A Compose draws from its own generator, seeded from OS entropy unless told, so
+        augmentations (and the trained model) would differ between runs of the same seed;
+        and every loader worker unpickles the same generator state, so N workers would apply
+        the same augmentation sequence. torch's RNG is seeded by the run (torch.manual_seed)
+        in the main process and by the loader's generator and worker id in each worker."""
+        pid = os.getpid()
+        if self._seeded_in != pid:
+            self._seeded_in = pid
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -76,6 +92,7 @@ class ProductImages(Dataset):
         return i, self.cache.get(self.views.shards[k], self.views.hashes[k])
 
     def __getitem__(self, i: int):
+        self._seed_transform()
         p, data = self._image(i)
         x = self.transform(image=load_rgb(data))["image"]
         if isinstance(x, np.ndarray):  # create_transforms: uint8 HWC, normalised per batch

@@ -84,6 +84,37 @@ def test_worker_processes_load_the_same_batches(lake, monkeypatch):
     assert torch.equal(plain, workers)
 
 
+def _augmented(lake, workers: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)  # what a training run does first
+    ds = _dataset(lake, train=True)
+    return torch.cat([x for x, _ in loader.create_loader(ds, 8, workers, seed=seed)])
+
+
+def test_augmentations_follow_the_run_seed(lake):
+    """Two runs of one seed see the same augmented images (and so train the same model); another
+    seed sees others. albumentations would draw them from OS entropy unless seeded."""
+    first, again, other = _augmented(lake, 0, 1), _augmented(lake, 0, 1), _augmented(lake, 0, 2)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_loader_workers_draw_different_augmentations(lake, monkeypatch):
+    """Every worker unpickles the same transform: unless reseeded per worker, worker 1's n-th
+    item gets worker 0's n-th augmentation. Over one image repeated, batches 0 and 1 (from
+    workers 0 and 1) would then be equal pixel for pixel."""
+    monkeypatch.setattr(loader, "MIN_BATCHES_FOR_WORKERS", 0)
+    first = read_products(open_storage(lake)).to_pylist()[0]
+    def same_image():
+        return ProductImages(str(lake), [first["image_shard"]] * 16, [first["image_hash"]] * 16,
+                             create_transforms(40, train=True))
+
+    torch.manual_seed(1)
+    batches = [x for x, _ in loader.create_loader(same_image(), 8, 2, seed=1)]
+    assert not torch.equal(batches[0], batches[1])
+    torch.manual_seed(1)
+    assert all(torch.equal(a, b) for (a, _), b in zip(loader.create_loader(same_image(), 8, 2, seed=1), batches))
+
+
 def test_small_jobs_skip_worker_start_up(lake):
     assert loader.create_loader(_dataset(lake), 16, 2).num_workers == 0
 
