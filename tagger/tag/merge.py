@@ -10,7 +10,7 @@ caller uploads the files (tagger.tag.run).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from tagger.io.storage import PARQUET_OPTIONS, ROW_GROUP_ROWS, Storage, read_tab
 from tagger.lake import LATEST_PATH, STATE_PATH
 from tagger.tag import streams
 from tagger.tag.rows import TAG_ORDER
-from tagger.tag.streams import (Unsorted, Upto, bisect_ids, member, open_parquet, sorted_batches,
+from tagger.tag.streams import (Unsorted, Upto, member, open_parquet, sorted_batches,
                                 sorted_unique)
 
 
@@ -77,7 +77,6 @@ def _merge(previous: pq.ParquetFile | None, fresh: Iterator[pa.Table], tagged_id
            out: Path, meta: dict[str, str]) -> Merged:
     merged = Merged(affected_path=out.with_name(out.stem + ".affected.parquet"))
     current = current_ids.combine_chunks() if isinstance(current_ids, pa.ChunkedArray) else current_ids
-    tagged_ids = tagged_ids if isinstance(tagged_ids, pa.ChunkedArray) else pa.chunked_array([tagged_ids])
     retagged = sorted_unique(tagged_ids)
     pending = Upto((t.select(TAG_LATEST.names).cast(TAG_LATEST) for t in fresh), TAG_LATEST)
     gone_ids = []
@@ -111,6 +110,9 @@ def _merge(previous: pq.ParquetFile | None, fresh: Iterator[pa.Table], tagged_id
     return merged
 
 
+STATE_COLUMNS = ["product_id", "image_hash", "updated_at"]  # the products columns state_rows reads
+
+
 def state_rows(tagged: pa.Table, model_version: str, run_id: str) -> pa.Table:
     """TAG_STATE rows of the products a run tagged (PRODUCT_COLUMNS rows), sorted."""
     n = tagged.num_rows
@@ -119,32 +121,37 @@ def state_rows(tagged: pa.Table, model_version: str, run_id: str) -> pa.Table:
                      pa.repeat(pa.scalar(run_id, pa.string()), n)], schema=TAG_STATE).sort_by("product_id")
 
 
-def merge_state(storage: Storage, new: pa.Table, current_ids: pa.Array, out: Path) -> None:
+def merge_state(storage: Storage, new: pa.Table | Callable[[], Iterable[pa.Table]], new_ids: pa.Array,
+                current_ids: pa.Array, out: Path) -> None:
     """Write the new state table to `out`: the previous one without the products in `new`
-    (state_rows) and those gone from the catalog, plus `new`."""
+    and those gone from the catalog, plus `new`. `new`: state_rows as one table, or a function
+    that gives them as tables in product id order, pulled as the merge reaches them (called
+    again if the previous table turns out unsorted). `new_ids`: new's product ids, sorted."""
+    def parts() -> Iterator[pa.Table]:
+        return iter([new]) if isinstance(new, pa.Table) else iter(new())
+
     with open_parquet(storage, STATE_PATH) as previous:
         try:
-            _merge_state_streamed(previous, new, current_ids, out)
+            _merge_state_streamed(previous, parts(), new_ids, current_ids, out)
         except Unsorted:  # a state table not written by us: whole-table update
-            _merge_state_whole(read_table_or_empty(storage, STATE_PATH, TAG_STATE), new, current_ids, out)
+            whole = pa.concat_tables([TAG_STATE.empty_table(), *parts()])
+            _merge_state_whole(read_table_or_empty(storage, STATE_PATH, TAG_STATE), whole, current_ids, out)
 
 
-def _merge_state_streamed(previous: pq.ParquetFile | None, new: pa.Table, current_ids: pa.Array,
-                          out: Path) -> None:
-    new_ids = new["product_id"].combine_chunks()
-    drop = sorted_unique(new["product_id"])
+def _merge_state_streamed(previous: pq.ParquetFile | None, new: Iterator[pa.Table], new_ids: pa.Array,
+                          current_ids: pa.Array, out: Path) -> None:
+    pending = Upto(new, TAG_STATE)
     with pq.ParquetWriter(out, TAG_STATE, **PARQUET_OPTIONS) as writer:
-        done = 0
         for batch in sorted_batches(previous, TAG_STATE):
             ids = batch["product_id"]
-            kept = batch.filter(pc.and_(pc.invert(member(ids, drop)), member(ids, current_ids)))
-            upto = bisect_ids(new_ids, ids[-1].as_py(), done)
-            if upto > done:
-                kept = pa.concat_tables([kept, new.slice(done, upto - done)]).sort_by("product_id")
-                done = upto
+            kept = batch.filter(pc.and_(pc.invert(member(ids, new_ids)), member(ids, current_ids)))
+            fresh = pending.upto(ids[-1].as_py())
+            if fresh.num_rows:
+                kept = pa.concat_tables([kept, fresh]).sort_by("product_id")
             if kept.num_rows:
                 writer.write_table(kept, row_group_size=ROW_GROUP_ROWS)
-        writer.write_table(new.slice(done), row_group_size=ROW_GROUP_ROWS)
+        for part in pending.drain():
+            writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
 
 
 def _merge_state_whole(state: pa.Table, new: pa.Table, current_ids: pa.Array, out: Path) -> None:

@@ -30,7 +30,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -51,7 +51,8 @@ from tagger.model.scoring import ImageScorer
 from tagger.model.versions import read_card
 from tagger.tag.changes import compute_tag_changes_of_files
 from tagger.tag.drift import compute_taxonomy_drift
-from tagger.tag.merge import merge_latest, merge_state, state_rows
+from tagger.tag import streams
+from tagger.tag.merge import STATE_COLUMNS, merge_latest, merge_state, state_rows
 from tagger.tag.plan import Scan, TagPlan, plan_tagging, scan_products
 from tagger.tag.rows import ROW_COLUMNS, Rows, compute_tag_rows, rows_table
 
@@ -99,32 +100,33 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
     return rows
 
 
-def score_chunks(lake: str, model_version: str, todo: pa.Table, config: TagConfig,
-                 images: Mapping[str, np.ndarray] | None = None) -> Iterator[Rows]:
-    """The tag rows of `todo` (PRODUCT_COLUMNS rows), one scoring chunk
-    (TagConfig.chunk_size products, in todo's order) at a time. `images`: model inputs by
-    image hash already in memory (ImageScorer.score)."""
+def score_chunks(lake: str, model_version: str, todo: pa.Table | Iterable[pa.Table], config: TagConfig,
+                 images: Mapping[str, np.ndarray] | None = None, *, total: int | None = None
+                 ) -> Iterator[Rows]:
+    """The tag rows of `todo` (PRODUCT_COLUMNS rows), one scoring chunk at a time, in todo's
+    order: TagConfig.chunk_size products of a table, or each table of an iterable (`total`:
+    how many products they hold, for the progress line). `images`: model inputs by image hash
+    already in memory (ImageScorer.score)."""
     storage = open_storage(lake)
     scorer = ImageScorer.of_version(storage, model_version, config)  # weights only if needed
     card = scorer.card
     corrections = load_corrections(storage)
-    for start in range(0, todo.num_rows, config.chunk_size):
-        chunk = _with_corrections(todo.slice(start, config.chunk_size).to_pylist(), corrections)
+    parts = todo
+    if isinstance(todo, pa.Table):
+        total = todo.num_rows
+        parts = (todo.slice(start, config.chunk_size) for start in range(0, todo.num_rows, config.chunk_size))
+    done = 0
+    for part in parts:
+        chunk = _with_corrections(part.to_pylist(), corrections)
+        del part
+        done += len(chunk)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
-                              desc=f"tag {start + len(chunk)}/{todo.num_rows}", images=images,
+                              desc=f"tag {done}/{total if total is not None else '?'}", images=images,
                               texts=[p.get("text") for p in chunk], more=[p.get("more_images") for p in chunk])
         arrays = scorer.arrays
         yield compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
                                arrays.auto_thresholds, argmax_slices=arrays.softmax_slices)
-
-
-def in_product_order(products: pa.Table) -> pa.Table:
-    """`products` sorted by product id (it usually is already: the table is written so)."""
-    ids = products["product_id"]
-    if len(ids) < 2 or pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
-        return products
-    return products.sort_by("product_id")
 
 
 def _with_corrections(products: list[dict], corrections: Corrections) -> list[dict]:
@@ -158,14 +160,17 @@ def tag_catalog(
     storage = open_storage(lake)
     # a missing model is the first error
     version = read_card(storage, resolve_version(storage, model_version)).version
-    scan = scan_products(storage, version, full=full)  # read once, for all three steps
     run = _Run.start(run_id, run_date, config, full, t0)
-    # Chunks in product id order, each sorted, so their rows arrive in TAG_ORDER and are
-    # streamed into the history file and the latest merge as they are scored.
-    chunks = score_chunks(lake, version, in_product_order(scan.todo), run.config, images)
-    meta = run.metadata(version)
-    return _write_tags(storage, version, (rows_table([c], version, run.run_id, run.now, meta) for c in chunks),
-                       run, scan)
+    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
+        # read once, for all three steps; the products to tag wait in a local file
+        scan = scan_products(storage, version, full=full, spill=Path(tmp))
+        # Chunks in product id order, each sorted, so their rows arrive in TAG_ORDER and are
+        # streamed into the history file and the latest merge as they are scored.
+        chunks = score_chunks(lake, version, scan.batches(run.config.chunk_size), run.config, images,
+                              total=scan.tagged)
+        meta = run.metadata(version)
+        return _write_tags(storage, version, (rows_table([c], version, run.run_id, run.now, meta)
+                                              for c in chunks), run, scan)
 
 
 @locked("tags")
@@ -212,22 +217,21 @@ def _write_tags(storage: Storage, version: str, tables: Iterator[pa.Table], run:
     the run's rows (TAG_HISTORY) in TAG_ORDER, pulled as the latest merge reaches them and
     streamed into the history file on the way, so neither table is held whole."""
     result = TagResult(run.run_id, run.run_date.isoformat(), version, storage.uri)
-    tagged = scan.todo
-    result.products, result.tagged = scan.products, tagged.num_rows
-    result.skipped = scan.products - tagged.num_rows
-    log.info("tag %s with model %s: %d of %d products tagged", run.run_id, version, tagged.num_rows,
+    result.products, result.tagged = scan.products, scan.tagged
+    result.skipped = scan.products - scan.tagged
+    log.info("tag %s with model %s: %d of %d products tagged", run.run_id, version, scan.tagged,
              scan.products)
 
     meta = run.metadata(version)
     with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         history_file, latest_file = Path(tmp) / "history.parquet", Path(tmp) / "latest.parquet"
         with RowGroupWriter(history_file, TAG_HISTORY.with_metadata({**TAG_HISTORY.metadata, **meta})) as history:
-            merged = merge_latest(storage, _recorded(tables, history), tagged["product_id"], scan.ids,
+            merged = merge_latest(storage, _recorded(tables, history), scan.tagged_ids, scan.ids,
                                   latest_file, meta)
         result.history_rows = history.rows
         if history.rows or run.full:  # a night with nothing to tag leaves no empty file behind
             result.history_path = _write_history(storage, history_file, run.run_id, run.run_date)
-        if tagged.num_rows or merged.rows != merged.previous_rows:
+        if scan.tagged or merged.rows != merged.previous_rows:
             storage.upload(latest_file, LATEST_PATH)
             log.info("wrote %d rows to %s", merged.rows, storage.url(LATEST_PATH))
         # Only tagged and removed products can change (the others' rows are copied as they
@@ -238,8 +242,8 @@ def _write_tags(storage: Storage, version: str, tables: Iterator[pa.Table], run:
     result.tags_per_attribute = merged.tags_per_attribute
     result.drift = _taxonomy_drift(storage, version)
 
-    if tagged.num_rows or result.removed:
-        _write_state(storage, tagged, scan.ids, version, run.run_id)
+    if scan.tagged or result.removed:
+        _write_state(storage, scan, version, run.run_id)
     result.seconds = round(time.perf_counter() - run.t0, 3)
     log.info("tag %s: %d products tagged, %d history rows, %d latest rows in %.1fs", run.run_id,
              result.tagged, result.history_rows, result.latest_rows, result.seconds)
@@ -275,11 +279,14 @@ def _write_history(storage: Storage, local: Path, run_id: str, run_date: date) -
     return storage.url(path)
 
 
-def _write_state(storage: Storage, tagged: pa.Table, current_ids: pa.Array, model_version: str,
-                 run_id: str) -> None:
+def _write_state(storage: Storage, scan: Scan, model_version: str, run_id: str) -> None:
     """What each current product was last tagged from: the tagged products' rows replace
     theirs, products gone from the catalog drop out (tagger.tag.merge.merge_state)."""
+    def new_rows() -> Iterator[pa.Table]:
+        for part in scan.batches(streams.BATCH_ROWS, columns=STATE_COLUMNS):
+            yield state_rows(part, model_version, run_id)
+
     with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
         out = Path(tmp) / "state.parquet"
-        merge_state(storage, state_rows(tagged, model_version, run_id), current_ids, out)
+        merge_state(storage, new_rows, scan.tagged_ids, scan.ids, out)
         storage.upload(out, STATE_PATH)

@@ -75,8 +75,11 @@ def bisect_ids(ids: pa.Array, x: str, lo: int = 0, right: bool = True) -> int:
     return lo
 
 
-def sorted_unique(values: pa.ChunkedArray) -> pa.Array:
-    """The distinct values, sorted (a set `member` can search by range)."""
+def sorted_unique(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The distinct values, sorted (a set `member` can search by range); values that already
+    are (a scan's ids) are returned as they are, without a hash table and a copy."""
+    if isinstance(values, pa.Array) and (len(values) < 2 or pc.all(pc.less(values[:-1], values[1:])).as_py()):
+        return values
     u = pc.unique(values)
     return u.take(pc.sort_indices(u))
 

@@ -136,10 +136,12 @@ def _catalog_tables(rng: np.random.Generator, n: int = 120):
 
 @pytest.mark.parametrize("batch_rows", [1, 7, 1000])
 @pytest.mark.parametrize("shuffled_state", [False, True])
-def test_streamed_scan_and_state_equal_whole_tables(tmp_path, monkeypatch, batch_rows, shuffled_state):
+@pytest.mark.parametrize("spill", [False, True])
+def test_streamed_scan_and_state_equal_whole_tables(tmp_path, monkeypatch, batch_rows, shuffled_state, spill):
     """scan_products and _write_state read products and state in batches, in step; they give
     what select_products and a whole-table state update give, whatever the batch size, and
-    fall back to whole tables for a state not sorted by product id."""
+    fall back to whole tables for a state not sorted by product id. A spilled scan (a tag
+    run's: the products to tag in a local file) gives the same rows back, a part at a time."""
     monkeypatch.setattr(streams, "BATCH_ROWS", batch_rows)
     rng = np.random.default_rng(batch_rows)
     products, state = _catalog_tables(rng)
@@ -148,20 +150,30 @@ def test_streamed_scan_and_state_equal_whole_tables(tmp_path, monkeypatch, batch
     written = state.take(pa.array(rng.permutation(state.num_rows))) if shuffled_state else state
     write_table(storage, STATE_PATH, written)
 
-    scan = scan_products(storage, "m1")
+    def scan_of(**kw):
+        folder = tmp_path / f"spill{next(spills)}"
+        folder.mkdir()
+        scan = scan_products(storage, "m1", spill=folder if spill else None, **kw)
+        assert (scan.todo is None) == spill
+        todo = pa.concat_tables([PRODUCT_SCHEMA.empty_table(), *scan.batches(13)])
+        assert todo.num_rows == scan.tagged and scan.tagged_ids.to_pylist() == todo["product_id"].to_pylist()
+        return scan, todo
+
+    spills = iter(range(10))
+    scan, todo_rows = scan_of()
     expected = products.take(select_products(products, state, "m1", full=False))
     assert 10 < expected.num_rows < products.num_rows
-    assert scan.todo.equals(expected) and scan.products == products.num_rows
+    assert todo_rows.equals(expected) and scan.products == products.num_rows
     assert scan.ids.to_pylist() == products["product_id"].to_pylist()
-    assert scan_products(storage, "m1", full=True).todo.equals(products)
+    assert scan_of(full=True)[1].equals(products)
     wanted = ["P0003", "P0050", "P0119", "nope"]
-    assert scan_products(storage, "m1", wanted=wanted).todo["product_id"].to_pylist() == wanted[:3]
+    assert scan_of(wanted=wanted)[1]["product_id"].to_pylist() == wanted[:3]
 
-    _write_state(storage, scan.todo, scan.ids, "m2", "night2")
+    _write_state(storage, scan, "m2", "night2")
     got = read_table(storage, STATE_PATH, TAG_STATE)
-    todo = set(scan.todo["product_id"].to_pylist())
+    todo = set(todo_rows["product_id"].to_pylist())
     current = set(products["product_id"].to_pylist())
     kept = [r for r in state.to_pylist() if r["product_id"] in current and r["product_id"] not in todo]
     new = [dict(product_id=r["product_id"], image_hash=r["image_hash"], product_updated_at=r["updated_at"],
-                model_version="m2", run_id="night2") for r in scan.todo.to_pylist()]
+                model_version="m2", run_id="night2") for r in todo_rows.to_pylist()]
     assert got.to_pylist() == sorted(kept + new, key=lambda r: r["product_id"])
