@@ -6,6 +6,7 @@ merged into the file that is uploaded."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import logging
@@ -130,14 +131,18 @@ class PreviousProducts:
         self.path = path
         self.num_rows = pq.ParquetFile(path).metadata.num_rows if path is not None else 0
 
-    def batches(self, columns: list[str] | None = None, rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
+    def batches(self, columns: list[str] | None = None, rows: int = ROW_GROUP_ROWS,
+                ids: pa.Array | None = None) -> Iterator[pa.Table]:
         """The table (or these columns), `rows` rows at a time, cast to PRODUCTS; a column an
-        older table lacks (PRODUCTS_DEFAULTS) reads as its default."""
+        older table lacks (PRODUCTS_DEFAULTS) reads as its default. With `ids` (sorted), only
+        the row groups whose product id range holds one of them."""
         if self.path is None:
             return
         schema = pa.schema([PRODUCTS.field(c) for c in columns]) if columns else PRODUCTS
         with pq.ParquetFile(self.path) as f:
-            for batch in f.iter_batches(batch_size=rows, columns=schema.names):  # skips absent ones
+            groups = None if ids is None else _row_groups_holding(f, ids)
+            for batch in f.iter_batches(batch_size=rows, columns=schema.names,  # skips absent ones
+                                        row_groups=groups):
                 t = pa.Table.from_batches([batch])
                 for name, value in PRODUCTS_DEFAULTS.items():
                     if name in schema.names and name not in t.column_names:
@@ -147,7 +152,7 @@ class PreviousProducts:
     def rows_of(self, product_ids: Iterable[str]) -> pa.Table:
         """The previous rows of these products (one pass over the table)."""
         want = pa.array(sorted(set(product_ids)), pa.string())
-        hits = [t.filter(pc.is_in(t["product_id"], value_set=want)) for t in self.batches()] if len(want) else []
+        hits = [t.filter(pc.is_in(t["product_id"], value_set=want)) for t in self.batches(ids=want)] if len(want) else []
         return pa.concat_tables(hits) if hits else PRODUCTS.empty_table()
 
     def by_id(self, product_ids: Iterable[str]) -> PreviousRows:
@@ -173,6 +178,22 @@ class PreviousProducts:
                 return False
         new = _rebatched(PreviousProducts(path).batches())
         return all(a.equals(b) for a, b in zip(new, _rebatched(self.batches())))
+
+
+def _row_groups_holding(f: pq.ParquetFile, ids: pa.Array) -> list[int] | None:
+    """The row groups of f whose product id statistics (min, max) take in one of the sorted
+    `ids`: a chunk of an export in id order reads its part of the previous table, not all of
+    it. None (every group) when a group has no statistics."""
+    column = [f.metadata.schema.column(i).path for i in range(f.metadata.num_columns)].index("product_id")
+    wanted, groups = ids.to_pylist(), []
+    for g in range(f.metadata.num_row_groups):
+        stats = f.metadata.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        k = bisect.bisect_left(wanted, stats.min)
+        if k < len(wanted) and wanted[k] <= stats.max:
+            groups.append(g)
+    return groups
 
 
 # Rows turned into Python objects at a time, where a chunk's rows are (products_table, PreviousRows).

@@ -1,5 +1,6 @@
 import io
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -210,19 +211,32 @@ def test_image_paths_resolve_like_realpath(tmp_path):
         assert e.value.reason == "image_outside_root", ref
 
 
-def test_source_versions_keep_row_order(monkeypatch):
-    """Local stats go to the pool in batches, S3 HEADs one by one: answers stay in row order."""
+@pytest.mark.parametrize("slow_disk", [False, True])
+def test_source_versions_keep_row_order(monkeypatch, slow_disk):
+    """Local stats run in the calling thread while they are fast, and in the pool in batches
+    when they are slow (a network file system); S3 HEADs go to the pool one by one: answers
+    stay in row order either way."""
+    import threading
+
     from tagger.ingest import source
 
     monkeypatch.setattr(source, "STAT_BATCH", 7)
+    threads = set()
 
     class Source:
         def version(self, uri):
+            threads.add(threading.get_ident())
+            if slow_disk and not uri.startswith("s3://"):
+                time.sleep(0.001)
             return None if uri.endswith("missing") else f"v-{uri}"
 
-    uris = [f"s3://b/{i}" if i % 5 == 0 else f"/img/{i}" for i in range(60)] + ["/img/missing"]
+    uris = [f"/img/{i}" for i in range(7)] + [f"s3://b/{i}" if i % 5 == 0 else f"/img/{i}" for i in range(7, 60)]
+    uris += ["/img/missing"]
     got = source.read_versions(Source(), uris, workers=4)
     assert got == [f"v-{u}" for u in uris[:-1]] + [None]
+    threads.clear()
+    source.read_versions(Source(), [u for u in uris if not u.startswith("s3://")], workers=4)
+    assert (threads != {threading.get_ident()}) == slow_disk  # a fast disk is never handed to the pool
 
 
 def test_image_roots_allow_folders_outside_the_export(tmp_path):

@@ -35,3 +35,28 @@ def test_folding_and_small_merge_batches_give_the_same_tables(tmp_path, monkeypa
     a, b = _tables(tmp_path / "plain"), _tables(tmp_path / "folded")
     assert a["products"].equals(b["products"]) and a["rejects"].equals(b["rejects"])
     assert a["shards"] == b["shards"]
+
+
+def test_a_chunks_previous_rows_come_only_from_the_row_groups_that_hold_them(tmp_path):
+    """rows_of reads the row groups whose product id range takes in a wanted id (Parquet
+    statistics) and gives exactly what a filter of the whole table gives."""
+    import pyarrow.parquet as pq
+
+    from catalog_schemas.tables import PRODUCTS
+    from tagger.ingest.products import PreviousProducts, _row_groups_holding
+    from tagger.io.parquet import PARQUET_OPTIONS
+
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    ids = [f"P{i:03d}" for i in range(40)]
+    table = pa.Table.from_pylist([dict(product_id=p, image_uri=f"/i/{p}.jpg", image_version="1", image_hash=f"h{p}",
+                                       image_shard="s", labels=[], first_seen=now, updated_at=now,
+                                       ingest_run_id="r") for p in ids], schema=PRODUCTS)
+    path = tmp_path / "products.parquet"
+    pq.write_table(table, path, row_group_size=8, **PARQUET_OPTIONS)  # groups of P000-P007, P008-...
+    wanted = ["P009", "P011", "P033", "nope"]
+    with pq.ParquetFile(path) as f:
+        assert _row_groups_holding(f, pa.array(sorted(wanted))) == [1, 4]
+    got = PreviousProducts(path).rows_of(wanted)
+    assert got.equals(table.filter(pa.compute.is_in(table["product_id"], value_set=pa.array(wanted))))
