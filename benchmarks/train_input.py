@@ -112,6 +112,9 @@ def measure(lake: Path, shards: list[str], hashes: list[str], total: int, sample
             if max_batches is not None and step + 1 >= max_batches:
                 break
     seconds = time.perf_counter() - t0
+    if not seen:
+        raise SystemExit(f"{sampler}: no whole batch of {batch} in a lake of {len(shards)} images; "
+                         "raise --per-shard or --cache-shards, or lower --batch")
     per_epoch = ds.cache.bytes_read / seen * len(shards)  # exact when whole epochs ran
     return dict(sampler=sampler, images=seen, seconds=round(seconds, 2), img_s=round(seen / seconds, 1),
                 read_ratio=round(per_epoch / total, 3), shard_reads=ds.cache.reads)

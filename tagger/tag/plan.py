@@ -66,9 +66,9 @@ class Scan:
                 part = todo.slice(start, rows)
                 yield part if columns is None else part.select(columns)
             return
-        f = pq.ParquetFile(self.todo_path)
-        for batch in f.iter_batches(batch_size=rows, columns=columns):
-            yield pa.Table.from_batches([batch])
+        with pq.ParquetFile(self.todo_path) as f:
+            for batch in f.iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([batch])
 
 
 def in_product_order(products: pa.Table) -> pa.Table:

@@ -11,10 +11,11 @@ is the lake's production version unless one is named (tagger.model.production), 
 promotion or a rollback re-tags every product on the next run; a catalog taxonomy that
 differs from the model's is reported in the result's `drift` (tagger.tag.drift).
 
-Full and incremental runs stream alike: products are scored a chunk at a time
-(TagConfig.chunk_size) in product id order, and each chunk's rows go into the local history
-file (in row groups) and the latest merge (tagger.tag.merge) as they come, so a run holds a
-chunk's rows and a batch of each table, not every product's rows.
+Full and incremental runs stream alike: the products to tag wait in a local file (the
+scan's spill), are scored a chunk at a time (TagConfig.chunk_size) in product id order, and
+each chunk's rows go into the local history file (in row groups) and the latest merge
+(tagger.tag.merge) as they come, so a run holds a chunk's rows, a batch of each table and
+the product ids, not every product's rows.
 
 Order of writes: history, then latest, then state. A crash in between leaves the previous
 latest readable, and the re-run (same run id) replaces its own history file.
@@ -49,9 +50,9 @@ from tagger.model.production import resolve_version
 from tagger.data.shards import order_by_shard
 from tagger.model.scoring import ImageScorer
 from tagger.model.versions import read_card
+from tagger.tag import streams
 from tagger.tag.changes import compute_tag_changes_of_files
 from tagger.tag.drift import compute_taxonomy_drift
-from tagger.tag import streams
 from tagger.tag.merge import STATE_COLUMNS, merge_latest, merge_state, state_rows
 from tagger.tag.plan import Scan, TagPlan, plan_tagging, scan_products
 from tagger.tag.rows import ROW_COLUMNS, Rows, compute_tag_rows, rows_table
