@@ -49,7 +49,7 @@ class ImageTextModel(nn.Module):
         self.image = image
         self.text = TextBranch(text)
         self.text_config, self.text_dropout = text, text_dropout
-        features = (image.num_features if image is not None else 0) + text.dim
+        features = (pooled_width(image) if image is not None else 0) + text.dim
         self.head = nn.Linear(features, num_outputs)
 
     @property
@@ -65,6 +65,13 @@ class ImageTextModel(nn.Module):
             return self.head(t)
         f = self.image(images)
         return self.head(torch.cat([f, t.to(f.dtype)], dim=1))
+
+
+def pooled_width(backbone: nn.Module) -> int:
+    """The width of what a timm backbone without its classifier returns: `head_hidden_size`
+    where the model has a layer after pooling (MobileNetV3's 1024 over its 576 num_features),
+    else `num_features`."""
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
 
 
 def text_config_of(model: nn.Module) -> TextConfig | None:

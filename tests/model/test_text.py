@@ -49,6 +49,15 @@ def test_the_fused_model_reads_both_and_a_missing_text_is_the_zero_vector():
     assert torch.equal(out, model(images, tokens))
 
 
+@pytest.mark.parametrize("backbone", ["test_efficientnet", "mobilenetv3_small"])
+def test_the_head_takes_the_width_the_backbone_gives(backbone):
+    """A backbone with a layer after pooling (MobileNetV3: 1024 wide over 576 num_features)
+    gives the head the wider vector."""
+    model = create_model(backbone, 5, inputs="image+text", text=SMALL).eval()
+    tokens = torch.from_numpy(encode_texts(["red shirt", None], SMALL))
+    assert model(torch.rand(2, 3, 64, 64), tokens).shape == (2, 5)
+
+
 def test_text_dropout_hides_whole_texts_in_training_only():
     torch.manual_seed(0)
     model = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL, text_dropout=0.5)
