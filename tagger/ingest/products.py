@@ -79,8 +79,9 @@ def products_table(good: Iterable[CatalogRow], previous: PreviousRows, run_id: s
     """The products table of `good` rows (sorted by id); a product keeps its first_seen,
     and its updated_at and ingest_run_id unless its content changed. Built SLICE_ROWS rows
     at a time: a chunk's rows as dicts (~1 KB each) are what the table's Arrow holds several
-    times over. The previous rows are compared as Arrow, column by column: as Python objects
-    (their labels and timestamps) they cost ~20 us a row, most of a re-ingest's time."""
+    times over. The previous rows are compared as Arrow, column by column: made Python objects
+    (their labels and timestamps, ~20 us a row) they were over a third of a re-ingest's time
+    under a profiler."""
     tables, changes, good = [], ProductChanges(), iter(good)
     while records := [_record(row) for row in itertools.islice(good, SLICE_ROWS)]:
         tables.append(_dated(pa.Table.from_pylist(records, schema=_UNDATED), previous, run_id, now, changes))
@@ -128,7 +129,6 @@ def rows_equal(a: pa.Array, b: pa.Array, *, null_as_empty: bool = False) -> np.n
     """Row by row, whether two arrays of one type hold equal values (two nulls are equal),
     nested ones (lists, maps, structs) included: the values of lists of equal lengths are
     compared flattened and folded back to their rows. `null_as_empty`: a null list equals []."""
-    n = len(a)
     both_null = (a.is_null().to_numpy(zero_copy_only=False) & b.is_null().to_numpy(zero_copy_only=False))
     if pa.types.is_map(a.type):
         a, b = _as_list(a), _as_list(b)
@@ -150,8 +150,7 @@ def rows_equal(a: pa.Array, b: pa.Array, *, null_as_empty: bool = False) -> np.n
         for i in range(a.type.num_fields):
             eq &= rows_equal(pc.struct_field(a, [i]), pc.struct_field(b, [i]))
         return eq | both_null
-    eq = pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False)
-    return (eq | both_null) if n else np.zeros(0, bool)
+    return pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False) | both_null
 
 
 def _as_list(m: pa.Array) -> pa.Array:
@@ -249,22 +248,18 @@ IMAGE_COLUMNS = [*IMAGE_REF.names, "more_images"]  # a previous row's images (pr
 
 
 class PreviousRows(Mapping[str, dict]):
-    """A chunk's previous products rows by product id: Arrow, in the order the ids were asked
-    for (the export's), and Python dicts only SLICE_ROWS rows at a time, the slice of the row
-    looked up last. Read in that order (each step of a chunk goes through its rows in export
-    order), every row is converted once a pass. As dicts of Python objects the whole chunk's
-    previous rows were ~2.4 KB a row, ~240 MB per 100,000-row chunk of a re-ingest."""
+    """A chunk's previous products rows by product id: `table` (Arrow, in the order the ids
+    were asked for, the export's; products_table compares it as Arrow), looked up as dicts of
+    their images (IMAGE_COLUMNS, what the change check reads) SLICE_ROWS rows at a time, the
+    slice of the row looked up last. Read in that order, every row is converted once a pass.
+    As dicts of Python objects the whole chunk's previous rows were ~2.4 KB a row, ~240 MB
+    per 100,000-row chunk of a re-ingest."""
 
     def __init__(self, table: pa.Table, ids: list[str]):
         at = pc.index_in(pa.array(ids, pa.string()), value_set=table["product_id"])
-        self._table = table.take(at.drop_null())
+        self.table = table.take(at.drop_null())
         self._at = {pid: k for k, pid in enumerate(itertools.compress(ids, at.is_valid().to_pylist()))}
         self._slice, self._rows = -1, []
-
-    @property
-    def table(self) -> pa.Table:
-        """The rows, PRODUCTS columns (products_table compares them as Arrow)."""
-        return self._table
 
     def __getitem__(self, product_id: str) -> dict:
         """The product's previous images (IMAGE_COLUMNS: what previous_images reads), as a dict."""
@@ -272,7 +267,7 @@ class PreviousRows(Mapping[str, dict]):
         s, i = divmod(k, SLICE_ROWS)
         if s != self._slice:
             self._rows = []  # the old slice goes before the next is made
-            part = self._table.select(IMAGE_COLUMNS).slice(s * SLICE_ROWS, SLICE_ROWS)
+            part = self.table.select(IMAGE_COLUMNS).slice(s * SLICE_ROWS, SLICE_ROWS)
             self._rows, self._slice = part.to_pylist(), s
         return self._rows[i]
 

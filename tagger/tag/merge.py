@@ -121,20 +121,17 @@ def state_rows(tagged: pa.Table, model_version: str, run_id: str) -> pa.Table:
                      pa.repeat(pa.scalar(run_id, pa.string()), n)], schema=TAG_STATE).sort_by("product_id")
 
 
-def merge_state(storage: Storage, new: pa.Table | Callable[[], Iterable[pa.Table]], new_ids: pa.Array,
+def merge_state(storage: Storage, new: Callable[[], Iterable[pa.Table]], new_ids: pa.Array,
                 current_ids: pa.Array, out: Path) -> None:
     """Write the new state table to `out`: the previous one without the products in `new`
-    and those gone from the catalog, plus `new`. `new`: state_rows as one table, or a function
-    that gives them as tables in product id order, pulled as the merge reaches them (called
-    again if the previous table turns out unsorted). `new_ids`: new's product ids, sorted."""
-    def parts() -> Iterator[pa.Table]:
-        return iter([new]) if isinstance(new, pa.Table) else iter(new())
-
+    and those gone from the catalog, plus `new`. `new`: a function that gives the new rows
+    (state_rows) as tables in product id order, pulled as the merge reaches them; called
+    again if the previous table turns out unsorted. `new_ids`: new's product ids, sorted."""
     with open_parquet(storage, STATE_PATH) as previous:
         try:
-            _merge_state_streamed(previous, parts(), new_ids, current_ids, out)
+            _merge_state_streamed(previous, iter(new()), new_ids, current_ids, out)
         except Unsorted:  # a state table not written by us: whole-table update
-            whole = pa.concat_tables([TAG_STATE.empty_table(), *parts()])
+            whole = pa.concat_tables([TAG_STATE.empty_table(), *new()])
             _merge_state_whole(read_table_or_empty(storage, STATE_PATH, TAG_STATE), whole, current_ids, out)
 
 

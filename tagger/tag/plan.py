@@ -153,9 +153,8 @@ class _Todo:
             self.path.unlink()
 
     def scan(self, ids: pa.Array, products: int) -> Scan:
-        tagged = pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.string())
-        if len(tagged) > 1 and not pc.all(pc.less(tagged[:-1], tagged[1:])).as_py():
-            tagged = sorted_unique(tagged)  # product order (streamed parts) needs no sort
+        # streamed parts come in product order: sorted_unique then returns them as they are
+        tagged = sorted_unique(pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.string()))
         if len(tagged) == len(ids):
             tagged = ids  # every product (a full run): one array, not two
         if self._writer is None:

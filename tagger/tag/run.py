@@ -95,27 +95,22 @@ def score_products(lake: str, model_version: str, product_ids: list[str],
         products = scan_products(open_storage(lake), model_version, wanted=product_ids).todo
     todo = products.filter(pc.is_in(products["product_id"], value_set=pa.array(product_ids, pa.string())))
     rows: Rows = {k: [] for k in ROW_COLUMNS}
-    for chunk in score_chunks(lake, model_version, todo, config):
+    parts = (todo.slice(start, config.chunk_size) for start in range(0, todo.num_rows, config.chunk_size))
+    for chunk in score_chunks(lake, model_version, parts, config, total=todo.num_rows):
         for k, v in chunk.items():
             rows[k].extend(v)
     return rows
 
 
-def score_chunks(lake: str, model_version: str, todo: pa.Table | Iterable[pa.Table], config: TagConfig,
-                 images: Mapping[str, np.ndarray] | None = None, *, total: int | None = None
-                 ) -> Iterator[Rows]:
-    """The tag rows of `todo` (PRODUCT_COLUMNS rows), one scoring chunk at a time, in todo's
-    order: TagConfig.chunk_size products of a table, or each table of an iterable (`total`:
-    how many products they hold, for the progress line). `images`: model inputs by image hash
-    already in memory (ImageScorer.score)."""
+def score_chunks(lake: str, model_version: str, parts: Iterable[pa.Table], config: TagConfig,
+                 images: Mapping[str, np.ndarray] | None = None, *, total: int) -> Iterator[Rows]:
+    """The tag rows of each table of `parts` (PRODUCT_COLUMNS rows: a scoring chunk each), in
+    their order; `total`: how many products they hold, for the progress line. `images`: model
+    inputs by image hash already in memory (ImageScorer.score)."""
     storage = open_storage(lake)
     scorer = ImageScorer.of_version(storage, model_version, config)  # weights only if needed
     card = scorer.card
     corrections = load_corrections(storage)
-    parts = todo
-    if isinstance(todo, pa.Table):
-        total = todo.num_rows
-        parts = (todo.slice(start, config.chunk_size) for start in range(0, todo.num_rows, config.chunk_size))
     done = 0
     for part in parts:
         chunk = _with_corrections(part.to_pylist(), corrections)
@@ -123,7 +118,7 @@ def score_chunks(lake: str, model_version: str, todo: pa.Table | Iterable[pa.Tab
         done += len(chunk)
         chunk = [chunk[i] for i in order_by_shard([p["image_shard"] for p in chunk])]
         scored = scorer.score(lake, [p["image_shard"] for p in chunk], [p["image_hash"] for p in chunk],
-                              desc=f"tag {done}/{total if total is not None else '?'}", images=images,
+                              desc=f"tag {done}/{total}", images=images,
                               texts=[p.get("text") for p in chunk], more=[p.get("more_images") for p in chunk])
         arrays = scorer.arrays
         yield compute_tag_rows(card.taxonomy, chunk, scored.scores, arrays.thresholds,
