@@ -24,6 +24,7 @@ from tagger.data.images import ImageError, normalise_image
 from tagger.ingest.rejects import Problem
 from tagger.ingest.rows import CatalogRow
 from tagger.ingest.source import ImageSource, too_large_detail
+from tagger.io.allocator import keep_freed_memory
 from tagger.io.parquet import open_parquet_file, write_table
 from tagger.io.storage import CorruptTable, Storage, TooLarge
 from tagger.lake import IMAGES_PREFIX
@@ -129,6 +130,7 @@ def fetch_image(row: CatalogRow, source: ImageSource, known: dict[str, str] | Kn
                 config: IngestConfig, on_image: OnImage | None = None) -> Problem | None:
     """Fill in the row's hash (and its normalised image if its content is new, handed to
     `on_image` too); the problem that keeps the image out, or None."""
+    keep_freed_memory()  # a photo's buffers reused for the next one, not faulted in anew
     try:
         data = source.read(row.image_uri)
     except FileNotFoundError:
