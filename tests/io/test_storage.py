@@ -88,6 +88,23 @@ def test_bounded_read_refuses_before_reading(storage):
     assert (type(again), again.size, str(again)) == (TooLarge, 100, str(e.value))
 
 
+def test_bounded_read_of_a_file_that_grew_after_its_size_was_taken(tmp_path, monkeypatch):
+    import os
+
+    import tagger.io.base
+    from tagger.io.base import read_bounded
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 100)
+    # the size taken before the read is 40: the file grew by 60 bytes since
+    monkeypatch.setattr(tagger.io.base.os, "fstat", lambda fd: os.stat_result((0,) * 6 + (40,) + (0,) * 3))
+    with open(path, "rb") as f:
+        assert read_bounded(f, str(path), 100) == b"x" * 100
+    with open(path, "rb") as f, pytest.raises(TooLarge) as e:
+        read_bounded(f, str(path), 99)
+    assert (e.value.size, e.value.limit) == (100, 99)
+
+
 def test_read_with_version_matches_version(storage):
     assert storage.read_with_version(".locks/x.json") is None
     assert storage.create_if_absent(".locks/x.json", b"one")
