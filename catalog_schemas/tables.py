@@ -51,6 +51,11 @@ PRODUCTS = _schema(
      "The product's other good images (image_uri, image_version, image_hash, image_shard "
      "each), in the order the catalog mapping lists them, after the one in image_*. Null "
      "when it has one image; tables written before this column read as null."),
+    ("row_digest", pa.int64(), True,
+     "Digest of the export cells the mapping reads (and of the taxonomy, catalog folder and "
+     "image roots): a re-ingest takes a row whose digest and image versions are unchanged as "
+     "it was, without validating it again. Null when the row is validated every run (an image "
+     "left out, text cut, an image reached through a link) and in tables written before it."),
 )
 
 IMAGES = _schema(

@@ -102,7 +102,7 @@ def history_path(run_date: str, run_id: str) -> str:
 
 # Products columns that tables written by older versions lack, and what they read as: a
 # table is not rewritten to add them (a re-ingest that changes nothing writes nothing).
-PRODUCTS_DEFAULTS = {"text": None, "more_images": None}
+PRODUCTS_DEFAULTS = {"text": None, "more_images": None, "row_digest": None}
 REJECTS_DEFAULTS = {"product_kept": False}  # before several images: every reject dropped its row
 
 

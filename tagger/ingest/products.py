@@ -70,7 +70,7 @@ def _record(row: CatalogRow) -> dict:
     return dict(
         product_id=row.product_id, category=row.category, **_image(row),
         labels=sorted(row.labels.items()), text=row.text,
-        more_images=[_image(r) for r in row.more] or None,
+        more_images=[_image(r) for r in row.more] or None, row_digest=row.digest,
     )
 
 

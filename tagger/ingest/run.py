@@ -40,6 +40,7 @@ from tagger.config import IngestConfig
 from tagger.ingest.export import CatalogError, check_columns, read_catalog_chunks, text_only_columns
 from tagger.ingest.products import (
     PreviousProducts,
+    PreviousRows,
     ProductChanges,
     ProductRuns,
     fill_pending_shards,
@@ -50,10 +51,11 @@ from tagger.ingest.products import (
     write_taxonomy,
 )
 from tagger.ingest.rejects import Rejects, write_rejects
-from tagger.ingest.rows import CatalogRow, RowValidator
+from tagger.ingest.rows import CatalogRow, RowValidator, content_digest
 from tagger.ingest.shards import KnownImages, OnImage, ShardWriter, fetch_and_store, read_stored_hashes
 from tagger.ingest.source import ImageSource, read_versions
 from tagger.ingest.text import MAX_TEXT_CHARS
+from tagger.ingest.unchanged import context_key, mapped_columns, row_digests, unchanged_rows
 from tagger.io.lock import lake_lock
 from tagger.io.parquet import RowGroupWriter, read_table
 from tagger.io.storage import Storage, open_storage
@@ -192,7 +194,7 @@ def _ingest_rows(run: _Run, chunks: Iterator[pd.DataFrame]) -> None:
     shard writer runs across chunks, so the shards are those of one chunk."""
     writer = ShardWriter(run.storage, _known_images(run), run.config.shard_size)
     run.new_shards = writer.created  # the same list: what to remove if the run fails midway
-    validator = RowValidator(run.taxonomy, run.source, run.rejects)
+    validator = row_validator(run)
     changes = ProductChanges()
     with tempfile.TemporaryDirectory(prefix="tagger-ingest-") as tmp:
         runs = ProductRuns(Path(tmp))
@@ -214,15 +216,47 @@ def _ingest_chunk(run: _Run, df: pd.DataFrame, validator: RowValidator, writer: 
     """One chunk's rows, images and products run. Its own function so that the chunk's rows
     (Python objects, a few hundred bytes each) are freed before the next chunk is read."""
     run.result.rows += len(df)
-    rows = list(validator.validate(df))
-    previous = run.previous.by_id(r.product_id for r in rows)
+    rows, previous, as_they_were = validate_chunk(run, df, validator)
     to_fetch = _reuse_unchanged(run, rows, previous)
     run.result.images_fetched += fetch_and_store(to_fetch, run.source, writer, run.config,
                                                  final=False, on_image=run.on_image)
-    good = _keep_good_images(rows, run.rejects)
+    add_products(run, _keep_good_images(rows, run.rejects), previous, as_they_were, runs, changes)
+
+
+def row_validator(run: _Run) -> RowValidator:
+    validator = RowValidator(run.taxonomy, run.source, run.rejects)
+    validator.digest_of_taken = lambda pid: _content_digest_of(run.previous, pid)
+    return validator
+
+
+def validate_chunk(run: _Run, df: pd.DataFrame, validator: RowValidator) -> tuple[list[CatalogRow], PreviousRows, pa.Table]:
+    """A chunk's rows to ingest (validated), their products' previous rows, and the rows
+    taken as they were, unvalidated (tagger.ingest.unchanged)."""
+    ids = validator.ids(df)
+    previous = run.previous.by_id(dict.fromkeys(i for i in ids if i is not None))
+    columns = mapped_columns(run.taxonomy, df.columns)
+    digests = row_digests(df, columns, context_key(run.taxonomy, run.source, run.config, columns))
+    taken, as_they_were = unchanged_rows(ids, digests, validator.seen_before(ids), previous.table,
+                                         run.source, run.config)
+    return list(validator.validate(df, ids=ids, taken=taken, digests=digests)), previous, as_they_were
+
+
+def add_products(run: _Run, good: list[CatalogRow], previous: PreviousRows, as_they_were: pa.Table,
+                 runs: ProductRuns, changes: ProductChanges) -> None:
+    """The chunk's products rows (validated ones dated against their previous rows, and the
+    ones taken as they were) as one more sorted run."""
     table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
-    runs.add(table)
+    runs.add(pa.concat_tables([table, as_they_were]) if as_they_were.num_rows else table)
+    chunk_changes.unchanged += as_they_were.num_rows
     changes.add(chunk_changes)
+
+
+def _content_digest_of(previous: PreviousProducts, product_id: str) -> int:
+    """The content digest of a product's previous row: what its row, taken as it was, would
+    have been validated to (only asked for when a later row has its id)."""
+    (row,) = previous.rows_of([product_id]).to_pylist()
+    uris = [i["image_uri"] for i in previous_images(row)]
+    return content_digest(row["labels"], uris, row["text"])
 
 
 def _known_images(run: _Run) -> dict[str, str] | KnownImages:
@@ -285,6 +319,7 @@ def _keep_good_images(rows: list[CatalogRow], rejects: Rejects) -> list[CatalogR
         for image in images:
             if image.problem is not None:
                 rejects.add(row.index, row.product_id, image.problem.left_out(len(good)), product_kept=True)
+                row.digest = None  # validated every run: its reject row is written again
         if good[0] is not row:
             row.take_image(good[0])
         row.more = good[1:]

@@ -46,12 +46,11 @@ from tagger.ingest.products import (
     ProductChanges,
     ProductRuns,
     previous_images,
-    products_table,
     write_released,
     write_taxonomy,
 )
 from tagger.ingest.rejects import Problem
-from tagger.ingest.rows import CatalogRow, RowValidator
+from tagger.ingest.rows import CatalogRow
 from tagger.ingest.run import (
     IngestResult,
     _keep_good_images,
@@ -60,7 +59,10 @@ from tagger.ingest.run import (
     _Run,
     _update_products,
     _write_rejects,
+    add_products,
+    row_validator,
     run_ingest,
+    validate_chunk,
 )
 from tagger.ingest.shards import fetch_image, shard_name, write_images
 from tagger.ingest.source import ImageSource
@@ -259,14 +261,13 @@ def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, pa
     versions, fetch the parts, plan and write the full shards, build the chunk's products."""
     planner = _ShardPlanner(run.storage.uri, _known_images(run), run.config.shard_size)
     run.new_shards = planner.created
-    validator = RowValidator(run.taxonomy, run.source, run.rejects)
+    validator = row_validator(run)
     changes = ProductChanges()
     with tempfile.TemporaryDirectory(prefix="tagger-ingest-") as tmp:
         runs = ProductRuns(Path(tmp))
         for number, df in enumerate(chunks):
             run.result.rows += len(df)
-            rows = list(validator.validate(df))
-            previous = run.previous.by_id(r.product_id for r in rows)
+            rows, previous, as_they_were = validate_chunk(run, df, validator)
             to_fetch = _reuse_unchanged(run, rows, previous)
             parts = _parts(run, to_fetch, previous, number, part_rows)
             staged.extend(p.staging for p in parts)
@@ -274,10 +275,7 @@ def _ingest_parts(run: _Run, chunks: Iterator[pd.DataFrame], fan_out: FanOut, pa
             run.result.images_fetched += len(to_fetch)
             _write_shards(planner, fan_out, final=False)
             _remove_staged(run, staged, keep=set(planner.pending.values()))
-            good = _keep_good_images(rows, run.rejects)
-            table, chunk_changes = products_table(good, previous, run.result.run_id, run.now)
-            runs.add(table)
-            changes.add(chunk_changes)
+            add_products(run, _keep_good_images(rows, run.rejects), previous, as_they_were, runs, changes)
         run.result.texts_truncated = validator.texts_truncated
         _write_shards(planner, fan_out, final=True)
         run.result.images_stored += planner.images_stored

@@ -36,6 +36,11 @@ class ImageSource:
         self._real_dirs: dict[str, str] = {}  # realpath per folder: catalogs name few of them
         self._files = FileReader()
 
+    @property
+    def real_base(self) -> str:
+        """The catalog's folder with its links resolved (its prefix on S3)."""
+        return self._real_base
+
     def resolve(self, ref: str) -> str:
         """Absolute URI of an image reference; relative ones may not leave the catalog's folder."""
         ref = ref.strip()
@@ -52,11 +57,23 @@ class ImageSource:
                                  f"{_roots_hint(self._s3_roots)}")
             return uri if ".." in ref.split("/") else f"{self.base}/{ref}"
         path = self._realpath(os.path.join(self.base, ref))
+        self._check_inside(ref, path)
+        return path
+
+    def resolve_plainly(self, ref: str) -> tuple[str, bool]:
+        """resolve(ref), and whether it followed no symbolic link below the catalog's
+        folder: a re-ingest may take such a reference's row as it was (tagger.ingest.unchanged),
+        while a link, which can be re-pointed without any file changing, is resolved anew."""
+        uri = self.resolve(ref)
+        if is_s3(uri):
+            return uri, True
+        return uri, uri == os.path.normpath(os.path.join(self._real_base, ref.strip()))
+
+    def _check_inside(self, ref: str, path: str) -> None:
         if not _inside(path, self._local_roots, os.sep):
             where = f"the catalog folder {self.base}" if not is_s3(self.base) else "every image root"
             raise LabelError("image_outside_root", f"{ref!r} resolves to {path}, outside {where}"
                              f"{_roots_hint(self._local_roots)}")
-        return path
 
     def _realpath(self, path: str) -> str:
         """os.path.realpath(path), with the folder's part cached: realpath(dir/name) is

@@ -83,7 +83,7 @@ def test_chunks_give_the_tables_of_one_chunk(fmt, tmp_path, monkeypatch):
     export = _export(tmp_path, fmt)
     seen = []  # rows of every chunk the validator got
     validate = ingest_rows.RowValidator.validate
-    monkeypatch.setattr(ingest_rows.RowValidator, "validate", lambda self, df: seen.append(len(df)) or validate(self, df))
+    monkeypatch.setattr(ingest_rows.RowValidator, "validate", lambda self, df, **kw: seen.append(len(df)) or validate(self, df, **kw))
     lakes = {size: tmp_path / f"lake-{size}" for size in (10_000, 4, 1)}
     first = {size: _counts(_ingest(export, lake, size, "night1")) for size, lake in lakes.items()}
     assert seen == [29] + [4] * 7 + [1] + [1] * 29  # 24 good + 3 bad + 2 duplicate rows
