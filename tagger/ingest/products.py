@@ -207,12 +207,12 @@ class PreviousProducts:
 
     def known_images(self) -> KnownImages:
         """Hash -> shard of the images the previous products show (image_* and more_images)."""
-        hashes, shards = [pa.array([], pa.string())], [pa.array([], pa.string())]
-        for t in self.batches(["image_hash", "image_shard", "more_images"]):
-            more = pc.list_flatten(t["more_images"])
-            hashes += [t["image_hash"], pc.struct_field(more, "image_hash")]
-            shards += [t["image_shard"], pc.struct_field(more, "image_shard")]
-        return KnownImages(_concat(hashes), _concat(shards))
+        def pairs():
+            for t in self.batches(["image_hash", "image_shard", "more_images"]):
+                more = pc.list_flatten(t["more_images"])
+                yield (_concat([t["image_hash"], pc.struct_field(more, "image_hash")]),
+                       _concat([t["image_shard"], pc.struct_field(more, "image_shard")]))
+        return KnownImages.of_batches(pairs())
 
     def same_as(self, path: Path) -> bool:
         """Whether the table at `path` has exactly the previous rows (no previous table: an

@@ -224,6 +224,8 @@ def _ingest_chunk(run: _Run, df: pd.DataFrame, validator: RowValidator, writer: 
 
 
 def row_validator(run: _Run) -> RowValidator:
+    """The run's validator: a later row with the id of a row taken as it was is compared
+    with that row's previous content."""
     validator = RowValidator(run.taxonomy, run.source, run.rejects)
     validator.digest_of_taken = lambda pid: _content_digest_of(run.previous, pid)
     return validator

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,14 +51,42 @@ class KnownImages:
     FOLD_EVERY = 65_536
 
     def __init__(self, hashes: pa.ChunkedArray | pa.Array, shards: pa.ChunkedArray | pa.Array):
-        shards = pc.dictionary_encode(_combined(shards))
-        self._names: list[str] = shards.dictionary.to_pylist()  # a few thousand shard names
-        self._code_of = {name: i for i, name in enumerate(self._names)}
-        keys = _fixed_bytes(_combined(hashes))
-        # one entry per hash, its first row's shard (as a lookup in table order would find)
-        self._hashes, first = np.unique(keys, return_index=True)
-        self._codes = shards.indices.to_numpy(zero_copy_only=False).astype(np.int32)[first]
+        self._names: list[str] = []  # a few thousand shard names
+        self._code_of: dict[str, int] = {}
         self._added: dict[str, str] = {}
+        self._set([self._keyed(_combined(hashes), _combined(shards))])
+
+    @classmethod
+    def of_batches(cls, batches: Iterable[tuple[pa.Array, pa.Array]]) -> KnownImages:
+        """From (hashes, shards) a batch at a time: the previous table's hashes are never all
+        held as Arrow strings next to their numpy copy (at a million products that was about
+        200 bytes a product at once, the peak of a re-ingest)."""
+        known = cls(pa.array([], pa.string()), pa.array([], pa.string()))
+        known._set([known._keyed(_combined(h), _combined(s)) for h, s in batches])
+        return known
+
+    def _keyed(self, hashes: pa.Array, shards: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes as fixed-width bytes (a copy, not a view of the batch) and their shards' codes."""
+        encoded = pc.dictionary_encode(shards)
+        codes = np.array([self._code(n) for n in encoded.dictionary.to_pylist()], np.int32)
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        return np.array(_fixed_bytes(hashes)), codes[indices] if len(codes) else indices.astype(np.int32)
+
+    def _set(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """The (hashes, codes) parts sorted, one entry per hash: its first row's shard (as a
+        lookup in table order would find). Empties `parts` once they are one array."""
+        if not parts:
+            parts.append((np.zeros(0, "S1"), np.zeros(0, np.int32)))
+        keys, codes = np.concatenate([k for k, _ in parts]), np.concatenate([c for _, c in parts])
+        parts.clear()
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = keys[1:] != keys[:-1]
+        codes = codes[order]
+        if not first.all():  # a table names an image twice: keep its first row's
+            keys, codes = keys[first], codes[first]
+        self._hashes, self._codes = keys, codes.astype(np.int32)
 
     def _code(self, name: str) -> int:
         code = self._code_of.get(name)

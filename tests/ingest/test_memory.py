@@ -25,6 +25,18 @@ def test_known_images_fold_added_hashes_into_the_arrays(monkeypatch):
         known["d"]
 
 
+def test_known_images_of_batches_are_those_of_one_table():
+    batches = [(pa.array(["d", "b", "d"]), pa.array(["s1", "s1", "s2"])),
+               (pa.array(["a", "b", "ccc"]), pa.array(["s3", "s4", "s3"])), (pa.array([], pa.string()), pa.array([], pa.string()))]
+    whole = KnownImages(pa.chunked_array([h for h, _ in batches]), pa.chunked_array([s for _, s in batches]))
+    parts = KnownImages.of_batches(iter(batches))
+    # every hash once, its first row's shard wherever the batches cut (d: s1, b: s1)
+    assert {h: parts[h] for h in ["a", "b", "ccc", "d"]} == {h: whole[h] for h in ["a", "b", "ccc", "d"]} \
+        == {"a": "s3", "b": "s1", "ccc": "s3", "d": "s1"}
+    assert parts._hashes.tolist() == whole._hashes.tolist() == [b"a", b"b", b"ccc", b"d"]
+    assert "e" not in KnownImages.of_batches(iter([]))
+
+
 def test_folding_and_small_merge_batches_give_the_same_tables(tmp_path, monkeypatch):
     export = _export(tmp_path, "csv")
     want = _counts(_ingest(export, tmp_path / "plain", 4, "night1"))
