@@ -88,9 +88,12 @@ def read_table(storage: Storage, path: str, schema: pa.Schema | None = None,
     try:
         table = pq.read_table(io.BytesIO(data))
         for name, value in (defaults or {}).items():
-            if name not in table.column_names:
-                table = table.append_column(name, pa.array([value] * table.num_rows,
-                                                           type=schema.field(name).type))
+            # a default only for a column asked for: a reader of some columns (the tag
+            # run's) must not trip over a newer column that an older table lacks
+            if name in table.column_names or (schema is not None and name not in schema.names):
+                continue
+            kind = schema.field(name).type if schema is not None else None
+            table = table.append_column(name, pa.array([value] * table.num_rows, type=kind))
         return table.select(schema.names).cast(schema) if schema is not None else table
     except (pa.ArrowException, KeyError) as e:  # not Parquet, truncated, or other columns
         raise corrupt_table(storage, path, e) from None

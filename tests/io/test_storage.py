@@ -105,6 +105,17 @@ def test_bounded_read_of_a_file_that_grew_after_its_size_was_taken(tmp_path, mon
     assert (e.value.size, e.value.limit) == (100, 99)
 
 
+def test_defaults_fill_only_the_columns_asked_for(storage):
+    """A table written before a column existed: a reader of other columns (the tag run's
+    products) must not trip over the default of a column it does not read."""
+    write_table(storage, "t.parquet", pa.table({"id": ["a"], "n": [1]}, schema=SCHEMA))
+    narrow = pa.schema([SCHEMA.field("id")])
+    assert read_table(storage, "t.parquet", narrow, defaults={"extra": None}).to_pylist() == [{"id": "a"}]
+    wide = SCHEMA.append(pa.field("extra", pa.int64()))
+    assert read_table(storage, "t.parquet", wide, defaults={"extra": None}).to_pylist() == [
+        {"id": "a", "n": 1, "extra": None}]
+
+
 def test_read_with_version_matches_version(storage):
     assert storage.read_with_version(".locks/x.json") is None
     assert storage.create_if_absent(".locks/x.json", b"one")
