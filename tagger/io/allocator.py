@@ -13,8 +13,8 @@ and go back to the heap. The cost is memory kept for reuse rather than returned:
 trim threshold per allocator arena (one per thread that allocates, up to 8 per core).
 
 It does nothing where it cannot or should not: another C library than glibc (musl, macOS),
-or a process whose user already tuned malloc through the environment (`MALLOC_*_` or
-`GLIBC_TUNABLES`), or `TAGGER_KEEP_FREED_MEMORY=0`.
+or a process whose user tuned malloc through the environment (any `MALLOC_*_` variable of
+mallopt(3) or `GLIBC_TUNABLES`: also the way to keep glibc's own behaviour).
 """
 
 from __future__ import annotations
@@ -33,14 +33,12 @@ MIB = 1 << 20
 # A 1500 px photo decoded at half scale is 2.25 MB of pixels (Pillow keeps 4 bytes each).
 SETTINGS = {M_MMAP_THRESHOLD: 8 * MIB, M_TRIM_THRESHOLD: 32 * MIB, M_TOP_PAD: 8 * MIB}
 USER_TUNING = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
-               "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+               "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST", "GLIBC_TUNABLES")
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (once); whether it did."""
-    if os.environ.get("TAGGER_KEEP_FREED_MEMORY", "1") == "0":
-        return False
     if any(name in os.environ for name in USER_TUNING):
         log.debug("malloc is tuned through the environment; leaving it as it is")
         return False
