@@ -97,8 +97,7 @@ def unchanged_rows(ids: list[str | None], digests: np.ndarray, seen_before: np.n
     stored = pc.take(previous["row_digest"], at)
     has_digest = stored.is_valid().to_numpy(zero_copy_only=False)
     stored = pc.fill_null(stored, 0).to_numpy(zero_copy_only=False)
-    counts = pd.Series(ids, dtype=object).map(pd.Series(ids, dtype=object).value_counts())
-    alone = (counts.to_numpy() == 1) & at.is_valid().to_numpy(zero_copy_only=False)
+    alone = ~pd.Series(ids, dtype=object).duplicated(keep=False).to_numpy() & at.is_valid().to_numpy(zero_copy_only=False)
     candidate = alone & ~seen_before & has_digest & (stored == digests)
     rows = np.flatnonzero(candidate)
     if not len(rows):

@@ -5,15 +5,14 @@ new taxonomy, links, left-out images and tables from before the row digest."""
 
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import load_taxonomy
 from tagger.config import IngestConfig
 from tagger.ingest import rows as ingest_rows
@@ -42,13 +41,8 @@ class _Validated:
 
 
 def _validate_every_row(monkeypatch):
-    monkeypatch.setattr(ingest_run, "unchanged_rows", lambda ids, *a: (np.zeros(len(ids), bool),
-                                                                         read_products_empty()))
-
-
-def read_products_empty():
-    from catalog_schemas.tables import PRODUCTS
-    return PRODUCTS.empty_table()
+    monkeypatch.setattr(ingest_run, "unchanged_rows",
+                        lambda ids, *a: (np.zeros(len(ids), bool), PRODUCTS.empty_table()))
 
 
 def _ingest(export, lake, run_id, taxonomy=DEMO_TAXONOMY, **config):
