@@ -10,7 +10,8 @@ saying which.
 existed are format 1; every field added since has a default that reads those cards as
 they were meant (format 2 added `head`, sigmoid for older cards; format 3 added `tta`,
 none for older cards; format 4 added `inputs` and `text`, an image-only model for older
-cards; format 5 added `image_pooling`, the first image alone for older cards). A change that
+cards; format 5 added `image_pooling`, the first image alone for older cards; format 6 added
+`prior_shift`, a record of what the weights already hold, empty for older cards). A change that
 old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
 misreading it.
 """
@@ -38,8 +39,10 @@ from catalog_schemas.taxonomy import Taxonomy
 # logits; an older reader would score one pass and misapply them). 4: `inputs` / `text` (a
 # model that reads the product's text; an older reader would feed it images only). 5:
 # `image_pooling` (thresholds tuned on the pooled logits of a product's several images; an
-# older reader would score its first image alone). A card without `format` is format 1.
-CARD_FORMAT = 5
+# older reader would score its first image alone). 6: `prior_shift` (the weights hold it, so
+# an older reader would score right, but its strict schema refuses the unknown field: the
+# format says "upgrade" instead). A card without `format` is format 1.
+CARD_FORMAT = 6
 
 
 class CardError(ValueError):
@@ -167,6 +170,11 @@ class ModelCard(BaseModel):
     min_precision: float | None = Field(None, description="Precision target the auto thresholds meet.")
     temperature: dict[str, float] = Field(
         default_factory=dict, description="Temperature per attribute (empty: uncalibrated).")
+    prior_shift: dict[str, float] = Field(
+        default_factory=dict, description="Per softmax attribute, the share tau of the class "
+        "weighting its decisions undo (TrainConfig.prior_shift, chosen on validation): the "
+        "output layer's bias holds -tau * log(class weight), so scorers apply nothing of their "
+        "own. Written only when set; empty: decided as trained.")
     ema: EmaChoice | None = Field(None, description="The EMA choice (None: trained without EMA).")
     pos_weight: PerValue = Field(default_factory=dict, description="BCE pos_weight per value used in training.")
     metrics: dict[str, Any] = Field(
@@ -203,6 +211,8 @@ class ModelCard(BaseModel):
             data.pop("text", None)
         if data.get("image_pooling") == "first":
             data.pop("image_pooling", None)
+        if not data.get("prior_shift"):
+            data.pop("prior_shift", None)
         return data
 
     @field_serializer("taxonomy")
@@ -235,6 +245,16 @@ class ModelCard(BaseModel):
         if self.image_pooling != "first" and self.format < 5:
             raise ValueError(f"image_pooling {self.image_pooling!r} needs card format 5 or later, "
                              f"the card says {self.format}")
+        return self
+
+    @model_validator(mode="after")
+    def _prior_shift_needs_format_6(self) -> ModelCard:
+        if self.prior_shift and self.format < 6:
+            raise ValueError(f"prior_shift needs card format 6 or later, the card says {self.format}")
+        unknown = set(self.prior_shift) - {a.name for a in self.taxonomy.attributes if a.kind == "single"}
+        if unknown:
+            raise ValueError(f"prior_shift names {sorted(unknown)}, which are not single attributes "
+                             "of the card's taxonomy")
         return self
 
     @property

@@ -37,7 +37,7 @@ from tagger.lake import model_path
 from tagger.backbones import get_backbone
 from tagger.model.factory import with_tta
 from tagger.model.predict import predict_scores
-from tagger.labels import softmax_slices, values_from_vector
+from tagger.labels import single_slices, softmax_slices, values_from_vector
 from tagger.model.versions import new_version, register_model
 from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
 from tagger.quality.evaluation import (
@@ -47,6 +47,7 @@ from tagger.quality.evaluation import (
     write_evaluation_report,
 )
 from tagger.quality.plots import plot_training_curves
+from tagger.quality.prior_shift import choose_prior_shift, fold_into_output_bias
 from tagger.quality.report import card_summary, render_training_curves
 from tagger.train.curves import EventLog
 from tagger.train.epochs import mean_ap, ranked
@@ -77,6 +78,7 @@ class RunFacts:
     best_epoch: int | None = None  # the epoch whose weights are registered (None: the last)
     ema_choice: dict | None = None  # the best epoch's raw-vs-EMA choice (EmaChoice fields)
     events: EventLog | None = None  # TensorBoard event files to store with the version
+    class_weight: np.ndarray | None = None  # per output, as trained with (softmax heads)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Validation:
     decisions: np.ndarray
     metrics: dict
     image_pooling: str = "mean"  # how a product's several images' logits were pooled
+    prior_shift: dict[str, float] | None = None  # per softmax attribute: tau (tagger.quality.prior_shift)
 
 
 def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.ndarray, np.ndarray | None]:
@@ -121,6 +124,15 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     views = _split_logits(model, run.val_ds, run, "validate")
     pooling = choose_pooling(config.image_pooling, run.val_ds, views, targets, mask, _heads(run))
     logits = run.val_ds.pool(views, pooling)
+    taus = None
+    if config.prior_shift == "auto" and _heads(run) and run.class_weight is not None:
+        # a constant per output: it commutes with the pooling and the TTA mean, and the
+        # test split and every scorer get it from the weights
+        shift, taus = choose_prior_shift(logits, targets, mask, single_slices(taxonomy), run.class_weight)
+        fold_into_output_bias(model, shift)
+        logits = logits + shift
+        log.info("prior shift per attribute (share of the class weighting undone): %s",
+                 ", ".join(f"{k} {v:g}" for k, v in taus.items()))
     temperatures = (fit_temperatures(logits, targets, mask, taxonomy.slices, _heads(run))
                     if config.calibrate else {})
     scores = _calibrated(logits, temperatures, run)
@@ -128,7 +140,7 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     decisions, metrics = _evaluate_split(logits, scores, targets, mask, temperatures, thresholds, auto, run)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     return Validation(model, targets, mask, scores, temperatures, thresholds, auto,
-                      run.ema_choice or {}, decisions, metrics, pooling)
+                      run.ema_choice or {}, decisions, metrics, pooling, taus)
 
 
 def choose_pooling(setting: str, ds: ProductImages, logits: np.ndarray, targets: np.ndarray,
@@ -217,6 +229,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
                          else values_from_vector(taxonomy, val.auto_thresholds)),
         min_precision=config.min_precision,
         temperature=val.temperatures,
+        prior_shift=val.prior_shift or {},
         ema=val.ema or None,
         pos_weight=values_from_vector(taxonomy, run.pos_weight),
         metrics=val.metrics,

@@ -220,7 +220,8 @@ def train_model(lake: str, config: TrainConfig | None = None) -> str | None:
         if watch is not None:
             run = RunFacts(config, data, split.validation, val_ds, len(train_idx), pos_weight, dcfg,
                            procs.device, procs.world_size, history, time.perf_counter() - t_start,
-                           test_idx=split.test, test_ds=test_ds)
+                           test_idx=split.test, test_ds=test_ds,
+                           class_weight=fit.class_weight.cpu().numpy())
             version = _register_best(storage, model, watch, run)
             delete_checkpoint(storage, key)
             # production or candidate: compared with production on data neither trained on

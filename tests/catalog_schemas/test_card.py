@@ -24,11 +24,12 @@ def _old() -> dict:
 
 def test_a_card_written_before_the_format_field_reads_as_format_1():
     card = parse_card(OLD_CARD.read_bytes())
-    assert card.format == 1 and CARD_FORMAT == 5
+    assert card.format == 1 and CARD_FORMAT == 6
     assert card.head == "sigmoid"  # cards before format 2 have sigmoid scores
     assert card.tta == "none"  # cards before format 3 score one pass per image
     assert card.inputs == "image" and card.text is None  # cards before format 4 read images only
     assert card.image_pooling == "first"  # cards before format 5 were tuned on one image
+    assert card.prior_shift == {}  # cards before format 6 decide as trained
     assert card.ema is not None and card.ema.registered in ("raw", "ema")
     assert card.data_config.image_size == card.image_size == 32
     assert card.taxonomy.name == "demo"
@@ -150,3 +151,15 @@ def test_vectors_and_tables_are_inverse():
     assert np.allclose(vector_from_values(tax, table), v)
     with pytest.raises(ValueError, match="no entry for"):
         vector_from_values(tax, {"colour": {}})
+
+
+def test_format_6_cards_say_their_prior_shift_and_older_formats_cannot_hold_one():
+    data = _old()
+    data.update(format=6, prior_shift={"colour": 0.5})
+    card = parse_card(json.dumps(data))
+    assert card.prior_shift == {"colour": 0.5}
+    assert json.loads(card.to_json())["prior_shift"] == {"colour": 0.5}
+    with pytest.raises(CardError, match="prior_shift needs card format 6 or later, the card says 5"):
+        parse_card(json.dumps({**data, "format": 5}))
+    with pytest.raises(CardError, match="not single attributes"):
+        parse_card(json.dumps({**data, "prior_shift": {"nope": 0.5}}))
