@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,3 +121,26 @@ def with_tta(model: nn.Module, tta: str) -> nn.Module:
                          "(see tagger/model/factory.py).")
     wrapper = TTA[tta]
     return model if wrapper is None else wrapper(model).train(model.training)
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The linear layer whose outputs are `model`'s logits: a fused model's head, or a timm
+    classifier (also inside a TTA / DDP / compile wrapper)."""
+    model = unwrap(model)
+    model = unwrap(getattr(model, "model", model))  # FlipTTA holds the model as `model`
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        return head
+    get = getattr(model, "get_classifier", None)
+    layer = get() if get is not None else None
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no linear output layer to fold a shift into")
+    return layer
+
+
+def fold_into_output_bias(model: nn.Module, shift: np.ndarray) -> None:
+    """Add `shift` [K] (numpy) to the bias of `model`'s output layer, in place: a decision
+    shift every scorer then applies (tagger.quality.prior_shift)."""
+    layer = output_layer(model)
+    with torch.no_grad():
+        layer.bias.add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))

@@ -11,9 +11,9 @@ plus macro-F1 (both over the rows whose value is known), the two figures the wei
 trades; ties go to the smaller tau.
 
 The shift is a constant per output, so it folds into the bias of the model's output layer
-(`fold_into_output_bias`): every scorer (torch, ONNX Runtime, TTA, several images pooled)
-then computes the shifted logits with no code of its own, and the temperatures and
-thresholds are tuned on them afterwards.
+(tagger.model.factory.fold_into_output_bias): every scorer (torch, ONNX Runtime, TTA,
+several images pooled) then computes the shifted logits with no code of its own, and the
+temperatures and thresholds are tuned on them afterwards.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import torch
-from torch import nn
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -55,27 +53,3 @@ def choose_prior_shift(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray
         chosen[name] = float(tau)
         shift[sl] = (-tau * log_w[sl]).astype(np.float32)
     return shift, chosen
-
-
-def output_layer(model: nn.Module) -> nn.Linear:
-    """The linear layer whose outputs are `model`'s logits: a fused model's head, or a timm
-    classifier (also inside a TTA / DDP / compile wrapper)."""
-    from tagger.model.device import unwrap
-
-    model = unwrap(model)
-    model = unwrap(getattr(model, "model", model))  # FlipTTA holds the model as `model`
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Linear):
-        return head
-    get = getattr(model, "get_classifier", None)
-    layer = get() if get is not None else None
-    if not isinstance(layer, nn.Linear):
-        raise TypeError(f"{type(model).__name__} has no linear output layer to fold a shift into")
-    return layer
-
-
-def fold_into_output_bias(model: nn.Module, shift: np.ndarray) -> None:
-    """Add `shift` [K] to the bias of `model`'s output layer, in place."""
-    layer = output_layer(model)
-    with torch.no_grad():
-        layer.bias.add_(torch.as_tensor(shift, dtype=layer.bias.dtype, device=layer.bias.device))

@@ -35,7 +35,7 @@ from tagger.data.views import POOLINGS
 from tagger.io.storage import Storage
 from tagger.lake import model_path
 from tagger.backbones import get_backbone
-from tagger.model.factory import with_tta
+from tagger.model.factory import fold_into_output_bias, with_tta
 from tagger.model.predict import predict_scores
 from tagger.labels import single_slices, softmax_slices, values_from_vector
 from tagger.model.versions import new_version, register_model
@@ -47,7 +47,7 @@ from tagger.quality.evaluation import (
     write_evaluation_report,
 )
 from tagger.quality.plots import plot_training_curves
-from tagger.quality.prior_shift import choose_prior_shift, fold_into_output_bias
+from tagger.quality.prior_shift import choose_prior_shift
 from tagger.quality.report import card_summary, render_training_curves
 from tagger.train.curves import EventLog
 from tagger.train.epochs import mean_ap, ranked

@@ -6,7 +6,8 @@ import torch
 
 from catalog_schemas.card import TextConfig
 from tagger.model.text import ImageTextModel
-from tagger.quality.prior_shift import TAUS, choose_prior_shift, fold_into_output_bias
+from tagger.model.factory import fold_into_output_bias
+from tagger.quality.prior_shift import TAUS, choose_prior_shift
 
 WEIGHTS = np.array([16.0, 1.0, 1 / 16])  # a quarter of it is still a clear shift
 

@@ -10,7 +10,7 @@ import tagger.train.register as register
 from tagger.io.storage import open_storage
 from tagger.labels import single_slices
 from tagger.model.versions import load_model, read_card
-from tagger.quality.prior_shift import output_layer
+from tagger.model.factory import output_layer
 from tagger.train.losses import compute_class_weights
 from tagger.train.split import load_training_data, split_products
 from tests.conftest import DEMO_TAXONOMY, TINY_TRAIN

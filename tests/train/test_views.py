@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from catalog_schemas.card import CARD_FORMAT
 from tagger.config import TagConfig
 from tagger.demo.sample import generate_catalog
 from tagger.ingest.run import ingest_catalog
@@ -51,7 +52,7 @@ def test_both_views_pooled_beat_either_view_alone_on_validation(two_view_lake):
     _, lake, version = two_view_lake
     storage = open_storage(str(lake))
     card = read_card(storage, version)
-    assert card.format == 5 and card.image_pooling in ("mean", "max")
+    assert card.format == CARD_FORMAT and card.image_pooling in ("mean", "max")
     data = load_training_data(storage)
     assert data.more is not None and all(len(m) == 1 for m in data.more)
     rows = held_out_rows(data, card.config, card.data.snapshot, card.version)["validation"]
