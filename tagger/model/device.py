@@ -50,3 +50,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP / torch.compile wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
+
+
+def network(model: nn.Module) -> nn.Module:
+    """The network itself inside DDP / torch.compile and test-time augmentation wrappers."""
+    model = unwrap(model)
+    return unwrap(getattr(model, "model", model))  # FlipTTA holds the model as `model`

@@ -11,7 +11,7 @@ from torch import nn
 
 from catalog_schemas.card import DataConfig, TextConfig
 from tagger.backbones import get_backbone
-from tagger.model.device import unwrap
+from tagger.model.device import network, unwrap
 from tagger.model.text import ImageTextModel
 from tagger.model.weights import WeightsError, read_state_dict
 
@@ -126,8 +126,7 @@ def with_tta(model: nn.Module, tta: str) -> nn.Module:
 def output_layer(model: nn.Module) -> nn.Linear:
     """The linear layer whose outputs are `model`'s logits: a fused model's head, or a timm
     classifier (also inside a TTA / DDP / compile wrapper)."""
-    model = unwrap(model)
-    model = unwrap(getattr(model, "model", model))  # FlipTTA holds the model as `model`
+    model = network(model)
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
         return head

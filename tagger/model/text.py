@@ -77,8 +77,7 @@ def pooled_width(backbone: nn.Module) -> int:
 def text_config_of(model: nn.Module) -> TextConfig | None:
     """The TextConfig of `model` (or of the model inside a TTA / DDP / compile wrapper) if
     it reads text, else None."""
-    from tagger.model.device import unwrap
+    from tagger.model.device import network
 
-    m = unwrap(model)
-    m = unwrap(getattr(m, "model", m))  # FlipTTA holds the model as `model`
+    m = network(model)
     return m.text_config if isinstance(m, ImageTextModel) else None
