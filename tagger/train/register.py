@@ -18,7 +18,7 @@ there, once per epoch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -96,7 +96,7 @@ class Validation:
     decisions: np.ndarray
     metrics: dict
     image_pooling: str = "mean"  # how a product's several images' logits were pooled
-    prior_shift: dict[str, float] | None = None  # per softmax attribute: tau (tagger.quality.prior_shift)
+    prior_shift: dict[str, float] = field(default_factory=dict)  # per softmax attribute: tau (tagger.quality.prior_shift)
 
 
 def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.ndarray, np.ndarray | None]:
@@ -124,7 +124,7 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     views = _split_logits(model, run.val_ds, run, "validate")
     pooling = choose_pooling(config.image_pooling, run.val_ds, views, targets, mask, _heads(run))
     logits = run.val_ds.pool(views, pooling)
-    taus = None
+    taus = {}
     if config.prior_shift == "auto" and _heads(run) and run.class_weight is not None:
         # a constant per output: it commutes with the pooling and the TTA mean, and the
         # test split and every scorer get it from the weights
@@ -229,7 +229,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
                          else values_from_vector(taxonomy, val.auto_thresholds)),
         min_precision=config.min_precision,
         temperature=val.temperatures,
-        prior_shift=val.prior_shift or {},
+        prior_shift=val.prior_shift,
         ema=val.ema or None,
         pos_weight=values_from_vector(taxonomy, run.pos_weight),
         metrics=val.metrics,

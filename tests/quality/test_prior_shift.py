@@ -6,7 +6,7 @@ import torch
 
 from catalog_schemas.card import TextConfig
 from tagger.model.text import ImageTextModel
-from tagger.model.factory import fold_into_output_bias
+from tagger.model.factory import create_model, fold_into_output_bias
 from tagger.quality.prior_shift import TAUS, choose_prior_shift
 
 WEIGHTS = np.array([16.0, 1.0, 1 / 16])  # a quarter of it is still a clear shift
@@ -62,8 +62,6 @@ def test_an_attribute_without_known_rows_keeps_tau_zero():
 
 
 def test_fold_into_output_bias_shifts_every_output_of_a_fused_and_a_timm_model():
-    from tagger.model.factory import create_model
-
     shift = np.linspace(-1, 1, 5).astype(np.float32)
     torch.manual_seed(0)
     text = ImageTextModel(None, TextConfig(buckets=64, dim=8), 5).eval()
