@@ -11,7 +11,8 @@ existed are format 1; every field added since has a default that reads those car
 they were meant (format 2 added `head`, sigmoid for older cards; format 3 added `tta`,
 none for older cards; format 4 added `inputs` and `text`, an image-only model for older
 cards; format 5 added `image_pooling`, the first image alone for older cards; format 6 added
-`prior_shift`, a record of what the weights already hold, empty for older cards). A change that
+`prior_shift`, a record of what the weights already hold, empty for older cards; format 7
+added `image_weight`, the photo's whole part for older cards). A change that
 old readers cannot ignore bumps CARD_FORMAT; a reader refuses a newer format instead of
 misreading it.
 """
@@ -41,8 +42,9 @@ from catalog_schemas.taxonomy import Taxonomy
 # `image_pooling` (thresholds tuned on the pooled logits of a product's several images; an
 # older reader would score its first image alone). 6: `prior_shift` (the weights hold it, so
 # an older reader would score right, but its strict schema refuses the unknown field: the
-# format says "upgrade" instead). A card without `format` is format 1.
-CARD_FORMAT = 6
+# format says "upgrade" instead). 7: `image_weight` (the fused model is built with it; an
+# older reader would score the photo's whole part). A card without `format` is format 1.
+CARD_FORMAT = 7
 
 
 class CardError(ValueError):
@@ -175,6 +177,12 @@ class ModelCard(BaseModel):
         "weighting its decisions undo (TrainConfig.prior_shift, chosen on validation): the "
         "output layer's bias holds -tau * log(class weight), so scorers apply nothing of their "
         "own. Written only when set; empty: decided as trained.")
+    image_weight: dict[str, float] = Field(
+        default_factory=dict, description="Per single attribute of a model that fuses the photo "
+        "with text, the weight w of the photo's part of its logits for a product with text "
+        "(TrainConfig.image_dropout, chosen on validation): text part + bias + w * image part; "
+        "a product without text keeps the whole image part. Attributes not named: 1. Written "
+        "only when set.")
     ema: EmaChoice | None = Field(None, description="The EMA choice (None: trained without EMA).")
     pos_weight: PerValue = Field(default_factory=dict, description="BCE pos_weight per value used in training.")
     metrics: dict[str, Any] = Field(
@@ -211,8 +219,9 @@ class ModelCard(BaseModel):
             data.pop("text", None)
         if data.get("image_pooling") == "first":
             data.pop("image_pooling", None)
-        if not data.get("prior_shift"):
-            data.pop("prior_shift", None)
+        for name in ("prior_shift", "image_weight"):
+            if not data.get(name):
+                data.pop(name, None)
         return data
 
     @field_serializer("taxonomy")
@@ -256,6 +265,31 @@ class ModelCard(BaseModel):
             raise ValueError(f"prior_shift names {sorted(unknown)}, which are not single attributes "
                              "of the card's taxonomy")
         return self
+
+    @model_validator(mode="after")
+    def _image_weight_needs_format_7(self) -> ModelCard:
+        if not self.image_weight:
+            return self
+        if self.format < 7:
+            raise ValueError(f"image_weight needs card format 7 or later, the card says {self.format}")
+        if self.inputs != "image+text":
+            raise ValueError(f"image_weight weighs the photo against the text; inputs {self.inputs!r} "
+                             "has no such choice")
+        unknown = set(self.image_weight) - {a.name for a in self.taxonomy.attributes if a.kind == "single"}
+        if unknown:
+            raise ValueError(f"image_weight names {sorted(unknown)}, which are not single attributes "
+                             "of the card's taxonomy")
+        if any(not 0 <= w <= 1 for w in self.image_weight.values()):
+            raise ValueError(f"image_weight must lie in [0, 1]: {self.image_weight}")
+        return self
+
+    def image_weight_vector(self) -> list[float]:
+        """image_weight per output, in the taxonomy's order (1 where not named)."""
+        weights = [1.0] * self.taxonomy.num_outputs
+        for name, w in self.image_weight.items():
+            sl = self.taxonomy.slices[name]
+            weights[sl] = [w] * (sl.stop - sl.start)
+        return weights
 
     @property
     def reads_text(self) -> bool:

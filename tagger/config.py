@@ -232,6 +232,16 @@ class TrainConfig(_Config):
         "model, so that products with an empty or missing title are tagged from the image "
         "alone. 0.3: the text still carries most of the training signal.",
     )
+    image_dropout: float = Field(
+        0.2, ge=0, lt=1,
+        description="Share of training products with text whose photo is hidden from a fused "
+        "model, so that its head's text columns alone are a title-only classifier. After "
+        "training, each single-choice attribute's photo weight w (text part + w * image part, "
+        "w in 0, 0.25, .., 1) is chosen on validation by top-1 accuracy + macro-F1 "
+        "(ModelCard.image_weight): where the title alone decides better, the photo counts "
+        "less. A product without text keeps the whole image part. 0: the photo's whole part, "
+        "no choice.",
+    )
     text_warmup_epochs: int = Field(
         3, ge=0, le=100,
         description="Epochs the text branch of a fused model is fitted alone before the "

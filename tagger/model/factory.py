@@ -27,6 +27,7 @@ def create_model(
     inputs: str = "image",
     text: TextConfig | None = None,
     text_dropout: float = 0.0,
+    image_dropout: float = 0.0,
 ) -> nn.Module:
     """timm backbone + a fresh linear head with `num_outputs` logits.
 
@@ -39,7 +40,8 @@ def create_model(
         if text is None:
             raise ValueError(f"inputs {inputs!r} needs a TextConfig")
         image = None if inputs == "text" else _backbone(backbone, 0, pretrained, weights)
-        return ImageTextModel(image, text, num_outputs, text_dropout=text_dropout)
+        return ImageTextModel(image, text, num_outputs, text_dropout=text_dropout,
+                              image_dropout=image_dropout)
     return _backbone(backbone, num_outputs, pretrained, weights)
 
 

@@ -184,7 +184,11 @@ def export_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     h = hashlib.sha256(json.dumps([
         EXPORT_FORMAT, torch.__version__, timm.__version__, _architecture(m), list(input_shape),
     ]).encode())
-    for name, t in m.state_dict().items():
+    state = m.state_dict()
+    # buffers kept out of the weights file (a fused model's image_weight, set from its card)
+    # change the graph's constants too
+    state.update((f"{name}(not persistent)", b) for name, b in m.named_buffers() if name not in state)
+    for name, t in state.items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())

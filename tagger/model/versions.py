@@ -95,4 +95,8 @@ def load_model(storage: Storage, version: str | None = None) -> tuple[nn.Module,
                 "the file was changed or is incomplete."
             )
         load_weights(model, local)
+    if card.image_weight:
+        from tagger.model.text import set_image_weight
+
+        set_image_weight(model, card.image_weight_vector())
     return with_tta(model.eval(), card.tta), card

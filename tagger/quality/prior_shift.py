@@ -18,19 +18,39 @@ temperatures and thresholds are tuned on them afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _top1_and_macro_f1(y: np.ndarray, logits: np.ndarray) -> float:
+def top1_plus_macro_f1(y: np.ndarray, logits: np.ndarray) -> float:
+    """Top-1 accuracy + macro-F1 (over the values present in `y`) of the argmax of `logits`."""
     from sklearn.metrics import f1_score
 
     predicted = logits.argmax(axis=1)
     accuracy = float((predicted == y).mean())
     return accuracy + float(f1_score(y, predicted, labels=np.unique(y), average="macro"))
+
+
+def choose_per_attribute(candidates: Sequence[tuple[float, np.ndarray]], targets: np.ndarray,
+                         mask: np.ndarray, slices: Mapping[str, slice]) -> dict[str, float]:
+    """Per attribute of `slices` (name -> output slice), the setting whose candidate logits
+    have the best validation top-1 accuracy + macro-F1 over the rows of known value.
+    `candidates`: (setting, logits [N, K]) in order of preference, which wins ties; an
+    attribute without a row of known value gets the first."""
+    chosen: dict[str, float] = {}
+    for name, sl in slices.items():
+        known = np.asarray(mask[:, sl], bool).all(1) & ((np.asarray(targets[:, sl]) > 0.5).sum(1) == 1)
+        if not known.any():
+            chosen[name] = float(candidates[0][0])
+            continue
+        y = np.asarray(targets[known, sl]).argmax(1)
+        found = [(top1_plus_macro_f1(y, np.asarray(z[known, sl], np.float64)), -i)
+                 for i, (_, z) in enumerate(candidates)]
+        chosen[name] = float(candidates[-max(found)[1]][0])
+    return chosen
 
 
 def choose_prior_shift(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray,
@@ -40,16 +60,11 @@ def choose_prior_shift(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray
     `slices` (name -> output slice). An attribute whose weights are all 1, or without a
     validation row of known value, keeps tau 0."""
     log_w = np.log(np.asarray(class_weight, dtype=np.float64))
+    weighted = {name: sl for name, sl in slices.items() if np.any(log_w[sl])}
+    taus = sorted(taus)
+    chosen = dict.fromkeys(slices, 0.0)
+    chosen.update(choose_per_attribute([(tau, logits - tau * log_w) for tau in taus], targets, mask, weighted))
     shift = np.zeros(logits.shape[1], dtype=np.float32)
-    chosen: dict[str, float] = {}
     for name, sl in slices.items():
-        known = np.asarray(mask[:, sl], bool).all(1) & ((np.asarray(targets[:, sl]) > 0.5).sum(1) == 1)
-        if not known.any() or not np.any(log_w[sl]):
-            chosen[name] = 0.0
-            continue
-        y, z = np.asarray(targets[known, sl]).argmax(1), np.asarray(logits[known, sl], np.float64)
-        found = [(_top1_and_macro_f1(y, z - tau * log_w[sl]), -tau) for tau in taus]
-        tau = -max(found)[1]
-        chosen[name] = float(tau)
-        shift[sl] = (-tau * log_w[sl]).astype(np.float32)
+        shift[sl] = (-chosen[name] * log_w[sl]).astype(np.float32)
     return shift, chosen

@@ -1,8 +1,10 @@
 """After the last epoch: validate, choose thresholds, write the card and report, register.
 
 The weights come in chosen: those of the best epoch (tagger.train.epochs: raw or EMA, the
-highest validation mAP), with that choice in `RunFacts.ema_choice`. Per-attribute temperatures are fitted on the
-validation logits (`calibrate`), then the decision thresholds (max F1 per value, or fixed)
+highest validation mAP), with that choice in `RunFacts.ema_choice`. On the validation
+logits, in this order: a fused model's photo weight per attribute (tagger.quality.
+image_weight), the prior shift (tagger.quality.prior_shift), the per-attribute
+temperatures (`calibrate`), then the decision thresholds (max F1 per value, or fixed)
 and, with `min_precision`, the auto-publish thresholds. The model card records all of it
 with the resolved config, the data snapshot and the epoch history; the report and the
 weights go next to it under models/<version>/, with the training curves (curves.png,
@@ -38,6 +40,7 @@ from tagger.backbones import get_backbone
 from tagger.model.factory import fold_into_output_bias, with_tta
 from tagger.model.predict import predict_scores
 from tagger.labels import single_slices, softmax_slices, values_from_vector
+from tagger.model.text import fused_network, image_weighted, set_image_weight
 from tagger.model.versions import new_version, register_model
 from tagger.quality.calibration import apply_temperature, fit_temperatures, temperature_vector
 from tagger.quality.evaluation import (
@@ -47,6 +50,7 @@ from tagger.quality.evaluation import (
     write_evaluation_report,
 )
 from tagger.quality.plots import plot_training_curves
+from tagger.quality.image_weight import choose_image_weight
 from tagger.quality.prior_shift import choose_prior_shift
 from tagger.quality.report import card_summary, render_training_curves
 from tagger.train.curves import EventLog
@@ -97,6 +101,7 @@ class Validation:
     metrics: dict
     image_pooling: str = "mean"  # how a product's several images' logits were pooled
     prior_shift: dict[str, float] = field(default_factory=dict)  # per softmax attribute: tau (tagger.quality.prior_shift)
+    image_weight: dict[str, float] = field(default_factory=dict)  # per single attribute: the photo's weight
 
 
 def choose_thresholds(config: TrainConfig, scores, targets, mask) -> tuple[np.ndarray, np.ndarray | None]:
@@ -123,6 +128,9 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     targets, mask = run.data.targets[run.val_idx], run.data.mask[run.val_idx]
     views = _split_logits(model, run.val_ds, run, "validate")
     pooling = choose_pooling(config.image_pooling, run.val_ds, views, targets, mask, _heads(run))
+    image_weight = {}
+    if config.image_dropout > 0 and fused_network(model) is not None and single_slices(taxonomy):
+        image_weight, views = _weigh_the_photo(model, views, run, pooling, targets, mask)
     logits = run.val_ds.pool(views, pooling)
     taus = {}
     if config.prior_shift == "auto" and _heads(run) and run.class_weight is not None:
@@ -140,7 +148,27 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     decisions, metrics = _evaluate_split(logits, scores, targets, mask, temperatures, thresholds, auto, run)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     return Validation(model, targets, mask, scores, temperatures, thresholds, auto,
-                      run.ema_choice or {}, decisions, metrics, pooling, taus)
+                      run.ema_choice or {}, decisions, metrics, pooling, taus, image_weight)
+
+
+def _weigh_the_photo(model: nn.Module, views: np.ndarray, run: RunFacts, pooling: str,
+                     targets: np.ndarray, mask: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """(the photo's weight per single attribute, the validation views' logits with it) of
+    a fused model, which is set to it (tagger.quality.image_weight). The logits are linear
+    in the weight, so one more pass with the image part off gives every candidate."""
+    taxonomy = run.data.taxonomy
+    with image_weighted(model, np.zeros(taxonomy.num_outputs, np.float32)):
+        title_only = _split_logits(model, run.val_ds, run, "validate, the title alone")
+    photo = views - title_only
+    chosen = choose_image_weight(lambda w: run.val_ds.pool(title_only + w * photo, pooling),
+                                 targets, mask, single_slices(taxonomy))
+    weight = np.ones(taxonomy.num_outputs, np.float32)
+    for name, w in chosen.items():
+        weight[taxonomy.slices[name]] = w
+    set_image_weight(model, weight)
+    log.info("the photo's weight per attribute against the title: %s",
+             ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    return chosen, title_only + weight * photo
 
 
 def choose_pooling(setting: str, ds: ProductImages, logits: np.ndarray, targets: np.ndarray,
@@ -230,6 +258,7 @@ def build_card(version: str, run: RunFacts, val: Validation, lake: str,
         min_precision=config.min_precision,
         temperature=val.temperatures,
         prior_shift=val.prior_shift,
+        image_weight=val.image_weight,
         ema=val.ema or None,
         pos_weight=values_from_vector(taxonomy, run.pos_weight),
         metrics=val.metrics,

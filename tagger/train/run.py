@@ -105,7 +105,7 @@ def _create_model(config: TrainConfig, num_outputs: int, procs: Processes,
     """The network on its device, and the input normalisation derived from it."""
     model = create_model(config.backbone, num_outputs, pretrained=config.pretrained,
                          weights=config.weights, inputs=config.inputs, text=text,
-                         text_dropout=config.text_dropout)
+                         text_dropout=config.text_dropout, image_dropout=config.image_dropout)
     dcfg = data_config(model, config.image_size)
     model.to(procs.device)
     if config.channels_last:

@@ -24,12 +24,13 @@ def _old() -> dict:
 
 def test_a_card_written_before_the_format_field_reads_as_format_1():
     card = parse_card(OLD_CARD.read_bytes())
-    assert card.format == 1 and CARD_FORMAT == 6
+    assert card.format == 1 and CARD_FORMAT == 7
     assert card.head == "sigmoid"  # cards before format 2 have sigmoid scores
     assert card.tta == "none"  # cards before format 3 score one pass per image
     assert card.inputs == "image" and card.text is None  # cards before format 4 read images only
     assert card.image_pooling == "first"  # cards before format 5 were tuned on one image
     assert card.prior_shift == {}  # cards before format 6 decide as trained
+    assert card.image_weight == {} and set(card.image_weight_vector()) == {1.0}  # before 7: the whole photo
     assert card.ema is not None and card.ema.registered in ("raw", "ema")
     assert card.data_config.image_size == card.image_size == 32
     assert card.taxonomy.name == "demo"
@@ -163,3 +164,22 @@ def test_format_6_cards_say_their_prior_shift_and_older_formats_cannot_hold_one(
         parse_card(json.dumps({**data, "format": 5}))
     with pytest.raises(CardError, match="not single attributes"):
         parse_card(json.dumps({**data, "prior_shift": {"nope": 0.5}}))
+
+
+def test_format_7_cards_say_the_photos_weight_per_attribute_of_a_fused_model():
+    data = _old()
+    data.update(format=7, inputs="image+text", text={}, image_weight={"colour": 0.25, "pattern": 0.0})
+    card = parse_card(json.dumps(data))
+    assert json.loads(card.to_json())["image_weight"] == {"colour": 0.25, "pattern": 0.0}
+    vector, slices = card.image_weight_vector(), card.taxonomy.slices
+    assert set(vector[slices["colour"]]) == {0.25} and set(vector[slices["pattern"]]) == {0.0}
+    assert set(vector[slices["article_type"]]) == set(vector[slices["features"]]) == {1.0}
+    assert len(vector) == card.taxonomy.num_outputs
+    with pytest.raises(CardError, match="image_weight needs card format 7 or later, the card says 6"):
+        parse_card(json.dumps({**data, "format": 6}))
+    with pytest.raises(CardError, match="not single attributes"):
+        parse_card(json.dumps({**data, "image_weight": {"features": 0.5}}))
+    with pytest.raises(CardError, match="has no such choice"):
+        parse_card(json.dumps({**data, "inputs": "text"}))
+    with pytest.raises(CardError, match=r"must lie in \[0, 1\]"):
+        parse_card(json.dumps({**data, "image_weight": {"colour": 1.5}}))

@@ -11,7 +11,7 @@ import torch
 from catalog_schemas.card import TextConfig
 from tagger.data.text import encode_text, encode_texts, text_features
 from tagger.model.factory import FlipTTA, create_model
-from tagger.model.text import ImageTextModel, text_config_of
+from tagger.model.text import ImageTextModel, image_weighted, set_image_weight, text_config_of
 
 SMALL = TextConfig(buckets=1024, dim=8, max_tokens=24)
 
@@ -70,6 +70,45 @@ def test_text_dropout_hides_whole_texts_in_training_only():
     assert 16 < int(hidden.sum()) < 48  # about half the products lost their text
 
 
+def test_image_dropout_hides_the_photo_of_products_with_text_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL, image_dropout=0.5)
+    model.image.eval()
+    images = torch.rand(1, 3, 32, 32).expand(64, 3, 32, 32)
+    tokens = torch.from_numpy(encode_texts(["striped shirt"] * 32 + [None] * 32, SMALL))
+    with torch.no_grad():
+        features = model.image(images)
+        title_only = model.head(torch.cat([torch.zeros_like(features), model.text(tokens)], 1))
+    out = model(images, tokens)
+    hidden = torch.isclose(out, title_only, atol=1e-6).all(1)
+    assert 6 < int(hidden[:32].sum()) < 26  # about half the products with a title lost the photo
+    assert int(hidden[32:].sum()) == 0  # a product without text always keeps it
+    model.eval()
+    assert not torch.isclose(model(images, tokens), title_only, atol=1e-6).all(1)[:32].any()
+
+
+def test_the_photos_weight_scales_the_image_part_of_products_with_text():
+    """logits = text part + bias + w * image part, per output; w is ignored for a product
+    without text, and w = 1 is the plain linear head over [image features, text vector]."""
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL).eval()
+    images = torch.rand(3, 3, 32, 32)
+    tokens = torch.from_numpy(encode_texts(["red shirt", "blue dress", None], SMALL))
+    with torch.no_grad():
+        features, text = model.image(images), model.text(tokens)
+        plain = model.head(torch.cat([features, text], 1))
+        text_part = model.head(torch.cat([torch.zeros_like(features), text], 1))
+        torch.testing.assert_close(model(images, tokens), plain)
+        w = torch.tensor([0.0, 0.25, 1.0, 0.5])
+        with image_weighted(FlipTTA(model), w):  # found inside the TTA wrapper
+            got = model(images, tokens)
+        torch.testing.assert_close(got[:2], text_part[:2] + w * (plain[:2] - text_part[:2]))
+        torch.testing.assert_close(got[2], plain[2])  # no text: the whole photo
+        torch.testing.assert_close(model(images, tokens), plain)  # restored afterwards
+    with pytest.raises(TypeError, match="does not fuse"):
+        set_image_weight(create_model("test_efficientnet", 4, inputs="text", text=SMALL), w)
+
+
 def test_a_text_only_model_ignores_its_images():
     model = create_model("test_efficientnet", 3, inputs="text", text=SMALL).eval()
     assert model.image is None
@@ -88,11 +127,16 @@ def test_onnx_export_of_a_model_that_reads_text_scores_as_torch(tmp_path, inputs
     model = FlipTTA(create_model("test_efficientnet", 6, inputs=inputs, text=SMALL)).eval()
     images = torch.rand(5, 3, 32, 32)
     tokens = encode_texts(["red shirt", None, "blue striped dress", "logo", "tee"], SMALL)
-    with torch.no_grad():
-        want = model(images, torch.from_numpy(tokens)).numpy()
-    session = onnx_session(model, (3, 32, 32), directory=tmp_path)
-    got = session.run(["logits"], session_feed(session, images.numpy(), tokens))[0]
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    weights = [None] if inputs == "text" else [None, [0.0, 0.5, 1.0, 0.25, 0.0, 1.0]]
+    for weight in weights:
+        if weight is not None:  # a photo weight set from the card: a new export, scored alike
+            set_image_weight(model, weight)
+        with torch.no_grad():
+            want = model(images, torch.from_numpy(tokens)).numpy()
+        session = onnx_session(model, (3, 32, 32), directory=tmp_path)
+        got = session.run(["logits"], session_feed(session, images.numpy(), tokens))[0]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert len(list(tmp_path.glob("*.onnx"))) == len(weights)
     with pytest.raises(ValueError, match="no tokens"):
         session_feed(session, images.numpy(), None)
 

@@ -28,6 +28,16 @@ def test_a_lake_with_titles_trains_a_fused_model_and_every_product_is_tagged(tra
     card = read_card(open_storage(str(lake)), version)
     assert card.inputs == "image+text" and card.text.buckets == TINY_TRAIN.text_buckets
     assert card.config["inputs"] == "image+text"  # what ran, resolved from auto
+    # the photo's weight, chosen per single attribute on validation, is what a loaded model scores with
+    from tagger.labels import single_slices
+    from tagger.model.text import fused_network
+    from tagger.model.versions import load_model
+    from tagger.quality.image_weight import WEIGHTS
+
+    assert set(card.image_weight) == set(single_slices(card.taxonomy))
+    assert set(card.image_weight.values()) <= set(WEIGHTS)
+    loaded, _ = load_model(open_storage(str(lake)), version)
+    np.testing.assert_array_equal(fused_network(loaded).image_weight.numpy(), card.image_weight_vector())
     products = _products(lake)
     untitled = [p["product_id"] for p in products if not p["text"]]
     assert untitled and len(untitled) < len(products)  # the demo has products without a title
