@@ -8,8 +8,9 @@ on those three (benchmarks/README.md). Trained with image dropout, the text part
 title-only classifier, so `text part + bias + w * image part` blends the title-only and the
 fused decision in logit space: w 0 decides from the title alone, 1 as trained. Per
 single-choice attribute, w is chosen from WEIGHTS on the validation logits by top-1
-accuracy plus macro-F1 (the prior shift's criterion, tagger.quality.prior_shift); ties go
-to the larger w, the model as trained.
+accuracy plus macro-F1 with the prior shift's one-standard-error rule
+(tagger.quality.prior_shift): the largest w, the closest to the model as trained, whose
+score is within one bootstrap standard error of the best.
 """
 
 from __future__ import annotations

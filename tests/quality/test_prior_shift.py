@@ -74,3 +74,40 @@ def test_fold_into_output_bias_shifts_every_output_of_a_fused_and_a_timm_model()
             fold_into_output_bias(model, shift)
             after = call(model)
         np.testing.assert_allclose((after - before).numpy(), np.broadcast_to(shift, before.shape), atol=1e-5)
+
+
+def test_the_score_is_sklearns_top1_plus_macro_f1_also_per_bootstrap_resample():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from tagger.quality.prior_shift import top1_plus_macro_f1
+
+    rng = np.random.default_rng(1)
+    y, p = rng.integers(4, size=300), rng.integers(5, size=300)  # value 4 predicted, never true
+    want = accuracy_score(y, p) + f1_score(y, p, labels=np.unique(y), average="macro")
+    assert np.isclose(top1_plus_macro_f1(y, p), want)
+    rows = rng.integers(300, size=300)
+    counts = np.bincount(rows, minlength=300)[None, :]
+    resampled = accuracy_score(y[rows], p[rows]) + f1_score(y[rows], p[rows], labels=np.unique(y[rows]),
+                                                            average="macro")
+    assert np.isclose(top1_plus_macro_f1(y, p, counts, 5)[0], resampled)
+
+
+def test_a_gain_within_the_noise_of_validation_keeps_the_decisions_as_trained():
+    """One standard error: a setting that is best on validation by a hair (a few rows
+    changed either way, as a rare value's handful does) is not taken; one that is better by
+    far is."""
+    from tagger.quality.prior_shift import choose_per_attribute, top1_plus_macro_f1
+
+    rng = np.random.default_rng(0)
+    z, y = _balanced_logits(rng, 900)
+    targets, mask = np.eye(3)[y], np.ones((900, 3), bool)
+    hair = z.copy()  # right about 3 more rows and wrong about 2 more: a net gain of one row
+    wrong, right = np.flatnonzero(z.argmax(1) != y), np.flatnonzero(z.argmax(1) == y)
+    hair[wrong[:3]] = np.eye(3)[y[wrong[:3]]] * 100
+    hair[right[:2]] = np.eye(3)[(y[right[:2]] + 1) % 3] * 100
+    far = z.copy()
+    far[:, 1] -= 100  # never the middle value: a third of the rows wrong
+    assert top1_plus_macro_f1(y, hair.argmax(1)) > top1_plus_macro_f1(y, z.argmax(1))  # best, by a hair
+    slices = {"a": slice(0, 3)}
+    assert choose_per_attribute([(0.0, z), (1.0, hair)], targets, mask, slices) == {"a": 0.0}
+    assert choose_per_attribute([(0.0, far), (1.0, z)], targets, mask, slices) == {"a": 1.0}
