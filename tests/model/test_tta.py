@@ -140,7 +140,8 @@ def test_a_flip_run_tunes_on_flipped_scores_registers_plain_weights_and_loads_wr
     # per-epoch validation ranks epochs without TTA; validation and test at registration use it
     assert {t for who, t in scored if who == "epochs"} and all(
         t is not FlipTTA for who, t in scored if who == "epochs")
-    assert [t for who, t in scored if who == "register"] == [FlipTTA, FlipTTA]
+    # validation, validation with the photo's part off (the photo weight's choice), test
+    assert [t for who, t in scored if who == "register"] == [FlipTTA, FlipTTA, FlipTTA]
 
     storage = open_storage(lake)
     card = read_card(storage, version)
