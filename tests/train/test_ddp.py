@@ -68,7 +68,7 @@ if version:
 """
 CONFIG = TrainConfig(backbone="test_efficientnet", image_size=48, epochs=2, lr=3e-3,
                      pretrained=False, workers=0, device="cpu", text_buckets=4096, text_dim=16,
-                     text_dropout=0.0)  # dropout draws per rank: 2x8 and 1x16 would hide other texts
+                     text_dropout=0.0, image_dropout=0.0)  # dropout draws per rank: 2x8 and 1x16 would hide other inputs
 
 
 def _train(script, lake, batch_size, processes, **options) -> str:
