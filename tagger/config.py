@@ -240,8 +240,9 @@ class TrainConfig(_Config):
         "w in 0, 0.25, .., 1) is chosen on validation by top-1 accuracy + macro-F1 "
         "(ModelCard.image_weight): where the title alone decides better, the photo counts "
         "less. A product without text keeps the whole image part. 0: the photo's whole part, "
-        "no choice. 0.2: on the real catalog's test split the chosen weights raised macro-F1 "
-        "by 0.45 points at equal top-1 (benchmarks/README.md).",
+        "no choice. 0.2: on the real catalog's test split the weights chosen by the plain best "
+        "(before the one-standard-error rule) raised macro-F1 by 0.45 points at equal top-1 "
+        "(benchmarks/README.md).",
     )
     text_warmup_epochs: int = Field(
         3, ge=0, le=100,

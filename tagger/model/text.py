@@ -13,7 +13,7 @@ columns alone are a title-only classifier.
 That makes the photo's share of each output a measured choice: the logits are
 `text part + bias + w * image part`, with `image_weight` w per output (1 while training).
 After training, w is chosen per single-choice attribute on validation
-(tagger.quality.prior_shift.choose_image_weight): where the title alone decides better
+(tagger.quality.image_weight.choose_image_weight): where the title alone decides better
 (gender and category are usually written in it), the photo's part is turned down. A
 product without text always keeps its whole image part: the photo is all it has. The card
 records w (ModelCard.image_weight) and the model is built with it, so every scorer (torch,

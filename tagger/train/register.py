@@ -162,9 +162,7 @@ def _weigh_the_photo(model: nn.Module, views: np.ndarray, run: RunFacts, pooling
     photo = views - title_only
     chosen = choose_image_weight(lambda w: run.val_ds.pool(title_only + w * photo, pooling),
                                  targets, mask, single_slices(taxonomy))
-    weight = np.ones(taxonomy.num_outputs, np.float32)
-    for name, w in chosen.items():
-        weight[taxonomy.slices[name]] = w
+    weight = temperature_vector(chosen, taxonomy.slices, taxonomy.num_outputs)  # per output, 1 elsewhere
     set_image_weight(model, weight)
     log.info("the photo's weight per attribute against the title: %s",
              ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
