@@ -36,18 +36,40 @@ BOOTSTRAP = 200  # resamples of the validation rows for the standard error
 def top1_plus_macro_f1(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None,
                        classes: int | None = None) -> np.ndarray:
     """Top-1 accuracy + macro-F1 (over the values present) of `predicted` against `y`
-    (int [N]): one score, or one per row of `weights` [R, N] (row multiplicities, a
-    bootstrap resample each)."""
+    (int [N]; a predicted label >= `classes` abstains: wrong, and called for no value): one
+    score, or one per row of `weights` [R, N] (row multiplicities, a bootstrap resample each)."""
     classes = classes or int(max(y.max(), predicted.max())) + 1
     w = np.ones((1, len(y))) if weights is None else np.atleast_2d(weights)
     hit = (y == predicted).astype(float)
     tp = np.stack([np.bincount(y, r * hit, classes) for r in w])
     support = np.stack([np.bincount(y, r, classes) for r in w])
-    called = np.stack([np.bincount(predicted, r, classes) for r in w])
+    called = np.stack([np.bincount(predicted, r, classes)[:classes] for r in w])  # abstentions: past the end
     present = support > 0
     f1 = np.where(present, 2 * tp / np.maximum(support + called, 1e-12), 0.0)
     score = tp.sum(1) / w.sum(1) + f1.sum(1) / present.sum(1)
     return score[0] if weights is None else score
+
+
+def one_standard_error_pick(y: np.ndarray, predictions: Sequence[np.ndarray], classes: int,
+                            rng: np.random.Generator) -> int:
+    """Index of the prediction (int labels [N] each; a label >= the classes of `y` is an
+    abstention, wrong and of no value) to take by top-1 accuracy + macro-F1 with the
+    one-standard-error rule: the first, as trained, unless a later one's gain over it is
+    beyond one bootstrap standard error; then the first within one standard error of the best."""
+    scores = np.array([top1_plus_macro_f1(y, p, classes=classes) for p in predictions])
+    best = int(scores.argmax())  # the first of equals
+    se = 0.0
+    if best:
+        resamples = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=BOOTSTRAP)
+        gain = (top1_plus_macro_f1(y, predictions[best], resamples, classes)
+                - top1_plus_macro_f1(y, predictions[0], resamples, classes))
+        se = float(gain.std())
+    return next(i for i, score in enumerate(scores) if score >= scores[best] - se)
+
+
+def known_single_rows(targets: np.ndarray, mask: np.ndarray, sl: slice) -> np.ndarray:
+    """bool [N]: the rows whose value of the single attribute at `sl` is known."""
+    return np.asarray(mask[:, sl], bool).all(1) & ((np.asarray(targets[:, sl]) > 0.5).sum(1) == 1)
 
 
 def choose_per_attribute(candidates: Sequence[tuple[float, np.ndarray]], targets: np.ndarray,
@@ -55,29 +77,19 @@ def choose_per_attribute(candidates: Sequence[tuple[float, np.ndarray]], targets
                          seed: int = 0) -> dict[str, float]:
     """Per attribute of `slices` (name -> output slice), a setting chosen on validation by
     top-1 accuracy + macro-F1 over the rows of known value, with the one-standard-error
-    rule. `candidates`: (setting, logits [N, K]), the setting as trained first, then in
-    order of preference; the first whose score is within one bootstrap standard error of
-    the best gain over the first is chosen (an attribute without a row of known value gets
-    the first)."""
+    rule (one_standard_error_pick). `candidates`: (setting, logits [N, K]), the setting as
+    trained first, then in order of preference (an attribute without a row of known value
+    gets the first)."""
     rng = np.random.default_rng(seed)
     chosen: dict[str, float] = {}
     for name, sl in slices.items():
-        known = np.asarray(mask[:, sl], bool).all(1) & ((np.asarray(targets[:, sl]) > 0.5).sum(1) == 1)
+        known = known_single_rows(targets, mask, sl)
         if not known.any():
             chosen[name] = float(candidates[0][0])
             continue
         y = np.asarray(targets[known, sl]).argmax(1)
         predicted = [np.asarray(z[known, sl]).argmax(1) for _, z in candidates]
-        k = sl.stop - sl.start
-        scores = np.array([top1_plus_macro_f1(y, p, classes=k) for p in predicted])
-        best = int(scores.argmax())  # the first of equals
-        se = 0.0
-        if best:
-            resamples = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=BOOTSTRAP)
-            gain = (top1_plus_macro_f1(y, predicted[best], resamples, k)
-                    - top1_plus_macro_f1(y, predicted[0], resamples, k))
-            se = float(gain.std())
-        pick = next(i for i, score in enumerate(scores) if score >= scores[best] - se)
+        pick = one_standard_error_pick(y, predicted, sl.stop - sl.start, rng)
         chosen[name] = float(candidates[pick][0])
     return chosen
 

@@ -55,7 +55,7 @@ from tagger.quality.prior_shift import choose_prior_shift
 from tagger.quality.report import card_summary, render_training_curves
 from tagger.train.curves import EventLog
 from tagger.train.epochs import mean_ap, ranked
-from tagger.quality.thresholds import precision_thresholds, tune_thresholds
+from tagger.quality.thresholds import choose_abstention, precision_thresholds, tune_thresholds
 from tagger.train.split import TrainingData
 
 
@@ -145,6 +145,11 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
                     if config.calibrate else {})
     scores = _calibrated(logits, temperatures, run)
     thresholds, auto = choose_thresholds(config, scores, targets, mask)
+    if config.thresholds != "fixed" and _heads(run):
+        heads = {name: sl for name, sl in taxonomy.slices.items() if sl in _heads(run)}
+        thresholds, abstains = choose_abstention(scores, thresholds, targets, mask, heads)
+        log.info("softmax attributes that abstain below their thresholds: %s",
+                 ", ".join(name for name, a in abstains.items() if a) or "none")
     decisions, metrics = _evaluate_split(logits, scores, targets, mask, temperatures, thresholds, auto, run)
     metrics["split"] = "validation (thresholds were tuned on it: F1 figures are optimistic, AP is not)"
     return Validation(model, targets, mask, scores, temperatures, thresholds, auto,

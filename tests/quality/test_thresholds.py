@@ -130,3 +130,40 @@ def test_softmax_head_decides_the_argmax_value_only_if_it_passes_its_threshold()
     today = compute_decisions(scores, thresholds, single)
     assert today[:, :3].tolist() == [[False, True, False], [False, True, False],
                                      [False, True, False], [True, False, False]]
+
+
+def _softmax_case(wrong_b: int, b_threshold: float):
+    """An attribute A/B/C (one softmax head) plus a multi output after it: 100 products of A,
+    10 of B. B scores 0.9 on its own 10 and 0.4 on `wrong_b` of A's (the winner, wrongly);
+    the rest of A's products score 0.6 on A, which its threshold 0.7 rejects on 40 of them
+    (their A score 0.65)."""
+    n = 110
+    scores = np.zeros((n, 4), np.float32)
+    targets = np.zeros((n, 4), np.float32)
+    targets[:100, 0], targets[100:, 1] = 1, 1
+    scores[:, 3] = 0.5
+    scores[:100, 0], scores[:100, 2] = 0.8, 0.1
+    scores[40:80, 0] = 0.65
+    scores[:wrong_b, 0], scores[:wrong_b, 1] = 0.3, 0.4
+    scores[100:, 1] = 0.9
+    thresholds = np.array([0.7, b_threshold, 0.5, 0.5], np.float32)
+    return scores, thresholds, targets, np.ones_like(targets, dtype=bool)
+
+
+def test_a_softmax_attribute_decides_its_argmax_unless_abstaining_pays_on_validation():
+    from tagger.quality.thresholds import choose_abstention
+
+    heads = {"abc": slice(0, 3)}
+    # A's threshold abstains on 40 products the argmax gets right: always deciding wins.
+    scores, thresholds, targets, mask = _softmax_case(wrong_b=0, b_threshold=0.5)
+    out, abstains = choose_abstention(scores, thresholds, targets, mask, heads)
+    assert abstains == {"abc": False}
+    assert out.tolist() == [0.0, 0.0, 0.0, 0.5]  # the multi output keeps its threshold
+    decided = compute_decisions(scores, out, [slice(0, 3)], argmax_slices=[slice(0, 3)])
+    assert decided[:, :3].sum(1).tolist() == [1] * 110
+    # 30 of A's products called B at 0.4, which B's threshold 0.5 turns away: abstaining
+    # costs no top-1 there (wrong either way) and lifts B's F1 from 0.4 to 1.0.
+    scores, thresholds, targets, mask = _softmax_case(wrong_b=30, b_threshold=0.5)
+    scores[40:80, 0] = 0.8  # no right answer abstains
+    out, abstains = choose_abstention(scores, thresholds, targets, mask, heads)
+    assert abstains == {"abc": True} and out.tolist() == thresholds.tolist()
