@@ -52,7 +52,7 @@ def top1_plus_macro_f1(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray
 
 def one_standard_error_pick(y: np.ndarray, predictions: Sequence[np.ndarray], classes: int,
                             rng: np.random.Generator) -> int:
-    """Index of the prediction (int labels [N] each; a label >= the classes of `y` is an
+    """Index of the prediction (int labels [N] each; a label >= `classes` is an
     abstention, wrong and of no value) to take by top-1 accuracy + macro-F1 with the
     one-standard-error rule: the first, as trained, unless a later one's gain over it is
     beyond one bootstrap standard error; then the first within one standard error of the best."""

@@ -147,7 +147,8 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
     thresholds, auto = choose_thresholds(config, scores, targets, mask)
     if config.thresholds != "fixed" and _heads(run):
         heads = {name: sl for name, sl in taxonomy.slices.items() if sl in _heads(run)}
-        thresholds, abstains = choose_abstention(scores, thresholds, targets, mask, heads)
+        thresholds, abstains = choose_abstention(
+            scores, thresholds, targets, mask, heads, lambda s, t, m: choose_thresholds(config, s, t, m)[0])
         log.info("softmax attributes that abstain below their thresholds: %s",
                  ", ".join(name for name, a in abstains.items() if a) or "none")
     decisions, metrics = _evaluate_split(logits, scores, targets, mask, temperatures, thresholds, auto, run)

@@ -132,11 +132,10 @@ def test_softmax_head_decides_the_argmax_value_only_if_it_passes_its_threshold()
                                      [False, True, False], [True, False, False]]
 
 
-def _softmax_case(wrong_b: int, b_threshold: float):
+def _softmax_case(wrong_b: int):
     """An attribute A/B/C (one softmax head) plus a multi output after it: 100 products of A,
-    10 of B. B scores 0.9 on its own 10 and 0.4 on `wrong_b` of A's (the winner, wrongly);
-    the rest of A's products score 0.6 on A, which its threshold 0.7 rejects on 40 of them
-    (their A score 0.65)."""
+    10 of B. A's products score 0.8 on A, 40 of them 0.65, which A's threshold 0.7 turns
+    away; B scores 0.9 on its own 10 and wins `wrong_b` of A's at 0.4, under B's 0.5."""
     n = 110
     scores = np.zeros((n, 4), np.float32)
     targets = np.zeros((n, 4), np.float32)
@@ -146,7 +145,7 @@ def _softmax_case(wrong_b: int, b_threshold: float):
     scores[40:80, 0] = 0.65
     scores[:wrong_b, 0], scores[:wrong_b, 1] = 0.3, 0.4
     scores[100:, 1] = 0.9
-    thresholds = np.array([0.7, b_threshold, 0.5, 0.5], np.float32)
+    thresholds = np.array([0.7, 0.5, 0.5, 0.5], np.float32)
     return scores, thresholds, targets, np.ones_like(targets, dtype=bool)
 
 
@@ -155,15 +154,36 @@ def test_a_softmax_attribute_decides_its_argmax_unless_abstaining_pays_on_valida
 
     heads = {"abc": slice(0, 3)}
     # A's threshold abstains on 40 products the argmax gets right: always deciding wins.
-    scores, thresholds, targets, mask = _softmax_case(wrong_b=0, b_threshold=0.5)
-    out, abstains = choose_abstention(scores, thresholds, targets, mask, heads)
+    scores, thresholds, targets, mask = _softmax_case(wrong_b=0)
+    out, abstains = choose_abstention(scores, thresholds, targets, mask, heads, lambda *_: thresholds)
     assert abstains == {"abc": False}
     assert out.tolist() == [0.0, 0.0, 0.0, 0.5]  # the multi output keeps its threshold
     decided = compute_decisions(scores, out, [slice(0, 3)], argmax_slices=[slice(0, 3)])
     assert decided[:, :3].sum(1).tolist() == [1] * 110
     # 30 of A's products called B at 0.4, which B's threshold 0.5 turns away: abstaining
     # costs no top-1 there (wrong either way) and lifts B's F1 from 0.4 to 1.0.
-    scores, thresholds, targets, mask = _softmax_case(wrong_b=30, b_threshold=0.5)
+    scores, thresholds, targets, mask = _softmax_case(wrong_b=30)
     scores[40:80, 0] = 0.8  # no right answer abstains
-    out, abstains = choose_abstention(scores, thresholds, targets, mask, heads)
+    out, abstains = choose_abstention(scores, thresholds, targets, mask, heads, lambda *_: thresholds)
     assert abstains == {"abc": True} and out.tolist() == thresholds.tolist()
+
+
+def test_abstaining_is_judged_with_thresholds_fitted_on_the_other_half_of_the_rows():
+    from tagger.quality.thresholds import choose_abstention
+
+    scores, thresholds, targets, mask = _softmax_case(wrong_b=30)
+    scores[40:80, 0] = 0.8
+    seen = []
+
+    def tune(s, t, m):  # what each half is decided with: B's threshold from the other half
+        seen.append(len(s))
+        return np.array([0.7, 0.5 if len(seen) == 1 else 0.35, 0.5, 0.5], np.float32)
+
+    # The first half keeps B's 0.5 and abstains on its share of the 30 products called B at
+    # 0.4; the second half's thresholds let them all through: the gain halves, and still wins.
+    out, abstains = choose_abstention(scores, thresholds, targets, mask, {"abc": slice(0, 3)}, tune)
+    assert seen == [55, 55] and abstains == {"abc": True}
+    # Fitted on the other half, no threshold turns the wrong ones away: always deciding.
+    out, abstains = choose_abstention(scores, thresholds, targets, mask, {"abc": slice(0, 3)},
+                                      lambda *_: np.array([0.7, 0.35, 0.5, 0.5], np.float32))
+    assert abstains == {"abc": False} and out[:3].tolist() == [0.0, 0.0, 0.0]

@@ -47,6 +47,12 @@ def test_softmax_model_registers_tags_scores_alike_in_both_runtimes_and_evaluate
     assert card.head == "softmax" and card.format == CARD_FORMAT and card.config["head"] == "softmax"
     singles = _singles(card.taxonomy)
     assert card_arrays(card).softmax_slices == tuple(singles.values())
+    # Validation chose per attribute whether to abstain below the tuned thresholds; one that
+    # always decides has thresholds 0 and a tag for every test product of known value.
+    deciding = [a for a in singles if set(card.thresholds[a].values()) == {0.0}]
+    assert deciding, "no softmax attribute always decides: validation's choice was not applied"
+    for a in deciding:
+        assert card.test_metrics["per_attribute"][a]["coverage"] == 1.0
 
     # Both runtimes: a softmax per single attribute (sums to 1), the same scores within 2e-4.
     model, _ = load_model(storage, version)
