@@ -122,7 +122,8 @@ def compute_decisions(
     *,
     argmax_slices: Collection[slice] = (),
 ) -> np.ndarray:
-    """Boolean decisions [N,K] from scores and per-output thresholds.
+    """Boolean decisions [N,K] from scores and per-output thresholds ([K], or [N,K]: one
+    set per row).
 
     Outputs outside every single slice: ``score >= threshold``. Within a single
     slice at most one value per row is chosen: the highest-scoring value among
@@ -132,7 +133,7 @@ def compute_decisions(
     scores resolve to the first value in the slice.
     """
     scores = np.asarray(scores)
-    passes = scores >= np.asarray(thresholds)[None, :]
+    passes = scores >= np.asarray(thresholds)  # [K] broadcasts over the rows
     decisions = passes.copy()
     rows = np.arange(len(scores))
     for sl in single_slices:
@@ -178,18 +179,18 @@ def choose_abstention(scores: np.ndarray, thresholds: np.ndarray, targets: np.nd
     crossed = np.empty_like(out, shape=scores.shape)  # per row: thresholds fitted on the other half
     for f in (0, 1):
         crossed[fold == f] = tune(scores[fold != f], targets[fold != f], mask[fold != f])
+    # the very rule the tag run applies, with each row's cross-fitted thresholds
+    abstaining = compute_decisions(scores, crossed, list(heads.values()), argmax_slices=heads.values())
     abstains: dict[str, bool] = {}
     for name, sl in heads.items():
         known = known_single_rows(targets, mask, sl)
         abstains[name] = False
         if known.any():
             k = sl.stop - sl.start
-            block = scores[known, sl]
-            winner = block.argmax(1)
-            rows = np.arange(len(winner))
-            passes = block[rows, winner] >= crossed[known, sl][rows, winner]
+            decided = abstaining[known, sl]
             y = np.asarray(targets[known, sl]).argmax(1)
-            abstains[name] = one_standard_error_pick(y, [winner, np.where(passes, winner, k)], k, rng) == 1
+            predictions = [scores[known, sl].argmax(1), np.where(decided.any(1), decided.argmax(1), k)]
+            abstains[name] = one_standard_error_pick(y, predictions, k, rng) == 1
         if not abstains[name]:
             out[sl] = 0.0
     return out, abstains

@@ -145,8 +145,9 @@ def validate(model: nn.Module, run: RunFacts) -> Validation:
                     if config.calibrate else {})
     scores = _calibrated(logits, temperatures, run)
     thresholds, auto = choose_thresholds(config, scores, targets, mask)
-    if config.thresholds != "fixed" and _heads(run):
-        heads = {name: sl for name, sl in taxonomy.slices.items() if sl in _heads(run)}
+    softmax = _heads(run)
+    if config.thresholds != "fixed" and softmax:
+        heads = {name: sl for name, sl in taxonomy.slices.items() if sl in softmax}
         thresholds, abstains = choose_abstention(
             scores, thresholds, targets, mask, heads, lambda s, t, m: choose_thresholds(config, s, t, m)[0])
         log.info("softmax attributes that abstain below their thresholds: %s",
