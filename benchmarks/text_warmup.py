@@ -4,7 +4,8 @@ Fits a fused model's text branch and its own head with `warm_up_text` (what a tr
 does first, tagger/train/text_warmup.py) on the training split of a lake that holds the
 real catalog (the quality benchmark's `--workdir` keeps it at WORKDIR/lake), for each
 epoch count given, and prints the validation split's mean and per-attribute top-1
-accuracy and mAP: how `TrainConfig.text_warmup_epochs` was chosen. No image is decoded.
+accuracy and macro-F1 (argmax, over the values present) and mAP: how
+`TrainConfig.text_warmup_epochs` was chosen. No image is decoded.
 
     .venv/bin/python -m benchmarks.text_warmup --lake /tmp/bq/lake --epochs 3,6,10
 """
@@ -26,7 +27,9 @@ from catalog_schemas.card import TextConfig  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
 from tagger.data.text import encode_texts  # noqa: E402
 from tagger.io.storage import open_storage  # noqa: E402
+from tagger.labels import single_slices  # noqa: E402
 from tagger.model.text import ImageTextModel  # noqa: E402
+from tagger.quality.prior_shift import known_single_rows  # noqa: E402
 from tagger.train.epochs import attribute_accuracy, mean_ap, ranked  # noqa: E402
 from tagger.train.loop import TrainLabels, create_fit  # noqa: E402
 from tagger.train.losses import compute_pos_weight  # noqa: E402
@@ -57,10 +60,27 @@ def screen(lake: str, epochs: int, backbone: str) -> dict:
     with torch.no_grad():
         logits = model(None, torch.from_numpy(encode_texts([data.texts[i] for i in val], text))).numpy()
     accuracy = attribute_accuracy(data.taxonomy, data.targets[val], data.mask[val], logits)
+    f1 = macro_f1(data.taxonomy, data.targets[val], data.mask[val], logits)
     return dict(epochs=epochs, seconds=round(seconds, 1), losses=losses,
                 mean_top1=round(float(np.mean(list(accuracy.values()))), 4),
+                mean_macro_f1=round(float(np.mean(list(f1.values()))), 4),
                 mAP=round(mean_ap(data.targets[val], data.mask[val], ranked(logits, fit.heads)), 4),
-                top1=accuracy)
+                top1=accuracy, macro_f1=f1)
+
+
+def macro_f1(taxonomy, targets: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Macro-F1 of the argmax per `single` attribute over the rows whose value is known,
+    averaged over the values present among them (the rare values count as much as the common
+    ones: what top-1 accuracy alone does not show)."""
+    from sklearn.metrics import f1_score
+
+    out = {}
+    for name, sl in single_slices(taxonomy).items():
+        known = known_single_rows(targets, mask, sl)
+        if known.any():
+            y, predicted = targets[known, sl].argmax(1), logits[known, sl].argmax(1)
+            out[name] = round(float(f1_score(y, predicted, labels=np.unique(y), average="macro")), 5)
+    return out
 
 
 def main() -> None:

@@ -186,3 +186,5 @@ def test_text_warmup_benchmark_reads_the_titles(trained_lake):
     # the demo's titles name the article type (5 values): the text alone reads it, on a
     # validation split of 9 products
     assert found["top1"]["article_type"] > 0.5 and 0 < found["mAP"] <= 1
+    assert set(found["macro_f1"]) == set(found["top1"])
+    assert 0 < found["macro_f1"]["article_type"] <= 1 and 0 < found["mean_macro_f1"] <= 1
