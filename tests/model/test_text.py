@@ -154,3 +154,17 @@ def test_the_text_branch_trains_at_its_own_lr_without_weight_decay():
     assert "lr" not in rest and "weight_decay" not in rest  # the optimizer's own: lr, weight_decay
     plain = create_model("test_efficientnet", 4)
     assert len(_param_groups(plain, config)) == 1
+
+
+def test_after_a_text_warm_up_the_fused_epochs_take_their_own_text_lr():
+    from tagger.config import TrainConfig
+    from tagger.train.loop import _param_groups
+
+    config = TrainConfig(backbone="test_efficientnet", lr=1e-3, text_lr_scale=50, fused_text_lr_scale=0)
+    fused = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL)
+    assert _param_groups(fused, config)[1]["lr"] == 0.0
+    # no warm-up, nothing fitted the titles before: the branch trains at text_lr_scale
+    assert _param_groups(fused, config.model_copy(update=dict(text_warmup_epochs=0)))[1]["lr"] == 5e-2
+    # a text-only model has no fused epochs
+    text_only = create_model("test_efficientnet", 4, inputs="text", text=SMALL)
+    assert _param_groups(text_only, config)[1]["lr"] == 5e-2
