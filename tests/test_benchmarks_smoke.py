@@ -167,7 +167,7 @@ def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
         pytest.skip("the shared catalog is not here (../shared/datasets)")
     out = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--limit", "400", "--epochs", "1",
                           "--image-size", "32", "--backbone", "test_efficientnet", "--workdir", str(tmp_path),
-                          "--set", "text_warmup_epochs=1", "--set", "fused_text_lr_scale=0"],
+                          "--set", "text_warmup_epochs=1", "--set", "fused_text_lr_scale=10"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("image + text: accuracy", "image only: accuracy", "text only: accuracy", "TF-IDF + LR: accuracy"):
@@ -175,7 +175,7 @@ def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
     summary = json.loads(out.stdout[out.stdout.index('{\n  "results"'):out.stdout.rindex("}") + 1])
     assert set(summary["results"]) == {"image + text", "image only", "text only", "TF-IDF + LR"}
     assert all(0 <= r["mean_accuracy"] <= 1 for r in summary["results"].values())
-    assert summary["base"]["text_warmup_epochs"] == 1 and summary["base"]["fused_text_lr_scale"] == 0
+    assert summary["base"]["text_warmup_epochs"] == 1 and summary["base"]["fused_text_lr_scale"] == 10
 
 
 def test_the_quality_benchmark_refuses_a_setting_trainconfig_does_not_have():

@@ -145,7 +145,8 @@ def test_the_text_branch_trains_at_its_own_lr_without_weight_decay():
     from tagger.config import TrainConfig
     from tagger.train.loop import _param_groups
 
-    config = TrainConfig(backbone="test_efficientnet", lr=1e-3, text_lr_scale=50, weight_decay=0.05)
+    config = TrainConfig(backbone="test_efficientnet", lr=1e-3, text_lr_scale=50, weight_decay=0.05,
+                         fused_text_lr_scale=None)
     model = create_model("test_efficientnet", 4, inputs="image+text", text=SMALL)
     rest, text = _param_groups(model, config)
     assert text["lr"] == 5e-2 and text["weight_decay"] == 0.0
