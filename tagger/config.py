@@ -250,8 +250,9 @@ class TrainConfig(_Config):
         "fused training (tagger/train/text_warmup.py): titles alone decode no image, so an "
         "epoch takes seconds, and the fused model starts from the text model. 5, with the "
         "branch then frozen (fused_text_lr_scale 0): on the real catalog's unseen products "
-        "mean accuracy / macro-F1 0.940 / 0.851, against 0.938 / 0.842 after 3 epochs and a "
-        "refit and 0.931 / 0.805 without a warm-up (benchmarks/README.md). 0: none.",
+        "mean accuracy / macro-F1 0.940 / 0.851 and 0.940 / 0.842 in two runs, against 0.938 / "
+        "0.842 after 3 epochs and a refit and 0.931 / 0.805 without a warm-up "
+        "(benchmarks/README.md). 0: none.",
     )
     text_buckets: int = Field(
         2**16, ge=16, le=2**24,
@@ -277,8 +278,9 @@ class TrainConfig(_Config):
         "epochs that follow a text warm-up (text_warmup_epochs > 0): the warm-up has fitted the "
         "titles, so the fused epochs may keep the branch or refit it. 0: frozen, the photo "
         "and the fused head learn what the title does not say; after 5 warm-up epochs the "
-        "refit at text_lr_scale ended where 3 did (0.937 / 0.841 against frozen 0.940 / "
-        "0.851, benchmarks/README.md). None: text_lr_scale, as without a warm-up.",
+        "refit at text_lr_scale ended where 3 did (0.937 / 0.841; frozen 0.940 / 0.851 and "
+        "0.940 / 0.842 in two runs, benchmarks/README.md). None: text_lr_scale, as without "
+        "a warm-up.",
     )
     tta: Literal["none", "flip"] = Field(
         "flip",
