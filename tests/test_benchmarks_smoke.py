@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import ingest_decode, tag_throughput, train_loader
@@ -177,6 +178,17 @@ def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
     assert all(0 <= r["mean_accuracy"] <= 1 for r in summary["results"].values())
     assert summary["base"]["text_warmup_epochs"] == 1 and summary["base"]["fused_text_lr_scale"] == 10
 
+    # the text encoder screen reads the same workdir: its lake and the test export's
+    from benchmarks import text_encoders
+
+    found = text_encoders.main(["--workdir", str(tmp_path)])
+    assert set(found) == {"TF-IDF", "WordLlama", "TF-IDF + WordLlama"}
+    for r in found.values():
+        assert 0 < r["mean_accuracy"] <= 1 and 0 < r["validation_mean_accuracy"] <= 1
+        assert set(r["per_attribute"]) == set(summary["results"]["TF-IDF + LR"]["per_attribute"])
+    # the same features, split, C grid and test export as the quality benchmark's baseline
+    assert found["TF-IDF"]["mean_accuracy"] == summary["results"]["TF-IDF + LR"]["mean_accuracy"]
+
 
 def test_the_quality_benchmark_refuses_a_setting_trainconfig_does_not_have():
     out = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--set", "text_warmup=5"],
@@ -196,3 +208,15 @@ def test_text_warmup_benchmark_reads_the_titles(trained_lake):
     assert found["top1"]["article_type"] > 0.5 and 0 < found["mAP"] <= 1
     assert set(found["macro_f1"]) == set(found["top1"])
     assert 0 < found["macro_f1"]["article_type"] <= 1 and 0 < found["mean_macro_f1"] <= 1
+
+
+def test_the_wordllama_encoder_embeds_titles_offline():
+    """The weights and tokenizer come from the installed wheel (no hub): similar titles land
+    closer than unrelated ones, rows are unit length, an empty title is zeros."""
+    from benchmarks.text_encoders import WordLlamaEncoder
+
+    e = WordLlamaEncoder()(["Turtle Check Men Navy Blue Shirt", "Men Blue Checked Shirt",
+                            "Women Gold Toned Earrings", ""])
+    assert e.shape == (4, 256) and e.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e[:3], axis=1), 1, atol=1e-5) and not e[3].any()
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.1
