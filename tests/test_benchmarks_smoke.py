@@ -190,6 +190,34 @@ def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
     assert found["TF-IDF"]["mean_accuracy"] == summary["results"]["TF-IDF + LR"]["mean_accuracy"]
 
 
+@pytest.mark.slow
+def test_the_quality_benchmark_reads_the_text_columns_its_taxonomy_maps(tmp_path):
+    """--taxonomy: another `catalog: text:` on the same split (here the title and the year),
+    stored with the products and read by the models of the run (TF-IDF alone here)."""
+    import pandas as pd
+
+    from benchmarks.quality import TAXONOMY
+    from tests.conftest import SHARED_CATALOG
+
+    if not (SHARED_CATALOG / "styles.csv").exists():
+        pytest.skip("the shared catalog is not here (../shared/datasets)")
+    mapped = Path(TAXONOMY).read_text().replace("  text: [productDisplayName]\n", "  text: [productDisplayName, year]\n")
+    assert mapped != Path(TAXONOMY).read_text()
+    (tmp_path / "taxonomy.yaml").write_text(mapped)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--limit", "300", "--only", "TF-IDF + LR",
+                          "--taxonomy", str(tmp_path / "taxonomy.yaml"), "--workdir", str(tmp_path / "work")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index('{\n  "results"'):out.stdout.rindex("}") + 1])
+    assert summary["taxonomy"] == str(tmp_path / "taxonomy.yaml") and set(summary["results"]) == {"TF-IDF + LR"}
+    export = pd.read_csv(tmp_path / "work/exports/train.csv", dtype=str, keep_default_na=False)
+    products = pd.read_parquet(tmp_path / "work/lake/catalog/products/products.parquet")
+    text = dict(zip(products["product_id"], products["text"]))
+    dated = export[export["year"] != ""].head(5)
+    assert len(dated) and all(text[i] == " ".join(f"{t} {y}".split())  # as ingest cleans it
+                              for i, t, y in zip(dated["id"], dated["productDisplayName"], dated["year"]))
+
+
 def test_the_quality_benchmark_refuses_a_setting_trainconfig_does_not_have():
     out = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--set", "text_warmup=5"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -220,3 +248,13 @@ def test_the_wordllama_encoder_embeds_titles_offline():
     assert e.shape == (4, 256) and e.dtype == np.float32
     assert np.allclose(np.linalg.norm(e[:3], axis=1), 1, atol=1e-5) and not e[3].any()
     assert e[0] @ e[1] > e[0] @ e[2] + 0.1
+
+
+def test_the_encoder_screen_says_what_to_run_first(tmp_path):
+    from benchmarks import text_encoders
+
+    with pytest.raises(SystemExit, match="No lake under"):
+        text_encoders.main(["--workdir", str(tmp_path)])
+    (tmp_path / "lake").mkdir()  # a lake whose test export was never ingested
+    with pytest.raises(SystemExit, match='--only "TF-IDF \\+ LR"'):
+        text_encoders.main(["--workdir", str(tmp_path)])
