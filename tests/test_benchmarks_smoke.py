@@ -197,6 +197,7 @@ def test_the_quality_benchmark_reads_the_text_columns_its_taxonomy_maps(tmp_path
     import pandas as pd
 
     from benchmarks.quality import TAXONOMY
+    from tagger.lake import PRODUCTS_PATH
     from tests.conftest import SHARED_CATALOG
 
     if not (SHARED_CATALOG / "styles.csv").exists():
@@ -211,7 +212,7 @@ def test_the_quality_benchmark_reads_the_text_columns_its_taxonomy_maps(tmp_path
     summary = json.loads(out.stdout[out.stdout.index('{\n  "results"'):out.stdout.rindex("}") + 1])
     assert summary["taxonomy"] == str(tmp_path / "taxonomy.yaml") and set(summary["results"]) == {"TF-IDF + LR"}
     export = pd.read_csv(tmp_path / "work/exports/train.csv", dtype=str, keep_default_na=False)
-    products = pd.read_parquet(tmp_path / "work/lake/catalog/products/products.parquet")
+    products = pd.read_parquet(tmp_path / "work/lake" / PRODUCTS_PATH)
     text = dict(zip(products["product_id"], products["text"]))
     dated = export[export["year"] != ""].head(5)
     assert len(dated) and all(text[i] == " ".join(f"{t} {y}".split())  # as ingest cleans it
