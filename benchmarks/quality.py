@@ -280,7 +280,7 @@ def _train(lake: str, base: dict, options: dict) -> tuple[str, float]:
 
 
 def screen(work: Path, base: dict, train_csv: Path, products: int, names: list[str],
-           taxonomy: str = TAXONOMY) -> None:
+           taxonomy: str) -> None:
     """SCREEN options `names` on `products` products of the training export; validation only."""
     df = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
     subset = work / "exports" / f"screen-{products}.csv"

@@ -1,8 +1,8 @@
 """A pretrained text encoder from PyPI beside TF-IDF: do its embeddings read the titles better?
 
-WordLlama (PyPI `wordllama`) ships a 256-dim token embedding table distilled from an LLM
-(Llama 2's 32k-token vocabulary) and its tokenizer inside the wheel, so nothing is
-downloaded: the kind of pretrained text encoder this project can use offline. A title's
+WordLlama (PyPI `wordllama`) ships a 256-dim embedding per token of Llama 2's 32k-token
+vocabulary, and the tokenizer, inside the wheel, so nothing is downloaded: the kind of
+pretrained text encoder this project can use offline. A title's
 features are the mean of its token embeddings, L2-normalised. They go into the quality
 benchmark's own per-attribute logistic regression (`linear_text_baseline`: C chosen on
 validation, scored on the test export with compute_evaluation), alone and next to the
