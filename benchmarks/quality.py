@@ -74,13 +74,19 @@ def lite_weights(n: int = 0) -> Path:
         return convert_weights(str(pth), backbone, out)
 
 
+def in_test_export(ids: pd.Series, test_share: float) -> pd.Series:
+    """Whether each product id falls in the test export: a hash of the id, so the split is
+    the same in every run and on every machine."""
+    return ids.map(lambda i: int(hashlib.sha256(str(i).encode()).hexdigest()[:8], 16) / 16**8 < test_share)
+
+
 def split_exports(root: Path, test_share: float, limit: int | None = None) -> tuple[Path, Path]:
     """Two exports beside the images, split by a hash of the id (stable); with `limit`, the
     first `limit` products only (a smoke run)."""
     df = pd.read_csv(SHARED / "styles.csv", dtype=str, keep_default_na=False)
     if limit:
         df = df.head(limit)
-    h = df["id"].map(lambda i: int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) / 16**8)
+    test = in_test_export(df["id"], test_share)
     root.mkdir(parents=True, exist_ok=True)
     if not limit and not (root / "images").exists():
         shutil.copytree(SHARED / "images", root / "images")  # a copy: ingest refuses links out of the export's folder
@@ -89,8 +95,8 @@ def split_exports(root: Path, test_share: float, limit: int | None = None) -> tu
         for i in df["id"]:
             if (SHARED / "images" / f"{i}.jpg").exists() and not (root / "images" / f"{i}.jpg").exists():
                 shutil.copy(SHARED / "images" / f"{i}.jpg", root / "images" / f"{i}.jpg")
-    df[h >= test_share].to_csv(root / "train.csv", index=False)
-    df[h < test_share].to_csv(root / "test.csv", index=False)
+    df[~test].to_csv(root / "train.csv", index=False)
+    df[test].to_csv(root / "test.csv", index=False)
     return root / "train.csv", root / "test.csv"
 
 

@@ -259,3 +259,27 @@ def test_the_encoder_screen_says_what_to_run_first(tmp_path):
     (tmp_path / "lake").mkdir()  # a lake whose test export was never ingested
     with pytest.raises(SystemExit, match='--only "TF-IDF \\+ LR"'):
         text_encoders.main(["--workdir", str(tmp_path)])
+
+
+def test_title_memory_scores_the_training_majority_on_seen_titles_only():
+    import pandas as pd
+
+    from benchmarks.quality import in_test_export
+    from benchmarks.title_memory import main, title_memory
+
+    ids = pd.Series([str(i) for i in range(400)])
+    test = in_test_export(ids, 0.5)
+    held = ids[test].tolist()
+    rows = [{"id": i, "productDisplayName": f"title {i}", "season": "Fall"} for i in ids[~test]]
+    # three training products under one title: Summer twice, Winter once
+    for i, season in zip(ids[~test].tolist()[:3], ["Summer", "Summer", "Winter"]):
+        rows[[r["id"] for r in rows].index(i)].update(productDisplayName="shared", season=season)
+    rows += [{"id": held[0], "productDisplayName": "shared", "season": "Summer"},  # right
+             {"id": held[1], "productDisplayName": "shared", "season": "Winter"},  # wrong
+             {"id": held[2], "productDisplayName": "shared", "season": ""},  # unlabelled: left out
+             {"id": held[3], "productDisplayName": "never seen", "season": "Fall"}]
+    found = title_memory(pd.DataFrame(rows), 0.5, attributes=("season",))["season"]
+    assert found == {"labelled_test": 3, "title_seen_share": 2 / 3, "seen": 2, "majority_accuracy": 0.5}
+
+    with pytest.raises(SystemExit, match="No catalog export"):
+        main(["--styles", "/nonexistent/styles.csv"])
