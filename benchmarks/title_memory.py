@@ -2,10 +2,10 @@
 training export verbatim, and how often the training products' majority value is right.
 
 A catalog lists one product many times (colours, re-listings, seasons), often under one
-title. For those test products, any model of the title alone can at best learn what the
-training products with that title say, so the majority of their labels is a
-rough ceiling there: below 1 where one title carries several values (season: a
-product re-listed each season). Labels an export leaves empty (season and year are
+title. For those test products, a model of the exact title learns at best what the
+training products with that title say, so the majority of their labels is a rough
+ceiling there (not a proven one): below 1 where one title carries several values
+(season: a product re-listed each season). Labels an export leaves empty (season and year are
 empty for two thirds of the shared catalog) are left out, as training and evaluation
 leave them out. On the quality benchmark's own split (a hash of the id); no lake, no model.
 
@@ -25,15 +25,15 @@ import pandas as pd  # noqa: E402
 from benchmarks.quality import SHARED, TAXONOMY, in_test_export  # noqa: E402
 from catalog_schemas.taxonomy import load_taxonomy  # noqa: E402
 
-# the seven attributes the quality benchmark scores, as the shipped taxonomy declares them
-ATTRIBUTES = tuple(a.name for a in load_taxonomy(TAXONOMY).attributes)
-
 
 def title_memory(df: pd.DataFrame, test_share: float = 0.15, title: str = "productDisplayName",
-                 attributes=ATTRIBUTES) -> dict[str, dict]:
-    """Per attribute: labelled test products, the share whose title labels a training
+                 attributes: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Per attribute (default: those the shipped taxonomy declares, which the quality
+    benchmark scores): labelled test products, the share whose title labels a training
     product too, and the accuracy of those training products' majority value on them.
     `df` holds strings, "" where the export leaves a value empty."""
+    if attributes is None:
+        attributes = tuple(a.name for a in load_taxonomy(TAXONOMY).attributes)
     test = in_test_export(df["id"], test_share)
     out = {}
     for a in attributes:

@@ -270,10 +270,10 @@ def test_title_memory_scores_the_training_majority_on_seen_titles_only():
     ids = pd.Series([str(i) for i in range(400)])
     test = in_test_export(ids, 0.5)
     held = ids[test].tolist()
-    rows = [{"id": i, "productDisplayName": f"title {i}", "season": "Fall"} for i in ids[~test]]
-    # three training products under one title: Summer twice, Winter once
-    for i, season in zip(ids[~test].tolist()[:3], ["Summer", "Summer", "Winter"]):
-        rows[[r["id"] for r in rows].index(i)].update(productDisplayName="shared", season=season)
+    # three training products under one title (Summer twice, Winter once), the rest unique
+    seasons = ["Summer", "Summer", "Winter"]
+    rows = [{"id": i, "productDisplayName": "shared" if n < 3 else f"title {i}",
+             "season": seasons[n] if n < 3 else "Fall"} for n, i in enumerate(ids[~test])]
     rows += [{"id": held[0], "productDisplayName": "shared", "season": "Summer"},  # right
              {"id": held[1], "productDisplayName": "shared", "season": "Winter"},  # wrong
              {"id": held[2], "productDisplayName": "shared", "season": ""},  # unlabelled: left out
