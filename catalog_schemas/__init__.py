@@ -3,6 +3,7 @@
 from catalog_schemas.card import CARD_FORMAT, CardError, ModelCard, parse_card
 from catalog_schemas.tables import (
     CORRECTIONS,
+    EVALUATION_PREDICTIONS,
     IMAGES,
     LABEL_ISSUES,
     PRODUCTS,
@@ -22,7 +23,7 @@ from catalog_schemas.taxonomy import (
 
 __all__ = [
     "CARD_FORMAT", "CardError", "ModelCard", "parse_card",
-    "CORRECTIONS", "IMAGES", "LABEL_ISSUES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST",
+    "CORRECTIONS", "EVALUATION_PREDICTIONS", "IMAGES", "LABEL_ISSUES", "PRODUCTS", "REJECTS", "TAG_HISTORY", "TAG_LATEST",
     "TAG_STATE",
     "Attribute", "CatalogMapping", "Taxonomy", "TaxonomyError", "load_taxonomy",
     "shipped_taxonomy",

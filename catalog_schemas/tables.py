@@ -166,3 +166,19 @@ LABEL_ISSUES = _schema(
     ("run_id", pa.string(), False, "label-issues run that found the row."),
     ("found_at", UTC_TS, False, "When the run found it."),
 )
+
+EVALUATION_PREDICTIONS = _schema(
+    "evaluation_predictions",
+    "One row per product of an evaluation export and attribute value whose label is known "
+    "(models/<version>/evaluations/<name>/predictions.parquet): the label beside the model's "
+    "score and decision, for error analysis and for comparing two models on the same products.",
+    ("product_id", pa.string(), False, "Product id from the evaluation export."),
+    ("attribute", pa.string(), False, "Attribute name, as in the taxonomy."),
+    ("value", pa.string(), False, "Attribute value, as in the taxonomy."),
+    ("label", pa.bool_(), False, "True where the value is one of the product's curated labels."),
+    ("decided", pa.bool_(), False,
+     "True where the model tags the product with the value: over its decision threshold "
+     "(multi), or the one choice of a single attribute (no row of a single attribute true "
+     "when it abstains)."),
+    ("score", pa.float32(), False, "The model's calibrated score of the value, in [0, 1]."),
+)

@@ -16,6 +16,7 @@ One root URI (a local folder or `s3://bucket/prefix`, see tagger.io.storage) hol
 | models/production-history/<seq>.json                   | one file per promotion | promote, train (gate) |
 | checkpoints/<key>/last.ckpt              | the last epoch of a running training  | train       |
 | evaluations/<name>/                      | an evaluation export's own ingest     | evaluate    |
+| models/<version>/evaluations/<name>/predictions.parquet | scores and decisions beside the labels (EVALUATION_PREDICTIONS) | evaluate |
 | tags/history/run_date=YYYY-MM-DD/<run>.parquet | every tag of every run          | tag         |
 | tags/latest/tags.parquet                 | one current row per product and tag   | tag         |
 | tags/state/tagged.parquet                | what each product was tagged from     | tag         |

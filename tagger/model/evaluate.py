@@ -3,7 +3,9 @@
 The export is ingested into the lake's `evaluations/<name>/` (with the same validation and
 rejects as any ingest; never into the lake's own catalog), its images are scored exactly as
 a tag run scores them (tagger.model.scoring), and the report goes next to the model, under
-`models/<version>/evaluations/<name>/`.
+`models/<version>/evaluations/<name>/`, with predictions.parquet: every known label beside
+the model's score and decision (catalog_schemas.tables.EVALUATION_PREDICTIONS), what two
+models are compared on (tagger.quality.compare).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import TagConfig
 from tagger.ingest.run import ingest_catalog
+from tagger.io.parquet import write_table
 from tagger.io.storage import open_storage
 from tagger.labels import encode_labels
 from tagger.lake import EVALUATIONS, model_path, read_products
@@ -27,10 +30,13 @@ from tagger.quality.evaluation import (
     Evaluated,
     calibration_metrics,
     compute_evaluation,
+    prediction_table,
     write_evaluation_report,
 )
 
 log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.parquet"
 
 
 def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
@@ -67,12 +73,14 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
              f"at ingest (see `{eval_lake}/catalog/rejects/`).")
     evaluated = Evaluated(tax, targets, mask, scored.scores, decisions, metrics, card.thresholds,
                           card.auto_thresholds)
-    report = write_evaluation_report(storage, model_path(card.version, f"evaluations/{name}"),
-                                     f"Evaluation {name}", intro, evaluated)
+    prefix = model_path(card.version, f"evaluations/{name}")
+    write_table(storage, f"{prefix}/{PREDICTIONS}", prediction_table(
+        tax, [p["product_id"] for p in products], targets, mask, scored.scores, decisions))
+    report = write_evaluation_report(storage, prefix, f"Evaluation {name}", intro, evaluated)
     summary = {k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP", "hamming_loss")}
     summary.update(
         model_version=card.version, products=len(products), rejected=ingested.rejected,
-        report=report,
+        report=report, predictions=storage.url(f"{prefix}/{PREDICTIONS}"),
         per_attribute={a: {k: v for k, v in am.items()
                            if k in ("accuracy", "coverage", "top1_accuracy", "macro_f1", "known")}
                        for a, am in metrics["per_attribute"].items()},

@@ -14,7 +14,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
+from catalog_schemas.tables import EVALUATION_PREDICTIONS
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.io.storage import Storage
 from tagger.labels import single_slices
@@ -42,6 +44,23 @@ def compute_evaluation(taxonomy: Taxonomy, targets, mask, scores, thresholds,
         metrics["review"] = {"min_precision": min_precision, **compute_review_metrics(
             np.asarray(targets) > 0.5, np.asarray(mask, dtype=bool), decisions, review)}
     return decisions, metrics
+
+
+def prediction_table(taxonomy: Taxonomy, product_ids, targets, mask, scores, decisions) -> pa.Table:
+    """EVALUATION_PREDICTIONS: the known entries of the [N, K] arrays, one row per product and
+    value, in product then output order."""
+    known = np.asarray(mask, dtype=bool)
+    rows, cols = np.nonzero(known)
+    attributes = np.array([a for a, _ in taxonomy.outputs], dtype=object)
+    values = np.array([v for _, v in taxonomy.outputs], dtype=object)
+    return pa.Table.from_arrays([
+        pa.array(np.asarray(product_ids, dtype=object)[rows], pa.string()),
+        pa.array(attributes[cols], pa.string()),
+        pa.array(values[cols], pa.string()),
+        pa.array(np.asarray(targets)[rows, cols] > 0.5),
+        pa.array(np.asarray(decisions, dtype=bool)[rows, cols]),
+        pa.array(np.asarray(scores, dtype=np.float32)[rows, cols]),
+    ], schema=EVALUATION_PREDICTIONS)
 
 
 def calibration_metrics(logits, scores, targets, mask, temperatures: dict,

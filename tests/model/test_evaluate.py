@@ -37,6 +37,21 @@ def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys):
     assert "![Confusion: colour](confusion_colour.png)" in report and "| colour | single |" in report
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["micro_f1"] == summary["micro_f1"]
+    # every known label beside its score and decision: the report's accuracy comes back from it
+    import pyarrow.parquet as pq
+
+    from catalog_schemas.tables import EVALUATION_PREDICTIONS
+    from tagger.model.versions import read_card
+    from tagger.io.storage import open_storage
+    from tagger.quality.compare import single_choices
+
+    assert summary["predictions"].endswith("evaluations/holdout/predictions.parquet")
+    table = pq.read_table(folder / "predictions.parquet")
+    assert table.schema.equals(EVALUATION_PREDICTIONS) and len(set(table["product_id"].to_pylist())) == 30
+    taxonomy = read_card(open_storage(str(lake)), version).taxonomy
+    for attribute, (label, choice) in single_choices(table, taxonomy, sorted(set(table["product_id"].to_pylist()))).items():
+        known = label >= 0
+        assert (label[known] == choice[known]).mean() == pytest.approx(metrics["per_attribute"][attribute]["accuracy"])
     # the evaluation export never enters the lake's own catalog
     assert (lake / "evaluations" / "holdout" / "catalog" / "products").is_dir()
     assert main(["evaluate", str(catalog), "--lake", str(lake), "--name", "again"]) == 0
