@@ -38,8 +38,9 @@ from tagger.train.split import load_training_data, split_products  # noqa: E402
 from tagger.train.text_warmup import warm_up_text  # noqa: E402
 
 
-def screen(lake: str, epochs: int, backbone: str) -> dict:
-    """Validation figures of the text branch after `epochs` warm-up epochs (the defaults otherwise)."""
+def screen(lake: str, epochs: int, backbone: str, text_options: dict | None = None) -> dict:
+    """Validation figures of the text branch after `epochs` warm-up epochs (the defaults
+    otherwise); `text_options` override TextConfig fields (char_ngrams, max_tokens, dim, ..)."""
     torch.manual_seed(0)
     data = load_training_data(open_storage(lake))
     if data.texts is None:
@@ -47,7 +48,7 @@ def screen(lake: str, epochs: int, backbone: str) -> dict:
     config = resolve_config(TrainConfig(backbone=backbone, text_warmup_epochs=epochs))
     split = split_products(data.targets, config.val_fraction, config.test_fraction, config.seed)
     train, val = split.train, split.validation
-    text = TextConfig(buckets=config.text_buckets, dim=config.text_dim)
+    text = TextConfig(**{"buckets": config.text_buckets, "dim": config.text_dim, **(text_options or {})})
     model = ImageTextModel(None, text, data.taxonomy.num_outputs)
     pos_weight = compute_pos_weight(data.targets[train], data.mask[train], mode=config.pos_weight,
                                     max_weight=config.pos_weight_max)
@@ -61,7 +62,7 @@ def screen(lake: str, epochs: int, backbone: str) -> dict:
         logits = model(None, torch.from_numpy(encode_texts([data.texts[i] for i in val], text))).numpy()
     accuracy = attribute_accuracy(data.taxonomy, data.targets[val], data.mask[val], logits)
     f1 = macro_f1(data.taxonomy, data.targets[val], data.mask[val], logits)
-    return dict(epochs=epochs, seconds=round(seconds, 1), losses=losses,
+    return dict(epochs=epochs, text=text.model_dump(mode="json"), seconds=round(seconds, 1), losses=losses,
                 mean_top1=round(float(np.mean(list(accuracy.values()))), 4),
                 mean_macro_f1=round(float(np.mean(list(f1.values()))), 4),
                 mAP=round(mean_ap(data.targets[val], data.mask[val], ranked(logits, fit.heads)), 4),
@@ -84,9 +85,21 @@ def main() -> None:
     p.add_argument("--lake", required=True, help="a lake whose products have titles")
     p.add_argument("--epochs", default="3,6,10", help="comma-separated epoch counts")
     p.add_argument("--backbone", default="tf_efficientnet_lite0", help="whose lr and batch defaults to use")
+    p.add_argument("--text", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TextConfig field, e.g. char_ngrams=2,3,4,5 or max_tokens=192 (repeatable)")
     a = p.parse_args()
+    options = dict(text_option(o) for o in a.text)
     for epochs in (int(e) for e in a.epochs.split(",")):
-        print(json.dumps(screen(a.lake, epochs, a.backbone)), flush=True)
+        print(json.dumps(screen(a.lake, epochs, a.backbone, options)), flush=True)
+
+
+def text_option(option: str) -> tuple[str, object]:
+    """'char_ngrams=2,3' -> ('char_ngrams', (2, 3)); 'dim=128' -> ('dim', 128)."""
+    name, sep, value = option.partition("=")
+    if not sep or name not in TextConfig.model_fields:
+        raise SystemExit(f"--text {option!r}: expected FIELD=VALUE with FIELD one of {', '.join(TextConfig.model_fields)}")
+    values = tuple(int(v) for v in value.split(","))
+    return name, values if name == "char_ngrams" else values[0]
 
 
 if __name__ == "__main__":

@@ -177,6 +177,17 @@ def test_quality_benchmark_runs_on_a_slice_of_the_real_catalog(tmp_path):
     assert set(summary["results"]) == {"image + text", "image only", "text only", "TF-IDF + LR"}
     assert all(0 <= r["mean_accuracy"] <= 1 for r in summary["results"].values())
     assert summary["base"]["text_warmup_epochs"] == 1 and summary["base"]["fused_text_lr_scale"] == 10
+    # the paired bootstrap reads each model's predictions table: the same products and figures
+    compared = summary["compared"]["models"]
+    assert summary["compared"]["reference"] == "image + text" and set(compared) == set(summary["results"])
+    for name, r in summary["results"].items():
+        assert compared[name]["mean_accuracy"] == pytest.approx(r["mean_accuracy"], abs=1e-4)
+        assert compared[name]["mean_macro_f1"] == pytest.approx(r["mean_macro_f1"], abs=1e-4)
+        lo, hi = compared[name]["mean_accuracy_interval"]
+        assert lo <= r["mean_accuracy"] <= hi
+    lead = compared["TF-IDF + LR"]["image + text lead, accuracy"]
+    assert lead["interval"][0] <= lead["difference"] <= lead["interval"][1] and 0 <= lead["ahead_share"] <= 1
+    assert "| TF-IDF + LR | " in out.stdout and "image + text lead: accuracy [95%]" in out.stdout
 
     # the text encoder screen reads the same workdir: its lake and the test export's
     from benchmarks import text_encoders
@@ -237,6 +248,14 @@ def test_text_warmup_benchmark_reads_the_titles(trained_lake):
     assert found["top1"]["article_type"] > 0.5 and 0 < found["mAP"] <= 1
     assert set(found["macro_f1"]) == set(found["top1"])
     assert 0 < found["macro_f1"]["article_type"] <= 1 and 0 < found["mean_macro_f1"] <= 1
+    # --text overrides the text features screened
+    from benchmarks.text_warmup import text_option
+
+    assert text_option("char_ngrams=2,3") == ("char_ngrams", (2, 3)) and text_option("dim=8") == ("dim", 8)
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        text_option("ngrams=3")
+    wider = screen(str(lake), 1, "test_efficientnet", {"char_ngrams": (2, 3), "max_tokens": 128})
+    assert wider["text"]["char_ngrams"] == [2, 3] and wider["text"]["max_tokens"] == 128
 
 
 def test_the_wordllama_encoder_embeds_titles_offline():

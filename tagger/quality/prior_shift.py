@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from tagger.quality.metrics import accuracy_and_macro_f1
+
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -38,16 +40,8 @@ def top1_plus_macro_f1(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray
     """Top-1 accuracy + macro-F1 (over the values present) of `predicted` against `y`
     (int [N]; a predicted label >= `classes` abstains: wrong, and called for no value): one
     score, or one per row of `weights` [R, N] (row multiplicities, a bootstrap resample each)."""
-    classes = classes or int(max(y.max(), predicted.max())) + 1
-    w = np.ones((1, len(y))) if weights is None else np.atleast_2d(weights)
-    hit = (y == predicted).astype(float)
-    tp = np.stack([np.bincount(y, r * hit, classes) for r in w])
-    support = np.stack([np.bincount(y, r, classes) for r in w])
-    called = np.stack([np.bincount(predicted, r, classes)[:classes] for r in w])  # abstentions: past the end
-    present = support > 0
-    f1 = np.where(present, 2 * tp / np.maximum(support + called, 1e-12), 0.0)
-    score = tp.sum(1) / w.sum(1) + f1.sum(1) / present.sum(1)
-    return score[0] if weights is None else score
+    accuracy, macro_f1 = accuracy_and_macro_f1(y, predicted, weights, classes)
+    return accuracy + macro_f1
 
 
 def one_standard_error_pick(y: np.ndarray, predictions: Sequence[np.ndarray], classes: int,

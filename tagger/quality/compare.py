@@ -1,0 +1,107 @@
+"""Two models on the same products: is the difference more than the choice of products?
+
+A test export of a few thousand products gives each model a mean accuracy and macro-F1,
+and a second model a figure 0.001 higher or lower: whether that is a better model or the
+luck of which products the export holds, the figures alone do not say. A paired bootstrap
+does: the products are resampled with replacement (the same resamples for every model),
+each resample gives every model its figures, and the spread of the differences over the
+resamples is how far the test export moves them (Efron and Tibshirani, ch. 16). It
+measures the test export's sampling, not training's: another seed moves a model too
+(benchmarks/README.md reruns them).
+
+The figures are those of the evaluation report: per single attribute, accuracy (an
+abstention is wrong) and macro-F1 over the values present, then the mean over the
+attributes. Their input is the predictions table `tagger evaluate` writes beside its report
+(catalog_schemas.tables.EVALUATION_PREDICTIONS), read with `single_choices`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from catalog_schemas.taxonomy import Taxonomy
+from tagger.labels import single_slices
+from tagger.quality.metrics import accuracy_and_macro_f1
+
+RESAMPLES = 1000
+
+
+def single_choices(table: pa.Table, taxonomy: Taxonomy,
+                   product_ids: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per single attribute of `taxonomy`, (label, choice) int [N] in the order of
+    `product_ids`, from an EVALUATION_PREDICTIONS table: label -1 where the product's value
+    is not known as exactly one value; choice the decided value's index, or the attribute's
+    number of values where the model abstained."""
+    order = {p: i for i, p in enumerate(product_ids)}
+    frame = table.select(["product_id", "attribute", "value", "label", "decided"]).to_pandas()
+    frame = frame[frame["product_id"].isin(order.keys())]
+    out = {}
+    for name, sl in single_slices(taxonomy).items():
+        values = list(taxonomy.attribute(name).values)
+        index = {v: i for i, v in enumerate(values)}
+        rows = frame[frame["attribute"] == name]
+        at = rows["product_id"].map(order).to_numpy()
+        value = rows["value"].map(index).to_numpy()
+        label = np.full(len(product_ids), -1)
+        labelled = rows["label"].to_numpy()
+        true_count = np.bincount(at[labelled], minlength=len(product_ids))
+        label[at[labelled]] = value[labelled]
+        label[true_count != 1] = -1
+        choice = np.full(len(product_ids), len(values))
+        decided = rows["decided"].to_numpy()
+        choice[at[decided]] = value[decided]
+        out[name] = (label, choice)
+    return out
+
+
+def paired_bootstrap(labels: Mapping[str, np.ndarray], choices: Mapping[str, Mapping[str, np.ndarray]],
+                     classes: Mapping[str, int], reference: str, *, resamples: int = RESAMPLES,
+                     level: float = 0.95, seed: int = 0) -> dict[str, dict]:
+    """Mean accuracy and macro-F1 over the attributes of `labels` (attribute -> int [N], -1
+    unknown) for each model of `choices` (model -> attribute -> int [N], `classes[attribute]`
+    where it abstains), each with its `level` percentile interval over `resamples` resamples
+    of the N products, and for every model but `reference` the reference's lead over it
+    (reference minus model) with its interval and the share of resamples in which the
+    reference is ahead."""
+    if reference not in choices:
+        raise ValueError(f"reference {reference!r} is none of the models compared: {sorted(choices)}")
+    n = len(next(iter(labels.values())))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1 / n), size=resamples)
+    point: dict[str, dict[str, float]] = {}
+    draws: dict[str, dict[str, np.ndarray]] = {}
+    for model, by_attribute in choices.items():
+        figures = {"accuracy": [], "macro_f1": []}
+        sampled = {"accuracy": [], "macro_f1": []}
+        for attribute, y in labels.items():
+            known = y >= 0
+            if not known.any():
+                continue
+            pred = np.asarray(by_attribute[attribute])[known]
+            for key, value in zip(figures, accuracy_and_macro_f1(y[known], pred, None, classes[attribute])):
+                figures[key].append(value)
+            for key, value in zip(sampled, accuracy_and_macro_f1(y[known], pred, weights[:, known],
+                                                                 classes[attribute])):
+                sampled[key].append(value)
+        point[model] = {k: float(np.mean(v)) for k, v in figures.items()}
+        draws[model] = {k: np.mean(v, axis=0) for k, v in sampled.items()}
+    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+
+    def interval(x: np.ndarray) -> list[float]:
+        return [round(float(v), 4) for v in np.percentile(x, tails)]
+
+    out = {}
+    for model in choices:
+        entry = {f"mean_{k}": round(point[model][k], 4) for k in point[model]}
+        entry.update({f"mean_{k}_interval": interval(draws[model][k]) for k in draws[model]})
+        if model != reference:
+            for k in draws[model]:
+                lead = draws[reference][k] - draws[model][k]
+                entry[f"{reference} lead, {k}"] = dict(
+                    difference=round(point[reference][k] - point[model][k], 4),
+                    interval=interval(lead), ahead_share=round(float((lead > 0).mean()), 3))
+        out[model] = entry
+    return {"reference": reference, "resamples": resamples, "level": level, "models": out}

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from catalog_schemas.tables import EVALUATION_PREDICTIONS
+from tagger.quality.compare import paired_bootstrap, single_choices
+from tagger.quality.evaluation import prediction_table
+from tests.conftest import SMALL_TAXONOMY
+
+# colour (single): red, blue, green; features (multi): logo, zip
+TARGETS = np.array([[1, 0, 0, 1, 0],
+                    [0, 1, 0, 0, 1],
+                    [0, 0, 1, 1, 1],
+                    [0, 0, 0, 0, 0]], np.float32)
+MASK = np.array([[1, 1, 1, 1, 1],
+                 [1, 1, 1, 1, 1],
+                 [1, 1, 1, 0, 0],   # features unknown
+                 [0, 0, 0, 1, 1]], bool)  # colour unknown
+SCORES = np.array([[0.8, 0.1, 0.1, 0.9, 0.2],
+                   [0.2, 0.3, 0.5, 0.4, 0.7],
+                   [0.4, 0.3, 0.3, 0.5, 0.5],
+                   [0.9, 0.0, 0.1, 0.1, 0.1]], np.float32)
+DECISIONS = np.array([[1, 0, 0, 1, 0],
+                      [0, 0, 1, 0, 1],   # colour wrong
+                      [0, 0, 0, 0, 0],   # colour abstains
+                      [1, 0, 0, 0, 0]], bool)
+
+
+def test_the_predictions_table_holds_the_known_entries_and_gives_back_each_products_choice():
+    ids = ["p1", "p2", "p3", "p4"]
+    table = prediction_table(SMALL_TAXONOMY, ids, TARGETS, MASK, SCORES, DECISIONS)
+    assert table.schema == EVALUATION_PREDICTIONS
+    assert table.num_rows == MASK.sum()  # unknown entries are not rows
+    row = table.slice(2, 1).to_pylist()[0]
+    assert row == dict(product_id="p1", attribute="colour", value="green", label=False, decided=False,
+                       score=pytest.approx(0.1))
+    # read back in another product order: labels, choices, abstention = 3 (the number of values),
+    # an unknown colour = -1 (p4's masked colour decision is not a row, so not a choice either)
+    label, choice = single_choices(table, SMALL_TAXONOMY, ["p4", "p3", "p2", "p1"])["colour"]
+    assert label.tolist() == [-1, 2, 1, 0]
+    assert choice.tolist() == [3, 3, 2, 0]
+    assert set(single_choices(table, SMALL_TAXONOMY, ids)) == {"colour"}  # single attributes only
+
+
+def _models(rng, n=600):
+    y = {"colour": rng.integers(0, 3, n), "size": rng.integers(0, 4, n)}
+    y["size"][: n // 3] = -1  # a third unknown, as season is on the real catalog
+    good = {a: np.where(rng.random(n) < 0.9, v, (v + 1) % 3) for a, v in y.items()}
+    poor = {a: np.where(rng.random(n) < 0.7, v, (v + 1) % 3) for a, v in y.items()}
+    return y, good, poor
+
+
+def test_the_point_figures_are_sklearns_and_a_clear_lead_is_told_from_none():
+    y, good, poor = _models(np.random.default_rng(0))
+    classes = {"colour": 3, "size": 4}
+    out = paired_bootstrap(y, {"good": good, "same": dict(good), "poor": poor}, classes, "good", resamples=300)
+    models = out["models"]
+    for name, pred in (("good", good), ("poor", poor)):
+        acc = np.mean([accuracy_score(y[a][y[a] >= 0], pred[a][y[a] >= 0]) for a in y])
+        f1 = np.mean([f1_score(y[a][y[a] >= 0], pred[a][y[a] >= 0], average="macro",
+                               labels=np.unique(y[a][y[a] >= 0])) for a in y])
+        assert models[name]["mean_accuracy"] == pytest.approx(acc, abs=1e-4)
+        assert models[name]["mean_macro_f1"] == pytest.approx(f1, abs=1e-4)
+        lo, hi = models[name]["mean_accuracy_interval"]
+        assert lo < models[name]["mean_accuracy"] < hi
+    lead = models["poor"]["good lead, accuracy"]
+    assert lead["difference"] == pytest.approx(models["good"]["mean_accuracy"] - models["poor"]["mean_accuracy"], abs=2e-4)
+    assert 0 < lead["interval"][0] < lead["difference"] < lead["interval"][1] and lead["ahead_share"] == 1.0
+    same = models["same"]["good lead, macro_f1"]
+    assert same["difference"] == 0 and same["interval"] == [0, 0] and same["ahead_share"] == 0
+    assert "good lead, accuracy" not in models["good"]
+
+
+def test_a_lead_of_two_products_in_two_hundred_is_not_clear():
+    rng = np.random.default_rng(1)
+    y = {"colour": rng.integers(0, 3, 200)}
+    a = {"colour": np.where(rng.random(200) < 0.9, y["colour"], (y["colour"] + 1) % 3)}
+    a["colour"][:2] = y["colour"][:2]
+    b = {"colour": a["colour"].copy()}
+    b["colour"][:2] = (y["colour"][:2] + 1) % 3  # b is wrong on 2 products a gets right
+    lead = paired_bootstrap(y, {"a": a, "b": b}, {"colour": 3}, "a", resamples=500)["models"]["b"]["a lead, accuracy"]
+    assert lead["difference"] == pytest.approx(0.01)
+    # about one resample in e^2 holds neither product: b is never ahead, a not clearly
+    assert lead["interval"][0] == 0 and 0.75 < lead["ahead_share"] < 0.95
+
+
+def test_an_abstention_is_wrong_and_an_unknown_reference_is_refused():
+    y = {"colour": np.array([0, 1, 2, 0])}
+    abstains = {"colour": np.array([0, 3, 3, 0])}  # 3: no value decided
+    out = paired_bootstrap(y, {"m": abstains}, {"colour": 3}, "m", resamples=10)["models"]["m"]
+    assert out["mean_accuracy"] == 0.5
+    with pytest.raises(ValueError, match="reference 'x'"):
+        paired_bootstrap(y, {"m": abstains}, {"colour": 3}, "x")
