@@ -283,18 +283,11 @@ def compare(lake: str, predictions: dict[str, str], reference: str = "image + te
     (`predictions`: name -> URI) score the same test export; `reference` leads."""
     from catalog_schemas.tables import EVALUATION_PREDICTIONS
     from tagger.io.parquet import read_table
-    from tagger.labels import single_slices
     from tagger.lake import read_lake_taxonomy
-    from tagger.quality.compare import paired_bootstrap, single_choices
+    from tagger.quality.compare import compare_predictions
 
-    taxonomy = read_lake_taxonomy(open_storage(lake))
     tables = {name: read_table(*open_file(uri), EVALUATION_PREDICTIONS) for name, uri in predictions.items()}
-    ids = sorted(set(tables[reference].column("product_id").to_pylist()))
-    choices = {name: single_choices(t, taxonomy, ids) for name, t in tables.items()}
-    labels = {a: y for a, (y, _) in choices[reference].items()}
-    classes = {a: sl.stop - sl.start for a, sl in single_slices(taxonomy).items()}
-    return paired_bootstrap(labels, {n: {a: c for a, (_, c) in by.items()} for n, by in choices.items()},
-                            classes, reference)
+    return compare_predictions(tables, read_lake_taxonomy(open_storage(lake)), reference)
 
 
 def comparison_table(compared: dict) -> str:

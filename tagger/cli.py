@@ -92,6 +92,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from tagger.model.evaluate import compare_evaluations
+
+    _print_json(compare_evaluations(args.lake, args.name, args.versions, resamples=args.resamples))
+    return 0
+
+
 def cmd_models(args) -> int:
     from tagger.io.storage import open_storage
     from tagger.model.production import describe_versions
@@ -228,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="evaluation name (default: export name + time)")
     add_config_flags(e, TagConfig)
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="two model versions evaluated on one export: each one's mean "
+                       "accuracy and macro-F1 with a 95%% interval, the first one's lead (paired bootstrap)")
+    c.add_argument("versions", nargs="+", metavar="VERSION",
+                   help="model versions (tagger models lists them)")
+    c.add_argument("--name", required=True, help="the evaluation (tagger evaluate --name) of each version")
+    c.add_argument("--lake", required=True)
+    c.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
+    c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("models", help="model versions: production or candidate, key test figures")
     m.add_argument("--lake", required=True)

@@ -89,6 +89,39 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     return summary
 
 
+def compare_evaluations(lake: str, name: str, versions: list[str], *, resamples: int | None = None) -> dict:
+    """The paired bootstrap (tagger.quality.compare) of two or more model versions evaluated
+    on one export under the same evaluation `name`: each version's mean accuracy and
+    macro-F1 with a 95% interval, and the first version's lead over each of the others."""
+    from catalog_schemas.tables import EVALUATION_PREDICTIONS
+    from tagger.io.parquet import read_table
+    from tagger.model.versions import read_card
+    from tagger.quality.compare import RESAMPLES, compare_predictions
+
+    if len(versions) < 2:
+        raise ValueError("compare needs two model versions or more (tagger models lists them)")
+    storage = open_storage(lake)
+    tables, taxonomy = {}, None
+    for version in versions:
+        card = read_card(storage, version)
+        path = model_path(version, f"{EVALUATIONS}/{name}/{PREDICTIONS}")
+        if not storage.exists(path):
+            raise FileNotFoundError(
+                f"Model {version} has no evaluation {name!r} with predictions at {storage.url(path)}. "
+                f"Evaluate it on the same export: tagger evaluate EXPORT --lake {lake} --model "
+                f"{version} --name {name}")
+        if taxonomy is not None and card.taxonomy.outputs != taxonomy.outputs:
+            raise ValueError(f"Model {version} has another taxonomy than {versions[0]}: "
+                             "compare versions of one taxonomy")
+        taxonomy = taxonomy or card.taxonomy
+        tables[version] = read_table(storage, path, EVALUATION_PREDICTIONS)
+    if len(tables) < len(versions):
+        raise ValueError(f"{versions} name one version twice: compare two different versions")
+    reference = next(iter(tables))
+    return dict(compare_predictions(tables, taxonomy, reference, resamples=resamples or RESAMPLES),
+                evaluation=name)
+
+
 def _export_taxonomy(tax: Taxonomy, path: str | None, version: str) -> Taxonomy:
     """The model's taxonomy with the column mapping of the taxonomy file `path`, if given."""
     if not path:

@@ -12,7 +12,9 @@ measures the test export's sampling, not training's: another seed moves a model 
 The figures are those of the evaluation report: per single attribute, accuracy (an
 abstention is wrong) and macro-F1 over the values present, then the mean over the
 attributes. Their input is the predictions table `tagger evaluate` writes beside its report
-(catalog_schemas.tables.EVALUATION_PREDICTIONS), read with `single_choices`.
+(catalog_schemas.tables.EVALUATION_PREDICTIONS): `compare_predictions` takes those tables,
+`tagger compare` (tagger.model.evaluate.compare_evaluations) two model versions' evaluations
+of one export.
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ def single_choices(table: pa.Table, taxonomy: Taxonomy,
         values = list(taxonomy.attribute(name).values)
         index = {v: i for i, v in enumerate(values)}
         rows = frame[frame["attribute"] == name]
-        at = rows["product_id"].map(order).to_numpy()
-        value = rows["value"].map(index).to_numpy()
+        value = rows["value"].map(index)
+        if value.isna().any():
+            unknown = sorted(set(rows["value"][value.isna()]))[:5]
+            raise ValueError(f"the predictions give {name} values its taxonomy lacks: {unknown}; "
+                             "compare models of one taxonomy")
+        at = rows["product_id"].map(order).to_numpy(np.int64)
+        value = value.to_numpy(np.int64)
         label = np.full(len(product_ids), -1)
         labelled = rows["label"].to_numpy()
         true_count = np.bincount(at[labelled], minlength=len(product_ids))
@@ -105,3 +112,18 @@ def paired_bootstrap(labels: Mapping[str, np.ndarray], choices: Mapping[str, Map
                     interval=interval(lead), ahead_share=round(float((lead > 0).mean()), 3))
         out[model] = entry
     return {"reference": reference, "resamples": resamples, "level": level, "models": out}
+
+
+def compare_predictions(tables: Mapping[str, pa.Table], taxonomy: Taxonomy, reference: str, *,
+                        resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """paired_bootstrap of the models whose EVALUATION_PREDICTIONS `tables` (name -> table)
+    score the same products: the reference's products and labels, each model's choices on
+    them (a product a model has no row for counts as an abstention)."""
+    if reference not in tables:
+        raise ValueError(f"reference {reference!r} is none of the models compared: {sorted(tables)}")
+    ids = sorted(set(tables[reference].column("product_id").to_pylist()))
+    choices = {name: single_choices(t, taxonomy, ids) for name, t in tables.items()}
+    labels = {a: y for a, (y, _) in choices[reference].items()}
+    classes = {a: sl.stop - sl.start for a, sl in single_slices(taxonomy).items()}
+    return dict(paired_bootstrap(labels, {n: {a: c for a, (_, c) in by.items()} for n, by in choices.items()},
+                                 classes, reference, resamples=resamples, seed=seed), products=len(ids))

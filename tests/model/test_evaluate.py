@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from tagger.cli import main
@@ -24,7 +25,7 @@ def test_single_attributes_are_decoded_as_one_choice_and_unknowns_ignored():
 
 
 @pytest.mark.slow
-def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys):
+def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys, caplog):
     lake, version = trained_lake
     catalog = generate_catalog(tmp_path / "holdout", n_products=30, seed=99, image_size=64)
     summary = evaluate_model(str(lake), str(catalog), name="holdout")
@@ -56,6 +57,38 @@ def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys):
     assert (lake / "evaluations" / "holdout" / "catalog" / "products").is_dir()
     assert main(["evaluate", str(catalog), "--lake", str(lake), "--name", "again"]) == 0
     assert json.loads(capsys.readouterr().out)["products"] == 30
+
+    # tagger compare: another version that abstains on the colour of half the products
+    import shutil
+
+    from tagger.io.parquet import write_table
+
+    other = lake / "models" / f"{version}-b"
+    (other / "evaluations" / "holdout").mkdir(parents=True)
+    shutil.copy(lake / "models" / version / "card.json", other / "card.json")
+    worse = table.to_pandas()
+    colour = worse["attribute"] == "colour"
+    half = worse["product_id"].isin(sorted(set(worse["product_id"]))[:15])
+    worse.loc[colour & half, "decided"] = False  # abstains: wrong wherever the colour is known
+    write_table(open_storage(str(lake)), f"models/{version}-b/evaluations/holdout/predictions.parquet",
+                pa.Table.from_pandas(worse, schema=EVALUATION_PREDICTIONS, preserve_index=False))
+    assert main(["compare", version, f"{version}-b", "--name", "holdout", "--lake", str(lake),
+                 "--resamples", "200"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["reference"] == version and compared["products"] == 30 and compared["evaluation"] == "holdout"
+    ids = sorted(set(table["product_id"].to_pylist()))
+    choices = single_choices(table, taxonomy, ids)
+    label, choice = choices["colour"]
+    known = label >= 0
+    # b abstains on the first 15 products' colour: it loses those the model got right
+    lost = ((label == choice) & known)[:15].sum() / known.sum() / len(choices)
+    ours, lead = compared["models"][version], compared["models"][f"{version}-b"][f"{version} lead, accuracy"]
+    assert lead["difference"] == pytest.approx(lost, abs=2e-4) and (lead["ahead_share"] > 0.5) == (lost > 0)
+    assert ours["mean_accuracy"] == pytest.approx(np.mean([metrics["per_attribute"][a]["accuracy"] for a in choices]),
+                                                  abs=1e-4)
+    assert main(["compare", version, "--name", "holdout", "--lake", str(lake)]) == 2  # one version: an error
+    assert main(["compare", version, f"{version}-b", "--name", "nope", "--lake", str(lake)]) == 2
+    assert "has no evaluation 'nope'" in caplog.text and "tagger evaluate EXPORT" in caplog.text
 
 
 @pytest.mark.slow

@@ -40,6 +40,13 @@ def test_the_predictions_table_holds_the_known_entries_and_gives_back_each_produ
     assert label.tolist() == [-1, 2, 1, 0]
     assert choice.tolist() == [3, 3, 2, 0]
     assert set(single_choices(table, SMALL_TAXONOMY, ids)) == {"colour"}  # single attributes only
+    label, choice = single_choices(table, SMALL_TAXONOMY, [])["colour"]  # no product: empty, no error
+    assert label.size == choice.size == 0
+    renamed = SMALL_TAXONOMY.model_copy(update={"attributes": (
+        SMALL_TAXONOMY.attributes[0].model_copy(update={"values": ("red", "blue", "teal")}),
+        *SMALL_TAXONOMY.attributes[1:])})
+    with pytest.raises(ValueError, match=r"colour values its taxonomy lacks: \['green'\]"):
+        single_choices(table, renamed, ids)
 
 
 def _models(rng, n=600):
