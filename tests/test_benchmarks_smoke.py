@@ -280,7 +280,7 @@ def test_the_encoder_screen_says_what_to_run_first(tmp_path):
         text_encoders.main(["--workdir", str(tmp_path)])
 
 
-def test_title_memory_scores_the_training_majority_on_seen_titles_only():
+def test_title_memory_scores_the_training_majority_on_seen_titles_only(tmp_path):
     import pandas as pd
 
     from benchmarks.quality import in_test_export
@@ -300,5 +300,47 @@ def test_title_memory_scores_the_training_majority_on_seen_titles_only():
     found = title_memory(pd.DataFrame(rows), 0.5, attributes=("season",))["season"]
     assert found == {"labelled_test": 3, "title_seen_share": 2 / 3, "seen": 2, "majority_accuracy": 0.5}
 
+    # a model's predictions on the same test products, apart for seen and unseen titles
+    import numpy as np
+
+    from benchmarks.title_memory import model_by_seen
+    from catalog_schemas.taxonomy import load_taxonomy
+    from tagger.quality.evaluation import prediction_table
+
+    tax = load_taxonomy("name: t\nattributes:\n  - {name: season, kind: single, values: [Fall, Summer, Winter]}\n")
+    targets = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], np.float32)  # held 0, 1, 3 as labelled
+    decided = np.array([[0, 1, 0], [0, 1, 0], [1, 0, 0]], bool)  # right, wrong (Summer for Winter), right
+    table = prediction_table(tax, [held[0], held[1], held[3]], targets, np.ones_like(decided), decided * 0.9, decided)
+    by_seen = model_by_seen(pd.DataFrame(rows), table, tax, 0.5)["season"]
+    assert by_seen == {"seen": 2, "unseen": 1, "seen_accuracy": 0.5, "unseen_accuracy": 1.0}
+
     with pytest.raises(SystemExit, match="No catalog export"):
         main(["--styles", "/nonexistent/styles.csv"])
+
+    # the command line: the shipped taxonomy's attributes, a model's predictions file
+    from benchmarks.quality import TAXONOMY
+
+    from catalog_schemas.taxonomy import load_taxonomy as load
+    from tagger.io.parquet import write_table
+    from tagger.io.storage import open_storage
+
+    shipped = load(TAXONOMY)
+    frame = pd.DataFrame(rows)
+    for a in shipped.attributes:
+        frame[a.name] = frame.get(a.name, "")
+    frame.to_csv(tmp_path / "styles.csv", index=False)
+    sl, values = shipped.slices["season"], list(shipped.attribute("season").values)
+    full_targets = np.zeros((3, shipped.num_outputs), np.float32)
+    full_mask = np.zeros_like(full_targets, bool)
+    full_decided = np.zeros_like(full_mask)
+    for i, (truth, said) in enumerate([("Summer", "Summer"), ("Winter", "Summer"), ("Fall", "Fall")]):
+        full_mask[i, sl] = True
+        full_targets[i, sl.start + values.index(truth)] = 1
+        full_decided[i, sl.start + values.index(said)] = True
+    write_table(open_storage(tmp_path), "p.parquet", prediction_table(
+        shipped, [held[0], held[1], held[3]], full_targets, full_mask, full_decided * 0.9, full_decided))
+    found = main(["--styles", str(tmp_path / "styles.csv"), "--test-share", "0.5",
+                  "--predictions", f"fused={tmp_path / 'p.parquet'}"])
+    assert found["season"]["models"]["fused"] == by_seen
+    with pytest.raises(SystemExit, match="NAME=URI"):
+        main(["--styles", str(tmp_path / "styles.csv"), "--predictions", str(tmp_path / "p.parquet")])
