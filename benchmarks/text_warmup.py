@@ -5,9 +5,11 @@ does first, tagger/train/text_warmup.py) on the training split of a lake that ho
 real catalog (the quality benchmark's `--workdir` keeps it at WORKDIR/lake), for each
 epoch count given, and prints the validation split's mean and per-attribute top-1
 accuracy and macro-F1 (argmax, over the values present) and mAP: how
-`TrainConfig.text_warmup_epochs` was chosen. No image is decoded.
+`TrainConfig.text_warmup_epochs` was chosen. `--text FIELD=VALUE` screens other text
+features (catalog_schemas.card.TextConfig). No image is decoded.
 
     .venv/bin/python -m benchmarks.text_warmup --lake /tmp/bq/lake --epochs 3,6,10
+    .venv/bin/python -m benchmarks.text_warmup --lake /tmp/bq/lake --epochs 5 --text char_ngrams=2,3,4,5 --text max_tokens=192
 """
 
 from __future__ import annotations
