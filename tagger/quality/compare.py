@@ -19,6 +19,7 @@ of one export.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ from tagger.labels import single_slices
 from tagger.quality.metrics import accuracy_and_macro_f1
 
 RESAMPLES = 1000
+CHUNK = 10_000_000  # resample weights (int32) held at once
 
 
 def single_choices(table: pa.Table, taxonomy: Taxonomy,
@@ -77,28 +79,19 @@ def paired_bootstrap(labels: Mapping[str, np.ndarray], choices: Mapping[str, Map
         raise ValueError(f"reference {reference!r} is none of the models compared: {sorted(choices)}")
     n = len(next(iter(labels.values())))
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=resamples)
-    point: dict[str, dict[str, float]] = {}
-    draws: dict[str, dict[str, np.ndarray]] = {}
-    for model, by_attribute in choices.items():
-        figures = {"accuracy": [], "macro_f1": []}
-        sampled = {"accuracy": [], "macro_f1": []}
-        for attribute, y in labels.items():
-            known = y >= 0
-            if not known.any():
-                continue
-            pred = np.asarray(by_attribute[attribute])[known]
-            for key, value in zip(figures, accuracy_and_macro_f1(y[known], pred, None, classes[attribute])):
-                figures[key].append(value)
-            for key, value in zip(sampled, accuracy_and_macro_f1(y[known], pred, weights[:, known],
-                                                                 classes[attribute])):
-                sampled[key].append(value)
-        point[model] = {k: float(np.mean(v)) for k, v in figures.items()}
-        draws[model] = {k: np.mean(v, axis=0) for k, v in sampled.items()}
+    point = {model: _figures(labels, by_attribute, classes, None) for model, by_attribute in choices.items()}
+    parts: dict[str, list[dict[str, np.ndarray]]] = {model: [] for model in choices}
+    step = max(1, CHUNK // max(n, 1))  # resamples at a time: an export of 100k products stays at ~80 MB
+    for start in range(0, resamples, step):
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=min(step, resamples - start)).astype(np.int32)
+        for model, by_attribute in choices.items():  # the same resamples for every model: paired
+            parts[model].append(_figures(labels, by_attribute, classes, weights))
+    draws = {model: {k: np.concatenate([p[k] for p in chunks]) for k in ("accuracy", "macro_f1")}
+             for model, chunks in parts.items()}
     tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
 
     def interval(x: np.ndarray) -> list[float]:
-        return [round(float(v), 4) for v in np.percentile(x, tails)]
+        return [round(float(v), 4) for v in np.nanpercentile(x, tails)]
 
     out = {}
     for model in choices:
@@ -109,9 +102,32 @@ def paired_bootstrap(labels: Mapping[str, np.ndarray], choices: Mapping[str, Map
                 lead = draws[reference][k] - draws[model][k]
                 entry[f"{reference} lead, {k}"] = dict(
                     difference=round(point[reference][k] - point[model][k], 4),
-                    interval=interval(lead), ahead_share=round(float((lead > 0).mean()), 3))
+                    interval=interval(lead), ahead_share=round(float(np.nanmean(lead > 0)), 3))
         out[model] = entry
     return {"reference": reference, "resamples": resamples, "level": level, "models": out}
+
+
+def _figures(labels: Mapping[str, np.ndarray], choices: Mapping[str, np.ndarray], classes: Mapping[str, int],
+             weights: np.ndarray | None) -> dict:
+    """Mean accuracy and macro-F1 over the attributes with a known label: one figure each,
+    or one per row of `weights` [R, N] (a resample's multiplicity of each product; a
+    resample that holds no labelled product of an attribute leaves it out of its mean)."""
+    found = {"accuracy": [], "macro_f1": []}
+    for attribute, y in labels.items():
+        known = y >= 0
+        if not known.any():
+            continue
+        w = None if weights is None else weights[:, known]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            accuracy, macro_f1 = accuracy_and_macro_f1(y[known], np.asarray(choices[attribute])[known], w,
+                                                       classes[attribute])
+        found["accuracy"].append(accuracy)
+        found["macro_f1"].append(macro_f1)
+    if weights is None:
+        return {k: float(np.mean(v)) for k, v in found.items()}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-empty resample: NaN, skipped by nanpercentile
+        return {k: np.nanmean(np.stack(v), axis=0) for k, v in found.items()}
 
 
 def compare_predictions(tables: Mapping[str, pa.Table], taxonomy: Taxonomy, reference: str, *,

@@ -98,3 +98,22 @@ def test_an_abstention_is_wrong_and_an_unknown_reference_is_refused():
     assert out["mean_accuracy"] == 0.5
     with pytest.raises(ValueError, match="reference 'x'"):
         paired_bootstrap(y, {"m": abstains}, {"colour": 3}, "x")
+
+
+def test_resamples_drawn_a_chunk_at_a_time_are_the_same_resamples(monkeypatch):
+    import tagger.quality.compare as compare
+
+    y, good, poor = _models(np.random.default_rng(2), n=300)
+    classes = {"colour": 3, "size": 4}
+    whole = paired_bootstrap(y, {"good": good, "poor": poor}, classes, "good", resamples=250)
+    monkeypatch.setattr(compare, "CHUNK", 300 * 40)  # 40 resamples at a time
+    assert paired_bootstrap(y, {"good": good, "poor": poor}, classes, "good", resamples=250) == whole
+
+
+def test_an_attribute_missing_from_a_resample_is_left_out_of_its_mean():
+    y = {"colour": np.array([0, 1, 2, 0, 1, 2, 0, 1]), "size": np.array([0, -1, -1, -1, -1, -1, -1, -1])}
+    model = {"colour": y["colour"].copy(), "size": np.array([1, 0, 0, 0, 0, 0, 0, 0])}  # size always wrong
+    out = paired_bootstrap(y, {"m": model}, {"colour": 3, "size": 2}, "m", resamples=200)["models"]["m"]
+    assert out["mean_accuracy"] == 0.5  # colour 1, size 0
+    # a resample without product 0 has no size: its mean is colour's alone, 1
+    assert out["mean_accuracy_interval"] == [0.5, 1.0]
