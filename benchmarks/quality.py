@@ -427,9 +427,9 @@ def main() -> None:
             eval_lake = open_storage(lake).url("evaluations/benchmark-tfidf")
             ingest_catalog(str(test_csv), a.taxonomy, eval_lake)
         t = time.perf_counter()
-        results[TFIDF] = linear_text_baseline(lake, eval_lake, TrainConfig().seed,
-                                              predictions=str(work / "tfidf-predictions.parquet"))
-        results[TFIDF]["predictions"] = str(work / "tfidf-predictions.parquet")
+        predictions = str(work / "tfidf-predictions.parquet")
+        results[TFIDF] = dict(linear_text_baseline(lake, eval_lake, TrainConfig().seed, predictions=predictions),
+                              predictions=predictions)
         times[f"{TFIDF} s"] = round(time.perf_counter() - t)
     compared = None
     if "image + text" in results and len(results) > 1:

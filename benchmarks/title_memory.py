@@ -73,10 +73,14 @@ def model_by_seen(df: pd.DataFrame, predictions, taxonomy, test_share: float = 0
     from tagger.labels import single_slices
     from tagger.quality.compare import single_choices
 
+    test_ids = df["id"][in_test_export(df["id"], test_share)].tolist()
+    at = {p: i for i, p in enumerate(test_ids)}
+    choices = single_choices(predictions, taxonomy, test_ids)  # once: the table has a row per value
     out = {}
     for attribute in single_slices(taxonomy):
         held, seen, _ = seen_titles(df, attribute, test_share, title)
-        label, choice = single_choices(predictions, taxonomy, held["id"].tolist())[attribute]
+        rows = held["id"].map(at).to_numpy(dtype=int)
+        label, choice = (x[rows] for x in choices[attribute])
         scored = label >= 0
         right = (label == choice)[scored]
         was_seen = seen.to_numpy()[scored]
