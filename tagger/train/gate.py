@@ -15,13 +15,16 @@ Metric. Average precision per attribute value (scores against labels, no thresho
 tuned on two different validation splits add noise, not signal), averaged over the values both
 models have: overall (mAP) and per attribute. The candidate passes when neither is lower than
 production's by more than `promote_margin`. Macro-F1 at each model's own thresholds is shown,
-not gated on. Both models are scored by the pipeline that tags (tagger.model.scoring).
+not gated on, and so is a paired bootstrap of the products (tagger.quality.compare): the mean
+accuracy of the `single` attributes with a 95% interval and the candidate's lead, which says
+whether these products can tell the two apart at all. Both models are scored by the pipeline
+that tags (tagger.model.scoring).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +35,7 @@ from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig, TrainConfig
 from tagger.io.storage import Storage, open_storage, read_table
-from tagger.labels import encode_labels
+from tagger.labels import encode_labels, single_slices
 from tagger.lake import EVALUATIONS, PRODUCTS_DEFAULTS, PRODUCTS_PATH, model_path, read_products
 from tagger.model.production import (
     FIRST_MODEL,
@@ -45,7 +48,8 @@ from tagger.model.production import (
 )
 from tagger.model.scoring import card_arrays, score_images
 from tagger.model.versions import list_versions, load_model, read_card
-from tagger.quality.evaluation import compute_evaluation
+from tagger.quality.compare import compare_predictions
+from tagger.quality.evaluation import compute_evaluation, prediction_table
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,16 @@ class Comparison:
     rows: list[dict]  # attribute ('all' first), candidate, production, change, values, ok, F1s
     passed: bool
     reason: str
+    bootstrap: dict | None = None  # tagger.quality.compare's, candidate first; shown, not gated on
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's figures on an evaluation set (score_metrics)."""
+
+    metrics: dict  # compute_metrics
+    predictions: pa.Table  # EVALUATION_PREDICTIONS
+    taxonomy: Taxonomy
 
 
 @dataclass(frozen=True)
@@ -129,9 +143,9 @@ def _labels_for(tax: Taxonomy, products: list[dict]) -> tuple[np.ndarray, np.nda
     return encode_labels(tax, labels, [p["category"] for p in products])
 
 
-def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: TagConfig) -> dict:
+def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: TagConfig) -> Scored:
     """compute_metrics of a registered version on an evaluation set, scored as a tag run
-    scores, decided at the card's thresholds."""
+    scores, decided at the card's thresholds, with the decisions as a predictions table."""
     model, card = load_model(storage, version)
     targets, mask = _labels_for(card.taxonomy, es.products)
     scored = score_images(model, card, es.lake, [p["image_shard"] for p in es.products],
@@ -139,9 +153,22 @@ def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: Tag
                           texts=[p.get("text") for p in es.products],
                           more=[p.get("more_images") for p in es.products])
     arrays = card_arrays(card)
-    _, metrics = compute_evaluation(card.taxonomy, targets, mask, scored.scores, arrays.thresholds,
-                                    argmax_slices=arrays.softmax_slices)
-    return metrics
+    decisions, metrics = compute_evaluation(card.taxonomy, targets, mask, scored.scores, arrays.thresholds,
+                                            argmax_slices=arrays.softmax_slices)
+    table = prediction_table(card.taxonomy, [p["product_id"] for p in es.products], targets, mask,
+                             scored.scores, decisions)
+    return Scored(metrics, table, card.taxonomy)
+
+
+def compare_scored(candidate: Scored, production: Scored, names: tuple[str, str], margin: float) -> Comparison:
+    """compare_metrics, with the paired bootstrap of the two where they share a taxonomy
+    with a `single` attribute (else none: their choices are not the same question)."""
+    comparison = compare_metrics(candidate.metrics, production.metrics, margin)
+    if candidate.taxonomy.outputs != production.taxonomy.outputs or not single_slices(candidate.taxonomy):
+        return comparison
+    bootstrap = compare_predictions(dict(zip(names, (candidate.predictions, production.predictions))),
+                                    candidate.taxonomy, names[0])
+    return replace(comparison, bootstrap=bootstrap)
 
 
 def _newest_evaluation_set(storage: Storage) -> str | None:
@@ -199,8 +226,23 @@ def render_gate(candidate: str, production: str | None, evaluated_on: str, produ
                          f"| {r['change']:+.3f} | {f(r['candidate_macro_f1'])} | "
                          f"{f(r['production_macro_f1'])} | {'yes' if r['ok'] else '**no**'} |")
         lines.append("")
+        if comparison.bootstrap:
+            lines += [_bootstrap_line(comparison.bootstrap, candidate, production), ""]
     lines.append(f"**Decision:** {decision}")
     return "\n".join(lines) + "\n"
+
+
+def _bootstrap_line(bootstrap: dict, candidate: str, production: str) -> str:
+    ours, theirs = bootstrap["models"][candidate], bootstrap["models"][production]
+    lead = theirs[f"{candidate} lead, accuracy"]
+    span = lambda iv: f"[{iv[0]:.3f}, {iv[1]:.3f}]"  # noqa: E731
+    return (f"Mean accuracy of the `single` attributes (shown, not gated on): candidate "
+            f"{ours['mean_accuracy']:.3f} {span(ours['mean_accuracy_interval'])}, production "
+            f"{theirs['mean_accuracy']:.3f} {span(theirs['mean_accuracy_interval'])}; the candidate's "
+            f"lead {lead['difference']:+.3f} [{lead['interval'][0]:+.3f}, {lead['interval'][1]:+.3f}], "
+            f"ahead in {100 * lead['ahead_share']:.0f}% of {bootstrap['resamples']:,} resamples of these "
+            f"products (95% intervals of a paired bootstrap; an interval that holds 0 is a lead these "
+            f"products cannot tell from luck).")
 
 
 def gate_candidate(lake: str, version: str, config: TrainConfig, catalog_ids: list[str],
@@ -223,8 +265,9 @@ def gate_candidate(lake: str, version: str, config: TrainConfig, catalog_ids: li
                         runtime="torch")
     comparison = None
     if es.products:
-        comparison = compare_metrics(score_metrics(storage, version, es, scoring),
-                                     score_metrics(storage, production, es, scoring), config.promote_margin)
+        comparison = compare_scored(score_metrics(storage, version, es, scoring),
+                                    score_metrics(storage, production, es, scoring), (version, production),
+                                    config.promote_margin)
     promoted, decision = _decide(storage, version, production, comparison, config, by)
     md = render_gate(version, production, es.description, len(es.products), comparison,
                      config.promote_margin, decision)

@@ -4,7 +4,9 @@ compares on, and what a first training run leaves in the lake."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -64,6 +66,21 @@ def test_the_table_shows_figures_and_decision():
     assert "| colour | 2 | 0.650 | 0.700 | -0.050 | 0.500 | 0.500 | **no** |" in md
     assert "| all | 3 | 0.600 | 0.633 | -0.033 |" in md
     assert md.rstrip().endswith("**Decision:** kept as a candidate") and "9 labelled products" in md
+
+
+def test_the_table_shows_the_paired_bootstrap_where_there_is_one():
+    from tagger.quality.compare import paired_bootstrap
+
+    y = {"colour": np.tile([0, 1, 2], 40)}
+    cand = {"colour": y["colour"].copy()}
+    prod = {"colour": np.where(np.arange(120) % 4 == 0, 3, y["colour"])}  # abstains on a quarter
+    c = compare_metrics(_metrics({"colour": {"red": 0.7, "blue": 0.6}}), PROD, 0.01)
+    c = replace(c, bootstrap=paired_bootstrap(y, {"cand": cand, "prod": prod}, {"colour": 3}, "cand", resamples=200))
+    md = render_gate("cand", "prod", "the candidate's test split", 120, c, 0.01, "promoted")
+    assert ("Mean accuracy of the `single` attributes (shown, not gated on): candidate 1.000 [1.000, 1.000], "
+            "production 0.750 [") in md
+    assert "the candidate's lead +0.250 [+0." in md and "ahead in 100% of 200 resamples" in md
+    assert "Mean accuracy" not in render_gate("cand", "prod", "x", 9, replace(c, bootstrap=None), 0.01, "kept")
 
 
 @pytest.mark.parametrize("mode, passed, promoted", [("auto", True, True), ("manual", True, False),
