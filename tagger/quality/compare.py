@@ -66,6 +66,20 @@ def single_choices(table: pa.Table, taxonomy: Taxonomy,
     return out
 
 
+def choices_from_arrays(taxonomy: Taxonomy, targets, mask, decisions) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """single_choices from the [N, K] arrays of an evaluation in memory (compute_evaluation's
+    decisions), without a predictions table: what the promotion gate compares on."""
+    positive, known = np.asarray(targets) > 0.5, np.asarray(mask, bool)
+    decided = np.asarray(decisions, bool) & known  # as in the table, which holds known entries only
+    out = {}
+    for name, sl in single_slices(taxonomy).items():
+        one = known[:, sl].all(1) & (positive[:, sl].sum(1) == 1)
+        label = np.where(one, positive[:, sl].argmax(1), -1)
+        choice = np.where(decided[:, sl].any(1), decided[:, sl].argmax(1), sl.stop - sl.start)
+        out[name] = (label, choice)
+    return out
+
+
 def paired_bootstrap(labels: Mapping[str, np.ndarray], choices: Mapping[str, Mapping[str, np.ndarray]],
                      classes: Mapping[str, int], reference: str, *, resamples: int = RESAMPLES,
                      level: float = 0.95, seed: int = 0) -> dict[str, dict]:
@@ -77,6 +91,8 @@ def paired_bootstrap(labels: Mapping[str, np.ndarray], choices: Mapping[str, Map
     reference is ahead."""
     if reference not in choices:
         raise ValueError(f"reference {reference!r} is none of the models compared: {sorted(choices)}")
+    if not any((y >= 0).any() for y in labels.values()):
+        raise ValueError("no product has a known value of a single attribute: nothing to compare on")
     n = len(next(iter(labels.values())))
     rng = np.random.default_rng(seed)
     point = {model: _figures(labels, by_attribute, classes, None) for model, by_attribute in choices.items()}
@@ -139,7 +155,14 @@ def compare_predictions(tables: Mapping[str, pa.Table], taxonomy: Taxonomy, refe
         raise ValueError(f"reference {reference!r} is none of the models compared: {sorted(tables)}")
     ids = sorted(set(tables[reference].column("product_id").to_pylist()))
     choices = {name: single_choices(t, taxonomy, ids) for name, t in tables.items()}
+    return dict(compare_choices(choices, taxonomy, reference, resamples=resamples, seed=seed), products=len(ids))
+
+
+def compare_choices(choices: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], taxonomy: Taxonomy,
+                    reference: str, *, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """paired_bootstrap of single_choices (or choices_from_arrays) of several models on the
+    same products, in the same order; the labels are the reference's."""
     labels = {a: y for a, (y, _) in choices[reference].items()}
     classes = {a: sl.stop - sl.start for a, sl in single_slices(taxonomy).items()}
-    return dict(paired_bootstrap(labels, {n: {a: c for a, (_, c) in by.items()} for n, by in choices.items()},
-                                 classes, reference, resamples=resamples, seed=seed), products=len(ids))
+    return paired_bootstrap(labels, {n: {a: c for a, (_, c) in by.items()} for n, by in choices.items()},
+                            classes, reference, resamples=resamples, seed=seed)

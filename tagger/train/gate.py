@@ -48,8 +48,8 @@ from tagger.model.production import (
 )
 from tagger.model.scoring import card_arrays, score_images
 from tagger.model.versions import list_versions, load_model, read_card
-from tagger.quality.compare import compare_predictions
-from tagger.quality.evaluation import compute_evaluation, prediction_table
+from tagger.quality.compare import choices_from_arrays, compare_choices
+from tagger.quality.evaluation import compute_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Scored:
     """One model's figures on an evaluation set (score_metrics)."""
 
     metrics: dict  # compute_metrics
-    predictions: pa.Table  # EVALUATION_PREDICTIONS
+    choices: dict  # tagger.quality.compare.choices_from_arrays: label and choice per single attribute
     taxonomy: Taxonomy
 
 
@@ -145,7 +145,7 @@ def _labels_for(tax: Taxonomy, products: list[dict]) -> tuple[np.ndarray, np.nda
 
 def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: TagConfig) -> Scored:
     """compute_metrics of a registered version on an evaluation set, scored as a tag run
-    scores, decided at the card's thresholds, with the decisions as a predictions table."""
+    scores, decided at the card's thresholds, with each product's choices."""
     model, card = load_model(storage, version)
     targets, mask = _labels_for(card.taxonomy, es.products)
     scored = score_images(model, card, es.lake, [p["image_shard"] for p in es.products],
@@ -155,9 +155,7 @@ def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: Tag
     arrays = card_arrays(card)
     decisions, metrics = compute_evaluation(card.taxonomy, targets, mask, scored.scores, arrays.thresholds,
                                             argmax_slices=arrays.softmax_slices)
-    table = prediction_table(card.taxonomy, [p["product_id"] for p in es.products], targets, mask,
-                             scored.scores, decisions)
-    return Scored(metrics, table, card.taxonomy)
+    return Scored(metrics, choices_from_arrays(card.taxonomy, targets, mask, decisions), card.taxonomy)
 
 
 def compare_scored(candidate: Scored, production: Scored, names: tuple[str, str], margin: float) -> Comparison:
@@ -166,8 +164,12 @@ def compare_scored(candidate: Scored, production: Scored, names: tuple[str, str]
     comparison = compare_metrics(candidate.metrics, production.metrics, margin)
     if candidate.taxonomy.outputs != production.taxonomy.outputs or not single_slices(candidate.taxonomy):
         return comparison
-    bootstrap = compare_predictions(dict(zip(names, (candidate.predictions, production.predictions))),
+    try:
+        bootstrap = compare_choices(dict(zip(names, (candidate.choices, production.choices))),
                                     candidate.taxonomy, names[0])
+    except ValueError as e:  # no known single value among these products: the mAP table stands alone
+        log.info("promotion gate: no paired bootstrap (%s)", e)
+        return comparison
     return replace(comparison, bootstrap=bootstrap)
 
 

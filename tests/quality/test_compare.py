@@ -117,3 +117,20 @@ def test_an_attribute_missing_from_a_resample_is_left_out_of_its_mean():
     assert out["mean_accuracy"] == 0.5  # colour 1, size 0
     # a resample without product 0 has no size: its mean is colour's alone, 1
     assert out["mean_accuracy_interval"] == [0.5, 1.0]
+
+
+def test_choices_from_the_arrays_are_those_read_back_from_the_table():
+    from tagger.quality.compare import choices_from_arrays
+
+    ids = ["p1", "p2", "p3", "p4"]
+    table = prediction_table(SMALL_TAXONOMY, ids, TARGETS, MASK, SCORES, DECISIONS)
+    from_table = single_choices(table, SMALL_TAXONOMY, ids)
+    from_arrays = choices_from_arrays(SMALL_TAXONOMY, TARGETS, MASK, DECISIONS)
+    assert from_arrays.keys() == from_table.keys() == {"colour"}
+    assert [x.tolist() for x in from_arrays["colour"]] == [x.tolist() for x in from_table["colour"]]
+    assert from_arrays["colour"][1].tolist() == [0, 2, 3, 3]  # p4's masked decision is no choice
+
+
+def test_nothing_to_compare_on_is_a_clear_error():
+    with pytest.raises(ValueError, match="no product has a known value"):
+        paired_bootstrap({"colour": np.array([-1, -1])}, {"m": {"colour": np.array([0, 1])}}, {"colour": 3}, "m")
