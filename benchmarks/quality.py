@@ -50,12 +50,10 @@ import pandas as pd  # noqa: E402
 
 from catalog_schemas.taxonomy import shipped_taxonomy  # noqa: E402
 from tagger.config import TrainConfig  # noqa: E402
-from tagger.model.evaluate import evaluate_model  # noqa: E402
+from tagger.model.evaluate import evaluate_model, write_predictions  # noqa: E402
 from tagger.ingest.run import ingest_catalog  # noqa: E402
 from tagger.model.versions import read_card  # noqa: E402
-from tagger.io.parquet import write_table  # noqa: E402
 from tagger.io.storage import open_file, open_storage  # noqa: E402
-from tagger.quality.evaluation import prediction_table  # noqa: E402
 from tagger.train.run import train_model  # noqa: E402
 from tagger.model.weights import convert_weights  # noqa: E402
 
@@ -272,9 +270,8 @@ def linear_text_baseline(lake: str, eval_lake: str, seed: int, features=tfidf_fe
     decisions, metrics = compute_evaluation(data.taxonomy, targets, mask, scores,
                                             np.zeros(targets.shape[1], np.float32), argmax_slices=heads)
     if predictions:
-        storage, path = open_file(predictions)
-        write_table(storage, path, prediction_table(data.taxonomy, [p["product_id"] for p in products],
-                                                    targets, mask, scores, decisions))
+        write_predictions(*open_file(predictions), data.taxonomy, [p["product_id"] for p in products],
+                          targets, mask, scores, decisions)
     return dict(summarise(metrics), validation_mean_accuracy=_mean(validation.values()))
 
 

@@ -11,15 +11,17 @@ models are compared on (tagger.quality.compare).
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from catalog_schemas.tables import EVALUATION_PREDICTIONS
 from catalog_schemas.taxonomy import Taxonomy, load_taxonomy
 from tagger.config import TagConfig
 from tagger.ingest.run import ingest_catalog
-from tagger.io.parquet import write_table
+from tagger.io.parquet import RowGroupWriter
 from tagger.io.storage import open_storage
 from tagger.labels import encode_labels
 from tagger.lake import EVALUATIONS, model_path, read_products
@@ -74,8 +76,8 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     evaluated = Evaluated(tax, targets, mask, scored.scores, decisions, metrics, card.thresholds,
                           card.auto_thresholds)
     prefix = model_path(card.version, f"evaluations/{name}")
-    write_table(storage, f"{prefix}/{PREDICTIONS}", prediction_table(
-        tax, [p["product_id"] for p in products], targets, mask, scored.scores, decisions))
+    write_predictions(storage, f"{prefix}/{PREDICTIONS}", tax, [p["product_id"] for p in products],
+                      targets, mask, scored.scores, decisions)
     report = write_evaluation_report(storage, prefix, f"Evaluation {name}", intro, evaluated)
     summary = {k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP", "hamming_loss")}
     summary.update(
@@ -89,11 +91,26 @@ def evaluate_model(lake: str, catalog: str, *, model_version: str | None = None,
     return summary
 
 
+def write_predictions(storage, path: str, tax: Taxonomy, product_ids: list[str], targets, mask, scores,
+                      decisions, products_per_part: int = 20_000) -> None:
+    """EVALUATION_PREDICTIONS of an evaluation to `path`, atomically, built a part of the
+    products at a time: one row per product and value, so 100k products of a 500-value
+    taxonomy are 50M rows, which are never held at once."""
+    with tempfile.TemporaryDirectory(prefix="tagger-") as tmp:
+        local = Path(tmp) / PREDICTIONS
+        with RowGroupWriter(local, EVALUATION_PREDICTIONS) as out:
+            for start in range(0, len(product_ids), products_per_part):
+                part = slice(start, start + products_per_part)
+                out.write(prediction_table(tax, product_ids[part], targets[part], mask[part], scores[part],
+                                           decisions[part]))
+        storage.upload(local, path)
+    log.info("wrote %d rows to %s", out.rows, storage.url(path))
+
+
 def compare_evaluations(lake: str, name: str, versions: list[str], *, resamples: int | None = None) -> dict:
     """The paired bootstrap (tagger.quality.compare) of two or more model versions evaluated
     on one export under the same evaluation `name`: each version's mean accuracy and
     macro-F1 with a 95% interval, and the first version's lead over each of the others."""
-    from catalog_schemas.tables import EVALUATION_PREDICTIONS
     from tagger.io.parquet import read_table
     from tagger.model.versions import read_card
     from tagger.quality.compare import RESAMPLES, compare_predictions

@@ -24,6 +24,23 @@ def test_single_attributes_are_decoded_as_one_choice_and_unknowns_ignored():
     assert metrics["per_value"]["colour"]["red"]["known"] == 2
 
 
+def test_predictions_written_a_part_at_a_time_are_the_table_in_one_piece(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tagger.io.storage import open_storage
+    from tagger.model.evaluate import write_predictions
+    from tagger.quality.evaluation import prediction_table
+
+    rng = np.random.default_rng(0)
+    targets, mask = (rng.random((7, 5)) > 0.5).astype(np.float32), rng.random((7, 5)) > 0.2
+    scores = rng.random((7, 5)).astype(np.float32)
+    ids = [f"p{i}" for i in range(7)]
+    write_predictions(open_storage(tmp_path), "parts.parquet", TAX, ids, targets, mask, scores, scores > 0.5,
+                      products_per_part=3)
+    whole = prediction_table(TAX, ids, targets, mask, scores, scores > 0.5)
+    assert pq.read_table(tmp_path / "parts.parquet").equals(whole) and whole.num_rows == mask.sum()
+
+
 @pytest.mark.slow
 def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys, caplog):
     lake, version = trained_lake
