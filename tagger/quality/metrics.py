@@ -176,22 +176,3 @@ def compute_metrics(
         "per_attribute": per_attribute,
     }
 
-
-def accuracy_and_macro_f1(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None,
-                          classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, macro-F1 over the values present) of one choice per row: `predicted`
-    against `y` (int [N]; a predicted label >= `classes` abstains: wrong, and called for no
-    value). One figure each, or one per row of `weights` [R, N] (row multiplicities, a
-    bootstrap resample each): the per-value F1 that compute_metrics averages, in a loop of
-    bincounts instead of sklearn calls, so a thousand resamples take a fraction of a second."""
-    y, predicted = np.asarray(y), np.asarray(predicted)
-    classes = classes or int(max(y.max(), predicted.max())) + 1
-    w = np.ones((1, len(y))) if weights is None else np.atleast_2d(weights)
-    hit = (y == predicted).astype(float)
-    tp = np.stack([np.bincount(y, r * hit, classes) for r in w])
-    support = np.stack([np.bincount(y, r, classes) for r in w])
-    called = np.stack([np.bincount(predicted, r, classes)[:classes] for r in w])  # abstentions: past the end
-    present = support > 0
-    f1 = np.where(present, 2 * tp / np.maximum(support + called, 1e-12), 0.0)
-    accuracy, macro_f1 = tp.sum(1) / w.sum(1), f1.sum(1) / present.sum(1)
-    return (accuracy[0], macro_f1[0]) if weights is None else (accuracy, macro_f1)

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tagger.quality.metrics import accuracy_and_macro_f1
+from tagger.quality.compare import accuracy_and_macro_f1
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
