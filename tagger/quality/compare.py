@@ -38,7 +38,7 @@ def accuracy_and_macro_f1(y: np.ndarray, predicted: np.ndarray, weights: np.ndar
     against `y` (int [N]; a predicted label >= `classes` abstains: wrong, and called for no
     value). One figure each, or one per row of `weights` [R, N] (row multiplicities, a
     bootstrap resample each): the per-value F1 that compute_metrics averages, in a loop of
-    bincounts instead of sklearn calls (numpy only: the tag path imports no scikit-learn), so a thousand resamples take a fraction of a second."""
+    bincounts instead of sklearn calls (numpy only: the tag path imports no scikit-learn)."""
     y, predicted = np.asarray(y), np.asarray(predicted)
     classes = classes or int(max(y.max(), predicted.max())) + 1
     w = np.ones((1, len(y))) if weights is None else np.atleast_2d(weights)

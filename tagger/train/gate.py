@@ -35,7 +35,7 @@ from catalog_schemas.tables import PRODUCTS
 from catalog_schemas.taxonomy import Taxonomy
 from tagger.config import TagConfig, TrainConfig
 from tagger.io.storage import Storage, open_storage, read_table
-from tagger.labels import encode_labels, single_slices
+from tagger.labels import encode_labels
 from tagger.lake import EVALUATIONS, PRODUCTS_DEFAULTS, PRODUCTS_PATH, model_path, read_products
 from tagger.model.production import (
     FIRST_MODEL,
@@ -160,14 +160,14 @@ def score_metrics(storage: Storage, version: str, es: EvaluationSet, config: Tag
 
 def compare_scored(candidate: Scored, production: Scored, names: tuple[str, str], margin: float) -> Comparison:
     """compare_metrics, with the paired bootstrap of the two where they share a taxonomy
-    with a `single` attribute (else none: their choices are not the same question)."""
+    and a known `single` value (else none: their choices are not the same question)."""
     comparison = compare_metrics(candidate.metrics, production.metrics, margin)
-    if candidate.taxonomy.outputs != production.taxonomy.outputs or not single_slices(candidate.taxonomy):
+    if candidate.taxonomy.outputs != production.taxonomy.outputs:
         return comparison
     try:
         bootstrap = compare_choices(dict(zip(names, (candidate.choices, production.choices))),
                                     candidate.taxonomy, names[0])
-    except ValueError as e:  # no known single value among these products: the mAP table stands alone
+    except ValueError as e:  # no known single value (or no single attribute): the mAP table stands alone
         log.info("promotion gate: no paired bootstrap (%s)", e)
         return comparison
     return replace(comparison, bootstrap=bootstrap)
