@@ -4,6 +4,7 @@ reader that started before may still open; --dry-run deletes nothing; bytes are 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timedelta, timezone
 
@@ -77,6 +78,9 @@ def test_checkpoints_evaluations_and_history(old_lake):
         (old_lake / path).parent.mkdir(parents=True, exist_ok=True)
         (old_lake / path).write_bytes(b"1234")
     history = sorted(str(p.relative_to(old_lake)) for p in (old_lake / "tags/history").rglob("*.parquet"))
+    written = datetime(2026, 12, 1, 12, tzinfo=timezone.utc).timestamp()
+    for p in history:  # as old as their run_date says, not the checkout's time, so the grace is not what keeps them
+        os.utime(old_lake / p, (written, written))
     kept_all = vacuum_lake(str(old_lake), now=LATER)
     assert sorted((d["path"], d["why"]) for d in kept_all.deleted) == [
         (f"checkpoints/{finished}/last.ckpt", "checkpoint of a registered run"),
