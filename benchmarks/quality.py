@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,15 @@ def tfidf_features(train_texts: list[str]):
     return lambda items: hstack([words.transform(items), chars.transform(items)]).tocsr()
 
 
+TFIDF_C = (3.0, 10.0, 30.0)  # chosen per attribute on validation
+
+
+def _fit_linear(X, y, c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=2000).fit(X, y)
+
+
 def linear_text_baseline(lake: str, eval_lake: str, seed: int, features=tfidf_features, name: str = "TF-IDF",
                          predictions: str | None = None) -> dict:
     """One multinomial logistic regression per attribute on `features` of the titles (default
@@ -232,7 +242,7 @@ def linear_text_baseline(lake: str, eval_lake: str, seed: int, features=tfidf_fe
     accuracy at the chosen C beside it. `predictions`: a Parquet file to write its
     EVALUATION_PREDICTIONS to, as `tagger evaluate` does for a model."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+    from joblib import Parallel, delayed
 
     from tagger.labels import single_slices
     from tagger.model.evaluate import _labelled_products
@@ -250,14 +260,21 @@ def linear_text_baseline(lake: str, eval_lake: str, seed: int, features=tfidf_fe
     X_test = featurize([p.get("text") or "" for p in products])
     scores = np.zeros(targets.shape, np.float32)
     validation = {}
-    for attribute, s in single_slices(data.taxonomy).items():
-        known = data.mask[split.train][:, s].any(1)
-        y = data.targets[split.train][known][:, s].argmax(1)
-        val_rows = data.mask[split.validation][:, s].any(1)
+    slices = single_slices(data.taxonomy)
+    known = {a: data.mask[split.train][:, s].any(1) for a, s in slices.items()}
+    val_rows = {a: data.mask[split.validation][:, s].any(1) for a, s in slices.items()}
+    grid = [(a, c) for a in slices for c in TFIDF_C]
+    # The 21 fits are independent and single-threaded (lbfgs on sparse rows): one per core.
+    fitted = Parallel(n_jobs=min(len(grid), os.cpu_count() or 1))(
+        delayed(_fit_linear)(X[known[a]], data.targets[split.train][known[a]][:, slices[a]].argmax(1), c)
+        for a, c in grid)
+    for attribute, s in slices.items():
         best = None
-        for c in (3.0, 10.0, 30.0):
-            clf = LogisticRegression(C=c, max_iter=2000).fit(X[known], y)
-            acc = (clf.predict(X_val[val_rows]) == data.targets[split.validation][val_rows][:, s].argmax(1)).mean()
+        for (a, _), clf in zip(grid, fitted):
+            if a != attribute:
+                continue
+            rows = val_rows[a]
+            acc = (clf.predict(X_val[rows]) == data.targets[split.validation][rows][:, s].argmax(1)).mean()
             if best is None or acc > best[0]:
                 best = (acc, clf)
         clf = best[1]
