@@ -360,10 +360,12 @@ class TrainConfig(_Config):
         description="Shards a shard-aware shuffle mixes at a time per stream. 2: a loader worker "
         "then holds about (8 / workers) x 3 shards (~1 GB at 512 px), within its 2 GB cache.",
     )
-    workers: int = Field(
-        4, ge=0, le=64,
-        description="DataLoader worker processes per device. 4: enough JPEG decoding to keep "
-        "one GPU fed at the backbones' sizes. 0: decode in the training process.",
+    workers: int | None = Field(
+        None, ge=0, le=64,
+        description="DataLoader worker processes per device. Unset: 4 per GPU, enough JPEG "
+        "decoding to keep one fed at the backbones' sizes; 0 on the CPU, whose cores the "
+        "training threads already keep busy, so a worker only competes with them. 0: decode in "
+        "the training process.",
     )
     device: Device = "auto"
     amp: bool = Field(

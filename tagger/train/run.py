@@ -59,11 +59,17 @@ class Processes:
     device: torch.device
 
 
+GPU_WORKERS = 4  # loader workers per GPU when `workers` is unset (TrainConfig.workers)
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """Fill the backbone's defaults into unset fields: what ran is what the card says."""
+    """Fill the backbone's defaults, and the device's loader workers, into unset fields: what
+    ran is what the card says."""
     spec = get_backbone(config.backbone)
-    return config.model_copy(update={name: getattr(config, name) or getattr(spec, name)
-                                     for name in sorted(FROM_BACKBONE)})
+    update = {name: getattr(config, name) or getattr(spec, name) for name in sorted(FROM_BACKBONE)}
+    if config.workers is None:
+        update["workers"] = GPU_WORKERS if resolve_device(config.device).type == "cuda" else 0
+    return config.model_copy(update=update)
 
 
 def init_distributed(config: TrainConfig) -> Processes:

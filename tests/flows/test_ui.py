@@ -158,7 +158,6 @@ def test_custom_run_from_the_ui_trains_a_model(catalog, tmp_path, browser_page):
         described = lambda name: TrainConfig.model_fields[name].description  # noqa: E731
         for title, value, lo, hi, description in [
             ("Epochs", "10", "1", "500", described("epochs")),
-            ("Workers", "4", "0", "64", described("workers")),
             ("Weight Decay", "0.05", "0", "1", described("weight_decay")),
         ]:
             field = _field(form, title)
@@ -185,7 +184,12 @@ def test_custom_run_from_the_ui_trains_a_model(catalog, tmp_path, browser_page):
         image_size = _box(form, "Image Size")  # int | None: None (the backbone's own) until picked
         image_size.get_by_role("tab", name="int", exact=True).click()
         image_size.get_by_role("spinbutton").fill(str(CPU_RUN["image_size"]))
-        _field(form, "Workers").fill(str(CPU_RUN["workers"]))
+        workers = _box(form, "Workers")  # int | None: None (4 per GPU, 0 on the CPU) until picked
+        assert workers.get_by_text(described("workers"), exact=True).is_visible()
+        workers.get_by_role("tab", name="int", exact=True).click()
+        count = workers.get_by_role("spinbutton")
+        assert (count.get_attribute("min"), count.get_attribute("max")) == ("0", "64")
+        count.fill(str(CPU_RUN["workers"]))
         _field(form, "Pretrained").click()
         assert not _field(form, "Pretrained").is_checked()
         _shot(page, "05-custom-run-filled")

@@ -74,6 +74,16 @@ def test_scheduler_warms_up_then_decays_to_one_percent():
     assert sched.get_last_lr()[0] == pytest.approx(0.01)
 
 
+def test_unset_loader_workers_are_four_per_gpu_and_none_on_the_cpu(monkeypatch):
+    from tagger.config import TrainConfig
+
+    assert train_mod.resolve_config(TrainConfig(device="cpu")).workers == 0
+    assert train_mod.resolve_config(TrainConfig(device="cpu", workers=3)).workers == 3  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_mod.resolve_config(TrainConfig()).workers == train_mod.GPU_WORKERS == 4
+    assert train_mod.resolve_config(TrainConfig(workers=0)).workers == 0
+
+
 @pytest.mark.slow
 def test_trained_model_is_registered_with_a_complete_card(trained_lake):
     lake, version = trained_lake
