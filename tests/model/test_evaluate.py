@@ -106,6 +106,14 @@ def test_evaluate_a_catalog_the_model_never_saw(trained_lake, tmp_path, capsys, 
     assert main(["compare", version, "--name", "holdout", "--lake", str(lake)]) == 2  # one version: an error
     assert main(["compare", version, f"{version}-b", "--name", "nope", "--lake", str(lake)]) == 2
     assert "has no evaluation 'nope'" in caplog.text and "tagger evaluate EXPORT" in caplog.text
+    # a version of another taxonomy answers other questions: an error, not a comparison
+    third = lake / "models" / f"{version}-c"
+    shutil.copytree(other, third)
+    card = (third / "card.json").read_text()  # one value renamed everywhere: a valid card
+    value = json.loads(card)["taxonomy"]["attributes"][0]["values"][-1]
+    (third / "card.json").write_text(card.replace(f'"{value}"', f'"{value} (renamed)"'))
+    assert main(["compare", version, f"{version}-c", "--name", "holdout", "--lake", str(lake)]) == 2
+    assert f"Model {version}-c has another taxonomy than {version}" in caplog.text
 
 
 @pytest.mark.slow
