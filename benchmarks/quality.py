@@ -399,8 +399,7 @@ def main() -> None:
     t0 = time.perf_counter()
     train_csv, test_csv = split_exports(work / "exports", a.test_share, a.limit)
     # No loader worker: on a CPU the training process's threads already use every core, and a
-    # worker competing with them made one Lite0 epoch on 7k products 183 s instead of 154 s
-    # on 2 cores (benchmarks/README.md).
+    # worker competing with them made a 1-epoch run 1.25x slower on 2 cores (benchmarks/README.md).
     base = dict(backbone=a.backbone, image_size=a.image_size, epochs=a.epochs, workers=0, log_every=100)
     base.update(dict(weights=str(lite_weights(0))) if a.backbone == "tf_efficientnet_lite0"
                 else dict(pretrained=False))
