@@ -398,9 +398,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     train_csv, test_csv = split_exports(work / "exports", a.test_share, a.limit)
-    # No loader worker: on a CPU the training process's threads already use every core, and a
-    # worker competing with them made a 1-epoch run 1.25x slower on 2 cores (benchmarks/README.md).
-    base = dict(backbone=a.backbone, image_size=a.image_size, epochs=a.epochs, workers=0, log_every=100)
+    # `workers` is left to TrainConfig: none on a CPU, 4 per GPU (tagger.train.run.resolve_config)
+    base = dict(backbone=a.backbone, image_size=a.image_size, epochs=a.epochs, log_every=100)
     base.update(dict(weights=str(lite_weights(0))) if a.backbone == "tf_efficientnet_lite0"
                 else dict(pretrained=False))
     base.update(dict(a.set))
