@@ -14,11 +14,13 @@ Data. Both models score the same labelled products, neither trained on them:
 Metric. Average precision per attribute value (scores against labels, no threshold: thresholds
 tuned on two different validation splits add noise, not signal), averaged over the values both
 models have: overall (mAP) and per attribute. The candidate passes when neither is lower than
-production's by more than `promote_margin`. Macro-F1 at each model's own thresholds is shown,
-not gated on, and so is a paired bootstrap of the products (tagger.quality.compare): the mean
-accuracy of the `single` attributes with a 95% interval and the candidate's lead, which says
-whether these products can tell the two apart at all. Both models are scored by the pipeline
-that tags (tagger.model.scoring).
+production's by more than `promote_margin`, and when its decisions are not worse beyond luck: a
+paired bootstrap of the products (tagger.quality.compare) gives the mean accuracy of the
+`single` attributes with a 95% interval and the candidate's lead, and a lead whose whole
+interval lies below -`promote_margin` fails it (ranking no worse while the tags it would write
+are wrong more often). A lead whose interval holds -margin is left to mAP: these products
+cannot tell it from luck. Macro-F1 at each model's own thresholds is shown, not gated on.
+Both models are scored by the pipeline that tags (tagger.model.scoring).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Comparison:
     rows: list[dict]  # attribute ('all' first), candidate, production, change, values, ok, F1s
     passed: bool
     reason: str
-    bootstrap: dict | None = None  # tagger.quality.compare's, candidate first; shown, not gated on
+    bootstrap: dict | None = None  # tagger.quality.compare's, candidate first (accuracy_rule)
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,22 @@ def compare_scored(candidate: Scored, production: Scored, names: tuple[str, str]
     except ValueError as e:  # no known single value (or no single attribute): the mAP table stands alone
         log.info("promotion gate: no paired bootstrap (%s)", e)
         return comparison
-    return replace(comparison, bootstrap=bootstrap)
+    return accuracy_rule(replace(comparison, bootstrap=bootstrap), names, margin)
+
+
+def accuracy_rule(comparison: Comparison, names: tuple[str, str], margin: float) -> Comparison:
+    """`comparison` failed too where its bootstrap says the candidate (names[0]) is less
+    accurate than production (names[1]) by more than `margin` beyond luck: the whole 95%
+    interval of its lead in mean accuracy below -margin."""
+    lead = comparison.bootstrap["models"][names[1]][f"{names[0]} lead, accuracy"]
+    low, high = lead["interval"]
+    if high >= -margin - 1e-9:
+        return comparison
+    why = (f"mean accuracy of the single attributes lower than production's by more than "
+           f"{margin:g} beyond luck: lead {lead['difference']:+.3f} [{low:+.3f}, {high:+.3f}] "
+           f"(95% paired bootstrap)")
+    return replace(comparison, passed=False,
+                   reason=why if comparison.passed else f"{comparison.reason}; {why}")
 
 
 def _newest_evaluation_set(storage: Storage) -> str | None:
@@ -219,7 +236,8 @@ def render_gate(candidate: str, production: str | None, evaluated_on: str, produ
         lines += [f"Candidate **{candidate}** against production **{production}** on {evaluated_on}: "
                   f"{products} labelled products. Gated on mAP (average precision per value, mean "
                   f"over the values both models have), overall and per attribute, margin "
-                  f"{margin:g}; macro-F1 at each model's thresholds is shown, not gated on.", "",
+                  f"{margin:g}, and on mean accuracy below; macro-F1 at each model's thresholds "
+                  f"is shown, not gated on.", "",
                   "| attribute | values | candidate mAP | production mAP | change | candidate macro-F1 "
                   "| production macro-F1 | within margin |", "|---|---|---|---|---|---|---|---|"]
         f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
@@ -238,7 +256,8 @@ def _bootstrap_line(bootstrap: dict, candidate: str, production: str) -> str:
     ours, theirs = bootstrap["models"][candidate], bootstrap["models"][production]
     lead = theirs[f"{candidate} lead, accuracy"]
     span = lambda iv: f"[{iv[0]:.3f}, {iv[1]:.3f}]"  # noqa: E731
-    return (f"Mean accuracy of the `single` attributes (shown, not gated on): candidate "
+    return (f"Mean accuracy of the `single` attributes (gated on: a lead whose whole interval "
+            f"lies below minus the margin fails): candidate "
             f"{ours['mean_accuracy']:.3f} {span(ours['mean_accuracy_interval'])}, production "
             f"{theirs['mean_accuracy']:.3f} {span(theirs['mean_accuracy_interval'])}; the candidate's "
             f"lead {lead['difference']:+.3f} [{lead['interval'][0]:+.3f}, {lead['interval'][1]:+.3f}], "

@@ -48,7 +48,7 @@ def test_production_decides_what_tags(trained_lake):
     report = read_gate_report(storage, worse)
     assert "kept as a candidate" in report
     # beside the mAP gate, how far these few products can tell the two apart
-    assert "Mean accuracy of the `single` attributes (shown, not gated on): candidate" in report
+    assert "Mean accuracy of the `single` attributes (gated on: a lead whose whole interval" in report
     assert "resamples of these products" in report
     night = tag_catalog(str(lake), run_id="n2")
     assert (night.model_version, night.tagged) == (first, 0) and _tags(lake) == tags_first

@@ -17,6 +17,7 @@ from tagger.model.versions import read_card
 from tagger.train.gate import (
     Comparison,
     _decide,
+    accuracy_rule,
     choose_evaluation_set,
     compare_metrics,
     read_gate_report,
@@ -77,10 +78,37 @@ def test_the_table_shows_the_paired_bootstrap_where_there_is_one():
     c = compare_metrics(_metrics({"colour": {"red": 0.7, "blue": 0.6}}), PROD, 0.01)
     c = replace(c, bootstrap=paired_bootstrap(y, {"cand": cand, "prod": prod}, {"colour": 3}, "cand", resamples=200))
     md = render_gate("cand", "prod", "the candidate's test split", 120, c, 0.01, "promoted")
-    assert ("Mean accuracy of the `single` attributes (shown, not gated on): candidate 1.000 [1.000, 1.000], "
+    assert ("Mean accuracy of the `single` attributes (gated on: a lead whose whole interval lies below "
+            "minus the margin fails): candidate 1.000 [1.000, 1.000], "
             "production 0.750 [") in md
     assert "the candidate's lead +0.250 [+0." in md and "ahead in 100% of 200 resamples" in md
     assert "Mean accuracy" not in render_gate("cand", "prod", "x", 9, replace(c, bootstrap=None), 0.01, "kept")
+
+
+def _bootstrapped(comparison: Comparison, wrong_every: int | None, n: int = 120) -> Comparison:
+    """`comparison` with the paired bootstrap of a candidate that is wrong on every
+    `wrong_every`-th of `n` products (None: never) against a production that is always right."""
+    from tagger.quality.compare import paired_bootstrap
+
+    y = {"colour": np.tile([0, 1, 2], n // 3)}
+    wrong = np.zeros(n, bool) if wrong_every is None else np.arange(n) % wrong_every == 0
+    cand = {"colour": np.where(wrong, (y["colour"] + 1) % 3, y["colour"])}
+    return replace(comparison, bootstrap=paired_bootstrap(
+        y, {"cand": cand, "prod": {"colour": y["colour"].copy()}}, {"colour": 3}, "cand", resamples=500))
+
+
+def test_decisions_worse_beyond_luck_fail_a_candidate_whose_map_passes():
+    passing = compare_metrics(PROD, PROD, margin=0.01)
+    c = accuracy_rule(_bootstrapped(passing, wrong_every=4), ("cand", "prod"), 0.01)
+    assert not c.passed and c.rows == passing.rows
+    assert c.reason.startswith("mean accuracy of the single attributes lower than production's by more "
+                               "than 0.01 beyond luck: lead -0.250 [-0.")
+    # a lead these products cannot tell from luck at this margin is left to mAP
+    assert accuracy_rule(_bootstrapped(passing, wrong_every=None), ("cand", "prod"), 0.01).passed
+    assert accuracy_rule(_bootstrapped(passing, wrong_every=4), ("cand", "prod"), 0.3).passed
+    failing = compare_metrics(_metrics({"colour": {"red": 0.5, "blue": 0.6}, "fit": {"slim": 0.5}}), PROD, 0.01)
+    both = accuracy_rule(_bootstrapped(failing, wrong_every=4), ("cand", "prod"), 0.01)
+    assert not both.passed and both.reason.startswith(failing.reason + "; mean accuracy")
 
 
 @pytest.mark.parametrize("mode, passed, promoted", [("auto", True, True), ("manual", True, False),
