@@ -193,7 +193,8 @@ class TrainConfig(_Config):
         "the attribute's values and clipped like pos_weight (pos_weight_max); each row weighs as "
         "its label, its label smoothing included. sqrt: measured on validation, none gives 2.5 "
         "points more accuracy but 3.7 less macro-F1 and 1.0 less mAP (rare values seldom win "
-        "the argmax).",
+        "the argmax); the photo + title model on the real catalog's test export: none 0.942 / "
+        "0.790 (accuracy / macro-F1), sqrt 0.939 / 0.845 (benchmarks/README.md).",
     )
     prior_shift: Literal["auto", "none"] = Field(
         "auto",
